@@ -1,0 +1,93 @@
+"""LeNet-5, a plain `nn.Module`, and its file format; no Lightning, so prune and export need none.
+
+The classic form: conv1 is padded by 2 so 28x28 digits flatten to 16*5*5 = 400 features
+(61,706 parameters at the default widths). ReLU and max pooling replace the original tanh and
+subsampling. Widths are arguments so a structurally pruned model is a LeNet5 too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from stages.cli import StageError
+from stages.io import atomic_path
+
+
+@dataclass(frozen=True)
+class Widths:
+    conv1: int = 6
+    conv2: int = 16
+    fc1: int = 120
+    fc2: int = 84
+
+
+class LeNet5(nn.Module):
+    def __init__(self, widths: Widths | None = None, num_classes: int = 10) -> None:
+        super().__init__()
+        w = widths or Widths()
+        self.widths = w
+        self.features = nn.Sequential(
+            nn.Conv2d(1, w.conv1, kernel_size=5, padding=2),  # (N, c1, 28, 28)
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),  # (N, c1, 14, 14)
+            nn.Conv2d(w.conv1, w.conv2, kernel_size=5),  # (N, c2, 10, 10)
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),  # (N, c2, 5, 5)
+        )
+        self.classifier = nn.Sequential(
+            nn.Flatten(),  # (N, c2 * 25)
+            nn.Linear(w.conv2 * 25, w.fc1),
+            nn.ReLU(inplace=True),
+            nn.Linear(w.fc1, w.fc2),
+            nn.ReLU(inplace=True),
+            nn.Linear(w.fc2, num_classes),  # (N, 10) logits
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+def count_params(net: nn.Module) -> int:
+    return sum(p.numel() for p in net.parameters())
+
+
+def widths_of(net: LeNet5) -> Widths:
+    """The widths read off the layers, which structured pruning may have changed in place."""
+    f, c = net.features, net.classifier
+    return Widths(f[0].out_channels, f[3].out_channels, c[1].out_features, c[3].out_features)
+
+
+def save_model(net: LeNet5, path: Path, meta: dict[str, Any] | None = None) -> None:
+    """Save widths, weights and metadata in a file `torch.load(weights_only=True)` can read."""
+    blob = {
+        "widths": asdict(widths_of(net)),
+        "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()},
+        "meta": dict(meta or {}),
+    }
+    with atomic_path(path) as tmp:
+        torch.save(blob, tmp)
+
+
+def load_model(path: Path) -> tuple[LeNet5, dict[str, Any]]:
+    if not path.is_file():
+        raise StageError(f"{path} not found: run the stage that produces it first")
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    net = LeNet5(Widths(**blob["widths"]))
+    net.load_state_dict(blob["state_dict"])
+    return net.eval(), blob["meta"]
+
+
+@torch.inference_mode()
+def predict_logits(net: nn.Module, images: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
+    """Logits (N, 10) for normalized images (N, 1, 28, 28), in batches, on the net's device."""
+    device = next(net.parameters()).device
+    was_training = net.training
+    net.eval()
+    out = [net(images[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(images), batch_size)]
+    net.train(was_training)
+    return torch.cat(out)

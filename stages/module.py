@@ -1,0 +1,93 @@
+"""The LightningModule that trains a `LeNet5`: loss, metrics, optimizer and LR schedule."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torchmetrics.classification import MulticlassAccuracy
+
+from stages.model import LeNet5, Widths
+from stages.params import OptimizerParams, SchedulerParams
+
+
+def build_optimizer(params: OptimizerParams, model: torch.nn.Module) -> torch.optim.Optimizer:
+    if params.name == "sgd":
+        return torch.optim.SGD(
+            model.parameters(), lr=params.lr, momentum=params.momentum,
+            nesterov=params.nesterov and params.momentum > 0, weight_decay=params.weight_decay,
+        )
+    cls = torch.optim.AdamW if params.name == "adamw" else torch.optim.Adam
+    return cls(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
+
+
+def build_scheduler(
+    params: SchedulerParams, optimizer: torch.optim.Optimizer, steps_per_epoch: int, epochs: int
+) -> dict[str, Any] | None:
+    """A Lightning lr_scheduler config, stepped per batch or per epoch as the schedule needs."""
+    total = max(1, steps_per_epoch * epochs)
+    if params.name == "none":
+        return None
+    if params.name == "onecycle":
+        lr = optimizer.param_groups[0]["lr"]
+        sched = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=lr, total_steps=total, pct_start=params.pct_start
+        )
+        return {"scheduler": sched, "interval": "step"}
+    if params.name == "cosine":
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
+        return {"scheduler": sched, "interval": "step"}
+    sched = torch.optim.lr_scheduler.StepLR(optimizer, step_size=params.step_size, gamma=params.gamma)
+    return {"scheduler": sched, "interval": "epoch"}
+
+
+class LitLeNet5(pl.LightningModule):
+    def __init__(
+        self,
+        optimizer: OptimizerParams,
+        scheduler: SchedulerParams,
+        widths: Widths | None = None,
+        net: LeNet5 | None = None,
+    ) -> None:
+        super().__init__()
+        self.net = net if net is not None else LeNet5(widths)
+        self.optimizer_params, self.scheduler_params = optimizer, scheduler
+        self.train_acc = MulticlassAccuracy(num_classes=10, average="micro")
+        self.val_acc = MulticlassAccuracy(num_classes=10, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes=10, average="micro")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], _: int) -> torch.Tensor:
+        x, y = batch  # (B, 1, 28, 28), (B,)
+        logits = self.net(x)  # (B, 10)
+        loss = F.cross_entropy(logits, y)
+        self.train_acc.update(logits.detach(), y)
+        # Epoch means only: per-step logging costs a host sync every step.
+        self.log("train/loss", loss.detach(), on_step=False, on_epoch=True)
+        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
+        return loss
+
+    def _eval_step(self, batch: tuple[torch.Tensor, torch.Tensor], split: str) -> None:
+        x, y = batch
+        logits = self.net(x)
+        acc = self.val_acc if split == "val" else self.test_acc
+        acc.update(logits, y)
+        self.log(f"{split}/loss", F.cross_entropy(logits, y), on_epoch=True, sync_dist=True,
+                 batch_size=len(y))
+        self.log(f"{split}/acc", acc, on_epoch=True, prog_bar=True)
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], _: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], _: int) -> None:
+        self._eval_step(batch, "test")
+
+    def configure_optimizers(self) -> Any:
+        opt = build_optimizer(self.optimizer_params, self.net)
+        steps = self.trainer.estimated_stepping_batches // max(1, self.trainer.max_epochs)
+        sched = build_scheduler(self.scheduler_params, opt, steps, self.trainer.max_epochs)
+        return opt if sched is None else {"optimizer": opt, "lr_scheduler": sched}

@@ -1,0 +1,59 @@
+"""Download MNIST, verify it, carve a seeded validation split and normalize every split once.
+
+Stage `prepare`: (mirrors) -> data/raw (the four verified .gz files, reused when present),
+data/prepared (see `stages.dataset` for the layout).
+Params: `prepare` section of params.yaml; the `MNIST_MIRROR` environment variable overrides
+`prepare.mirror`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from stages import cli, mnist
+from stages.dataset import make_splits, save_splits
+from stages.io import atomic_dir
+from stages.params import PrepareParams, load_params
+
+log = logging.getLogger(__name__)
+
+
+def prepare(params: PrepareParams, raw_dir: Path, out_dir: Path) -> dict:
+    """Fetch and verify the raw files, then write the prepared splits atomically."""
+    mirrors = mnist.resolve_mirrors(params.mirror)
+    files = mnist.fetch_all(mirrors, raw_dir, params.retries, params.timeout_s)
+    raw = mnist.load_raw(files)
+    splits, norm = make_splits(raw, params.val_size, params.split_seed)
+    meta = {
+        "split_seed": params.split_seed,
+        "sources": dict(mnist.expected_files()),
+    }
+    with atomic_dir(out_dir) as tmp:
+        save_splits(tmp, splits, norm, meta)
+    log.info(
+        "prepared %s; normalization mean %.4f std %.4f",
+        ", ".join(f"{k} {len(v)}" for k, v in splits.items()), norm.mean, norm.std,
+    )
+    return {"mean": norm.mean, "std": norm.std, **{k: len(v) for k, v in splits.items()}}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m stages.prepare", description=__doc__.splitlines()[0])
+    p.add_argument("--params", type=Path, default=Path("params.yaml"))
+    p.add_argument("--raw-dir", type=Path, required=True, help="where the .gz files are kept")
+    p.add_argument("--out", type=Path, required=True, help="prepared data folder to write")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    cli.setup_logging()
+    params = load_params(args.params).prepare
+    prepare(params, args.raw_dir, args.out)
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main))

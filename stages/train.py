@@ -1,0 +1,230 @@
+"""Train LeNet-5 with PyTorch Lightning, resuming a killed run from its last checkpoint.
+
+Stage `train`: data/prepared -> models/lenet5.pt, dvclive/train (metrics and plots),
+metrics/train.json; checkpoints in --ckpt-dir (kept between runs, not cached by DVC).
+Params: `train` section of params.yaml.
+
+A run resumes from `<ckpt-dir>/last.ckpt` only when that checkpoint carries the same
+fingerprint (train params, prepared data, training code); otherwise it starts fresh and says
+why. For tests of that path, `MNIST_FAIL_AFTER_EPOCH=k` kills the process (SIGKILL, as the OOM
+killer would) during epoch k+1 of a run that did not itself resume.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
+
+from stages import cli, datamodule, dataset, model, module
+from stages.dataset import load_normalization
+from stages.io import write_json
+from stages.model import LeNet5, save_model
+from stages.module import LitLeNet5
+from stages.params import TrainParams, load_params
+
+log = logging.getLogger(__name__)
+
+FAIL_ENV = "MNIST_FAIL_AFTER_EPOCH"
+LAST = "last.ckpt"
+# The code whose edits change what training produces; part of the resume fingerprint.
+CODE_MODULES = (model, module, datamodule, dataset)
+# Params that do not change the trained weights, left out of the fingerprint.
+NOT_IN_FINGERPRINT = {"progress_bar", "num_threads"}
+
+
+def fingerprint(params: TrainParams, data_dir: Path) -> str:
+    """A hash of what determines the trained weights: params, prepared data, code."""
+    h = hashlib.sha256()
+    h.update(json.dumps(params.model_dump(exclude=NOT_IN_FINGERPRINT), sort_keys=True).encode())
+    for name in ("meta.json", "train.safetensors", "val.safetensors"):
+        with (data_dir / name).open("rb") as f:
+            h.update(hashlib.file_digest(f, "sha256").digest())
+    for mod in (*CODE_MODULES, sys.modules[__name__]):
+        h.update(Path(mod.__file__).read_bytes())
+    return h.hexdigest()
+
+
+def find_resumable(ckpt_dir: Path, fp: str) -> Path | None:
+    """`last.ckpt` if it exists, loads and matches `fp`; otherwise None, with the reason logged."""
+    last = ckpt_dir / LAST
+    if not last.is_file():
+        log.info("no checkpoint in %s: starting from scratch", ckpt_dir)
+        return None
+    try:
+        saved = torch.load(last, map_location="cpu", weights_only=False).get("fingerprint")
+    except Exception as err:  # a checkpoint cut short by a kill is not worth dying for
+        log.warning("checkpoint %s is unreadable (%s): starting fresh", last, err)
+        return None
+    if saved != fp:
+        log.warning(
+            "checkpoint %s was made with other params, data or code (fingerprint %s, now %s): "
+            "starting fresh", last, str(saved)[:12], fp[:12],
+        )
+        return None
+    log.info("resuming from %s (fingerprint %s)", last, fp[:12])
+    return last
+
+
+def resolve_precision(precision: str, accelerator: str) -> str:
+    """`auto`: bf16-mixed where the GPU supports it, 32-true elsewhere."""
+    if precision != "auto":
+        return precision
+    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    return "bf16-mixed" if on_gpu and torch.cuda.is_bf16_supported() else "32-true"
+
+
+class Fingerprint(Callback):
+    """Stores the fingerprint in every checkpoint so a later run can tell if it may resume."""
+
+    def __init__(self, fp: str) -> None:
+        self.fp = fp
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        checkpoint["fingerprint"] = self.fp
+
+
+class KillAfterEpoch(Callback):
+    """Test hook: SIGKILL this process halfway through epoch `k` (0-based), once k are saved."""
+
+    def __init__(self, epochs_done: int) -> None:
+        self.k = epochs_done
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                             batch: Any, batch_idx: int) -> None:
+        if trainer.current_epoch == self.k and batch_idx == trainer.num_training_batches // 2:
+            log.error("%s=%d: killing the training process now", FAIL_ENV, self.k)
+            logging.shutdown()
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def make_logger(live_dir: Path, resume: bool) -> pl.loggers.Logger:
+    """DVCLive when installed (it is a project dependency), else CSV, so GPU hosts without
+    dvclive still train."""
+    try:
+        from dvclive.lightning import DVCLiveLogger
+    except ImportError:
+        log.warning("dvclive is not installed: logging to CSV in %s", live_dir)
+        return pl.loggers.CSVLogger(live_dir, name="", version="")
+    # dvcyaml=False: plots are declared in the project's dvc.yaml, which dvclive must not edit.
+    return DVCLiveLogger(dir=str(live_dir), resume=resume, dvcyaml=False, save_dvc_exp=False,
+                         report=None)
+
+
+def train(
+    params: TrainParams,
+    data_dir: Path,
+    ckpt_dir: Path,
+    live_dir: Path,
+    fail_after_epoch: int | None = None,
+) -> tuple[LeNet5, dict[str, Any]]:
+    """Fit (or resume fitting) and return the trained net with a summary of the run."""
+    if params.num_threads:
+        torch.set_num_threads(params.num_threads)
+    fp = fingerprint(params, data_dir)
+    resume_from = find_resumable(ckpt_dir, fp)
+    if resume_from is None and ckpt_dir.exists():
+        shutil.rmtree(ckpt_dir)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+
+    pl.seed_everything(params.seed, workers=True, verbose=False)
+    lit = LitLeNet5(params.optimizer, params.scheduler)
+    if params.channels_last:
+        lit = lit.to(memory_format=torch.channels_last)
+    data = datamodule.MNISTDataModule(
+        data_dir, params.batch_size, params.eval_batch_size, params.seed, params.channels_last
+    )
+    callbacks: list[Callback] = [
+        Fingerprint(fp),
+        ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0,
+                        save_on_train_epoch_end=True, every_n_epochs=1),
+    ]
+    show_bar = params.progress_bar and sys.stderr.isatty()
+    if show_bar:
+        callbacks.append(TQDMProgressBar(refresh_rate=20))
+    if fail_after_epoch is not None and resume_from is None:
+        callbacks.append(KillAfterEpoch(fail_after_epoch))
+    precision = resolve_precision(params.precision, params.accelerator)
+    trainer = pl.Trainer(
+        max_epochs=params.max_epochs,
+        accelerator=params.accelerator,
+        devices=params.devices,
+        strategy=params.strategy,
+        precision=precision,
+        logger=make_logger(live_dir, resume=resume_from is not None),
+        callbacks=callbacks,
+        check_val_every_n_epoch=params.val_every_n_epochs,
+        num_sanity_val_steps=0,
+        enable_progress_bar=show_bar,
+        enable_model_summary=False,
+        default_root_dir=ckpt_dir,
+        log_every_n_steps=50,
+    )
+    start = time.perf_counter()
+    trainer.fit(lit, datamodule=data, ckpt_path=resume_from)
+    fit_s = time.perf_counter() - start
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    summary = {
+        "epochs": trainer.current_epoch,
+        "resumed_from_epoch": _epoch_of(resume_from),
+        "fit_time_s": round(fit_s, 3),
+        "device": str(trainer.strategy.root_device),
+        "precision": precision,
+        "world_size": trainer.world_size,
+        "val_acc": metrics.get("val/acc"),
+        "val_loss": metrics.get("val/loss"),
+        "fingerprint": fp,
+        "is_global_zero": trainer.is_global_zero,
+    }
+    log.info("trained %d epochs in %.1f s on %s: val/acc %.4f", summary["epochs"], fit_s,
+             summary["device"], summary["val_acc"] or float("nan"))
+    return lit.net.cpu().to(memory_format=torch.contiguous_format), summary
+
+
+def _epoch_of(ckpt: Path | None) -> int | None:
+    if ckpt is None:
+        return None
+    return int(torch.load(ckpt, map_location="cpu", weights_only=False)["epoch"]) + 1
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m stages.train", description=__doc__.splitlines()[0])
+    p.add_argument("--params", type=Path, default=Path("params.yaml"))
+    p.add_argument("--data", type=Path, required=True, help="prepared data folder")
+    p.add_argument("--ckpt-dir", type=Path, required=True, help="checkpoints, kept for resuming")
+    p.add_argument("--live-dir", type=Path, required=True, help="DVCLive metrics and plots")
+    p.add_argument("--model", type=Path, required=True, help="trained model file to write")
+    p.add_argument("--metrics", type=Path, required=True, help="run summary JSON to write")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    cli.setup_logging()
+    params = load_params(args.params).train
+    fail = os.environ.get(FAIL_ENV)
+    net, summary = train(params, args.data, args.ckpt_dir, args.live_dir,
+                         fail_after_epoch=int(fail) if fail else None)
+    if not summary.pop("is_global_zero"):
+        return
+    norm = load_normalization(args.data)
+    save_model(net, args.model, meta={"mean": norm.mean, "std": norm.std,
+                                      "fingerprint": summary["fingerprint"]})
+    write_json(args.metrics, summary)
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main))

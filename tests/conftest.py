@@ -1,0 +1,83 @@
+"""Shared fixtures: a synthetic mirror, prepared data and tiny params, built once per session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from stages.params import Params, parse_params
+from tests.synthetic import write_mirror
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_params_dict() -> dict:
+    """The repo's params.yaml, shrunk to run in seconds on the synthetic data."""
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["prepare"].update(val_size=100, mirror=None)
+    raw["train"].update(max_epochs=2, batch_size=32, eval_batch_size=256, progress_bar=False,
+                        accelerator="cpu", devices=1, precision="32-true")
+    raw["evaluate"].update(batch_size=256, n_misclassified=10)
+    return raw
+
+
+@pytest.fixture(scope="session")
+def synthetic_mirror(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with four synthetic MNIST .gz files and their MD5SUMS."""
+    folder = tmp_path_factory.mktemp("mirror")
+    write_mirror(folder)
+    return folder
+
+
+@pytest.fixture
+def mirror_env(synthetic_mirror: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Point prepare at the synthetic mirror and its checksums."""
+    monkeypatch.setenv("MNIST_MIRROR", str(synthetic_mirror))
+    monkeypatch.setenv("MNIST_MD5SUMS", str(synthetic_mirror / "MD5SUMS"))
+    return synthetic_mirror
+
+
+@pytest.fixture
+def tiny_params() -> Params:
+    return parse_params(tiny_params_dict())
+
+
+@pytest.fixture
+def params_file(tmp_path: Path) -> Path:
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(tiny_params_dict(), sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="session")
+def prepared(tmp_path_factory: pytest.TempPathFactory, synthetic_mirror: Path) -> Path:
+    """The synthetic data run through `prepare`, shared read-only by the session."""
+    from stages import prepare
+
+    root = tmp_path_factory.mktemp("prepared")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MNIST_MIRROR", str(synthetic_mirror))
+    mp.setenv("MNIST_MD5SUMS", str(synthetic_mirror / "MD5SUMS"))
+    try:
+        prepare.prepare(parse_params(tiny_params_dict()).prepare, root / "raw", root / "prepared")
+    finally:
+        mp.undo()
+    return root / "prepared"
+
+
+@pytest.fixture(scope="session")
+def trained_model(tmp_path_factory: pytest.TempPathFactory, prepared: Path) -> Path:
+    """A LeNet-5 trained for two epochs on the synthetic data (models/lenet5.pt format)."""
+    from stages import train
+    from stages.dataset import load_normalization
+    from stages.model import save_model
+
+    root = tmp_path_factory.mktemp("trained")
+    params = parse_params(tiny_params_dict()).train
+    net, summary = train.train(params, prepared, root / "ckpt", root / "live")
+    norm = load_normalization(prepared)
+    save_model(net, root / "lenet5.pt", meta={"mean": norm.mean, "std": norm.std,
+                                               "fingerprint": summary["fingerprint"]})
+    return root / "lenet5.pt"
