@@ -90,7 +90,9 @@ class MNISTDataModule(pl.LightningDataModule):
 
     def setup(self, stage: str) -> None:
         device = self.trainer.strategy.root_device if self.trainer else torch.device("cpu")
-        names = ("train", "val") if stage == "fit" else ("val",) if stage == "validate" else ("test",)
+        names = (
+            ("train", "val") if stage == "fit" else ("val",) if stage == "validate" else ("test",)
+        )
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         for name in names:
             if name not in self.splits:
@@ -108,12 +110,20 @@ class MNISTDataModule(pl.LightningDataModule):
         # drop_last keeps every step's batch full, so BatchNorm-free LeNet sees equal-weight steps
         # and the step count per epoch is exact for OneCycle.
         return TensorBatches(
-            self.splits["train"], self.batch_size, shuffle=True, seed=self.seed,
-            drop_last=True, **self._ranks(),
+            self.splits["train"],
+            self.batch_size,
+            shuffle=True,
+            seed=self.seed,
+            drop_last=True,
+            **self._ranks(),
         )
 
     def val_dataloader(self) -> TensorBatches:
-        return TensorBatches(self.splits["val"], self.eval_batch_size, shuffle=False, **self._ranks())
+        return TensorBatches(
+            self.splits["val"], self.eval_batch_size, shuffle=False, **self._ranks()
+        )
 
     def test_dataloader(self) -> TensorBatches:
-        return TensorBatches(self.splits["test"], self.eval_batch_size, shuffle=False, **self._ranks())
+        return TensorBatches(
+            self.splits["test"], self.eval_batch_size, shuffle=False, **self._ranks()
+        )

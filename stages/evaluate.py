@@ -54,9 +54,13 @@ def evaluate(logits: torch.Tensor, labels: torch.Tensor) -> Evaluation:
     f1 = multiclass_f1_score(preds, labels, **kw)
     support = torch.bincount(labels, minlength=NUM_CLASSES)
     per_class = [
-        {"class": str(c), "precision": round(float(precision[c]), 5),
-         "recall": round(float(recall[c]), 5), "f1": round(float(f1[c]), 5),
-         "support": int(support[c])}
+        {
+            "class": str(c),
+            "precision": round(float(precision[c]), 5),
+            "recall": round(float(recall[c]), 5),
+            "f1": round(float(f1[c]), 5),
+            "support": int(support[c]),
+        }
         for c in range(NUM_CLASSES)
     ]
     return Evaluation(
@@ -84,13 +88,28 @@ def plot_confusion(confusion: torch.Tensor, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6.5, 5.5))
     # Log colour scale: the diagonal (~1000) would otherwise wash out the errors (~1-10).
     im = ax.imshow(confusion.clamp(min=1).log10().numpy(), cmap="Blues")
-    for (i, j), v in zip(torch.cartesian_prod(torch.arange(10), torch.arange(10)).tolist(),
-                         confusion.flatten().tolist(), strict=True):
+    for (i, j), v in zip(
+        torch.cartesian_prod(torch.arange(10), torch.arange(10)).tolist(),
+        confusion.flatten().tolist(),
+        strict=True,
+    ):
         if v:
-            ax.text(j, i, str(v), ha="center", va="center", fontsize=7,
-                    color="white" if i == j else "black")
-    ax.set(xticks=range(10), yticks=range(10), xlabel="predicted", ylabel="actual",
-           title=f"Test confusion matrix ({int(confusion.sum())} digits)")
+            ax.text(
+                j,
+                i,
+                str(v),
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if i == j else "black",
+            )
+    ax.set(
+        xticks=range(10),
+        yticks=range(10),
+        xlabel="predicted",
+        ylabel="actual",
+        title=f"Test confusion matrix ({int(confusion.sum())} digits)",
+    )
     fig.colorbar(im, ax=ax, label="log10(count)")
     fig.tight_layout()
     write_with(path, lambda p: fig.savefig(p, format="png", dpi=110))
@@ -107,15 +126,20 @@ def plot_misclassified(test: Split, ev: Evaluation, n: int, path: Path) -> None:
     for ax, i in zip(axes.flat, wrong, strict=False):
         ax.imshow(test.images[i, 0].numpy(), cmap="gray")
         ax.set_title(f"{int(test.labels[i])}→{int(ev.preds[i])}", fontsize=8, color="crimson")
-    fig.suptitle(f"Misclassified test digits (true→predicted), {len(wrong)} of "
-                 f"{int((ev.preds != test.labels).sum())}", fontsize=10)
+    fig.suptitle(
+        f"Misclassified test digits (true→predicted), {len(wrong)} of "
+        f"{int((ev.preds != test.labels).sum())}",
+        fontsize=10,
+    )
     fig.tight_layout()
     write_with(path, lambda p: fig.savefig(p, format="png", dpi=100))
     plt.close(fig)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m stages.evaluate", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="python -m stages.evaluate", description=__doc__.splitlines()[0]
+    )
     p.add_argument("--params", type=Path, default=Path("params.yaml"))
     p.add_argument("--model", type=Path, required=True)
     p.add_argument("--data", type=Path, required=True, help="prepared data folder")
@@ -133,10 +157,13 @@ def main(argv: list[str] | None = None) -> None:
     ev = evaluate(predict_logits(net, test.images, params.batch_size), test.labels)
     args.plots.mkdir(parents=True, exist_ok=True)
     write_json(args.plots / "per_class.json", ev.per_class)
-    write_json(args.plots / "confusion.json", [
-        {"actual": int(a), "predicted": int(p)}
-        for a, p in zip(test.labels.tolist(), ev.preds.tolist(), strict=True)
-    ])
+    write_json(
+        args.plots / "confusion.json",
+        [
+            {"actual": int(a), "predicted": int(p)}
+            for a, p in zip(test.labels.tolist(), ev.preds.tolist(), strict=True)
+        ],
+    )
     plot_confusion(ev.confusion, args.plots / "confusion_matrix.png")
     plot_misclassified(test, ev, params.n_misclassified, args.plots / "misclassified.png")
     write_json(args.metrics, metrics_json(ev))

@@ -68,7 +68,9 @@ class Mirror:
         return self.base.rstrip("/") + "/" + filename
 
 
-def resolve_mirrors(param_mirror: str | None, env: Mapping[str, str] | None = None) -> list[Mirror]:
+def resolve_mirrors(
+    param_mirror: str | None, env: Mapping[str, str] | None = None
+) -> list[Mirror]:
     """The override alone if one is set (so offline machines never touch the network)."""
     env = os.environ if env is None else env
     override = env.get(MIRROR_ENV) or param_mirror
@@ -125,7 +127,9 @@ def fetch_file(
         attempts = 1 if mirror.is_local else retries
         for attempt in range(1, attempts + 1):
             try:
-                log.info("%s: fetching from %s (attempt %d/%d)", filename, source, attempt, attempts)
+                log.info(
+                    "%s: fetching from %s (attempt %d/%d)", filename, source, attempt, attempts
+                )
                 _fetch_once(source, tmp, timeout_s, mirror.is_local)
                 got = md5sum(tmp)
                 if got != md5:
@@ -139,7 +143,7 @@ def fetch_file(
                 errors.append(f"  {source} (attempt {attempt}): {err}")
                 log.warning("%s: %s", filename, err)
                 if attempt < attempts:
-                    sleep(min(30.0, 2.0 ** (attempt - 1)) * (1 + random.random()))  # noqa: S311
+                    sleep(min(30.0, 2.0 ** (attempt - 1)) * (1 + random.random()))
             finally:
                 tmp.unlink(missing_ok=True)
     raise StageError(
@@ -199,7 +203,11 @@ def read_idx(path: Path) -> np.ndarray:
             f"{path}: IDX header says shape {shape} ({expected} bytes) "
             f"but the file holds {len(data) - header}"
         )
-    return np.frombuffer(data, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
+    return (
+        np.frombuffer(data, dtype=dtype, offset=header)
+        .reshape(shape)
+        .astype(dtype.newbyteorder("="))
+    )
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:

@@ -88,6 +88,9 @@ def predict_logits(net: nn.Module, images: torch.Tensor, batch_size: int = 4096)
     device = next(net.parameters()).device
     was_training = net.training
     net.eval()
-    out = [net(images[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(images), batch_size)]
+    out = [
+        net(images[i : i + batch_size].to(device)).float().cpu()
+        for i in range(0, len(images), batch_size)
+    ]
     net.train(was_training)
     return torch.cat(out)

@@ -16,8 +16,11 @@ from stages.params import OptimizerParams, SchedulerParams
 def build_optimizer(params: OptimizerParams, model: torch.nn.Module) -> torch.optim.Optimizer:
     if params.name == "sgd":
         return torch.optim.SGD(
-            model.parameters(), lr=params.lr, momentum=params.momentum,
-            nesterov=params.nesterov and params.momentum > 0, weight_decay=params.weight_decay,
+            model.parameters(),
+            lr=params.lr,
+            momentum=params.momentum,
+            nesterov=params.nesterov and params.momentum > 0,
+            weight_decay=params.weight_decay,
         )
     cls = torch.optim.AdamW if params.name == "adamw" else torch.optim.Adam
     return cls(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
@@ -39,7 +42,9 @@ def build_scheduler(
     if params.name == "cosine":
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
         return {"scheduler": sched, "interval": "step"}
-    sched = torch.optim.lr_scheduler.StepLR(optimizer, step_size=params.step_size, gamma=params.gamma)
+    sched = torch.optim.lr_scheduler.StepLR(
+        optimizer, step_size=params.step_size, gamma=params.gamma
+    )
     return {"scheduler": sched, "interval": "epoch"}
 
 
@@ -76,8 +81,13 @@ class LitLeNet5(pl.LightningModule):
         logits = self.net(x)
         acc = self.val_acc if split == "val" else self.test_acc
         acc.update(logits, y)
-        self.log(f"{split}/loss", F.cross_entropy(logits, y), on_epoch=True, sync_dist=True,
-                 batch_size=len(y))
+        self.log(
+            f"{split}/loss",
+            F.cross_entropy(logits, y),
+            on_epoch=True,
+            sync_dist=True,
+            batch_size=len(y),
+        )
         self.log(f"{split}/acc", acc, on_epoch=True, prog_bar=True)
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], _: int) -> None:

@@ -35,13 +35,17 @@ def prepare(params: PrepareParams, raw_dir: Path, out_dir: Path) -> dict:
         save_splits(tmp, splits, norm, meta)
     log.info(
         "prepared %s; normalization mean %.4f std %.4f",
-        ", ".join(f"{k} {len(v)}" for k, v in splits.items()), norm.mean, norm.std,
+        ", ".join(f"{k} {len(v)}" for k, v in splits.items()),
+        norm.mean,
+        norm.std,
     )
     return {"mean": norm.mean, "std": norm.std, **{k: len(v) for k, v in splits.items()}}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m stages.prepare", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="python -m stages.prepare", description=__doc__.splitlines()[0]
+    )
     p.add_argument("--params", type=Path, default=Path("params.yaml"))
     p.add_argument("--raw-dir", type=Path, required=True, help="where the .gz files are kept")
     p.add_argument("--out", type=Path, required=True, help="prepared data folder to write")

@@ -71,7 +71,10 @@ def find_resumable(ckpt_dir: Path, fp: str) -> Path | None:
     if saved != fp:
         log.warning(
             "checkpoint %s was made with other params, data or code (fingerprint %s, now %s): "
-            "starting fresh", last, str(saved)[:12], fp[:12],
+            "starting fresh",
+            last,
+            str(saved)[:12],
+            fp[:12],
         )
         return None
     log.info("resuming from %s (fingerprint %s)", last, fp[:12])
@@ -82,7 +85,9 @@ def resolve_precision(precision: str, accelerator: str) -> str:
     """`auto`: bf16-mixed where the GPU supports it, 32-true elsewhere."""
     if precision != "auto":
         return precision
-    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    on_gpu = accelerator in ("gpu", "cuda") or (
+        accelerator == "auto" and torch.cuda.is_available()
+    )
     return "bf16-mixed" if on_gpu and torch.cuda.is_bf16_supported() else "32-true"
 
 
@@ -92,8 +97,9 @@ class Fingerprint(Callback):
     def __init__(self, fp: str) -> None:
         self.fp = fp
 
-    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
-                           checkpoint: dict[str, Any]) -> None:
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
         checkpoint["fingerprint"] = self.fp
 
 
@@ -103,8 +109,9 @@ class KillAfterEpoch(Callback):
     def __init__(self, epochs_done: int) -> None:
         self.k = epochs_done
 
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
-                             batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         if trainer.current_epoch == self.k and batch_idx == trainer.num_training_batches // 2:
             log.error("%s=%d: killing the training process now", FAIL_ENV, self.k)
             logging.shutdown()
@@ -120,8 +127,45 @@ def make_logger(live_dir: Path, resume: bool) -> pl.loggers.Logger:
         log.warning("dvclive is not installed: logging to CSV in %s", live_dir)
         return pl.loggers.CSVLogger(live_dir, name="", version="")
     # dvcyaml=False: plots are declared in the project's dvc.yaml, which dvclive must not edit.
-    return DVCLiveLogger(dir=str(live_dir), resume=resume, dvcyaml=False, save_dvc_exp=False,
-                         report=None)
+    return DVCLiveLogger(
+        dir=str(live_dir), resume=resume, dvcyaml=False, save_dvc_exp=False, report=None
+    )
+
+
+def make_datamodule(params: TrainParams, data_dir: Path) -> datamodule.MNISTDataModule:
+    return datamodule.MNISTDataModule(
+        data_dir, params.batch_size, params.eval_batch_size, params.seed, params.channels_last
+    )
+
+
+def make_trainer(
+    params: TrainParams,
+    max_epochs: int,
+    callbacks: list[Callback],
+    logger: pl.loggers.Logger | bool,
+    root_dir: Path,
+) -> pl.Trainer:
+    """The Trainer every fit in the project uses (training here, fine-tuning in `prune`)."""
+    if params.num_threads:
+        torch.set_num_threads(params.num_threads)
+    show_bar = params.progress_bar and sys.stderr.isatty()
+    if show_bar:
+        callbacks = [*callbacks, TQDMProgressBar(refresh_rate=20)]
+    return pl.Trainer(
+        max_epochs=max_epochs,
+        accelerator=params.accelerator,
+        devices=params.devices,
+        strategy=params.strategy,
+        precision=resolve_precision(params.precision, params.accelerator),
+        logger=logger,
+        callbacks=callbacks,
+        check_val_every_n_epoch=params.val_every_n_epochs,
+        num_sanity_val_steps=0,
+        enable_progress_bar=show_bar,
+        enable_model_summary=False,
+        default_root_dir=root_dir,
+        log_every_n_steps=50,
+    )
 
 
 def train(
@@ -132,8 +176,6 @@ def train(
     fail_after_epoch: int | None = None,
 ) -> tuple[LeNet5, dict[str, Any]]:
     """Fit (or resume fitting) and return the trained net with a summary of the run."""
-    if params.num_threads:
-        torch.set_num_threads(params.num_threads)
     fp = fingerprint(params, data_dir)
     resume_from = find_resumable(ckpt_dir, fp)
     if resume_from is None and ckpt_dir.exists():
@@ -144,35 +186,26 @@ def train(
     lit = LitLeNet5(params.optimizer, params.scheduler)
     if params.channels_last:
         lit = lit.to(memory_format=torch.channels_last)
-    data = datamodule.MNISTDataModule(
-        data_dir, params.batch_size, params.eval_batch_size, params.seed, params.channels_last
-    )
     callbacks: list[Callback] = [
         Fingerprint(fp),
-        ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0,
-                        save_on_train_epoch_end=True, every_n_epochs=1),
+        ModelCheckpoint(
+            dirpath=ckpt_dir,
+            save_last=True,
+            save_top_k=0,
+            save_on_train_epoch_end=True,
+            every_n_epochs=1,
+        ),
     ]
-    show_bar = params.progress_bar and sys.stderr.isatty()
-    if show_bar:
-        callbacks.append(TQDMProgressBar(refresh_rate=20))
     if fail_after_epoch is not None and resume_from is None:
         callbacks.append(KillAfterEpoch(fail_after_epoch))
-    precision = resolve_precision(params.precision, params.accelerator)
-    trainer = pl.Trainer(
-        max_epochs=params.max_epochs,
-        accelerator=params.accelerator,
-        devices=params.devices,
-        strategy=params.strategy,
-        precision=precision,
-        logger=make_logger(live_dir, resume=resume_from is not None),
-        callbacks=callbacks,
-        check_val_every_n_epoch=params.val_every_n_epochs,
-        num_sanity_val_steps=0,
-        enable_progress_bar=show_bar,
-        enable_model_summary=False,
-        default_root_dir=ckpt_dir,
-        log_every_n_steps=50,
+    trainer = make_trainer(
+        params,
+        params.max_epochs,
+        callbacks,
+        make_logger(live_dir, resume=resume_from is not None),
+        ckpt_dir,
     )
+    data = make_datamodule(params, data_dir)
     start = time.perf_counter()
     trainer.fit(lit, datamodule=data, ckpt_path=resume_from)
     fit_s = time.perf_counter() - start
@@ -181,16 +214,21 @@ def train(
         "epochs": trainer.current_epoch,
         "resumed_from_epoch": _epoch_of(resume_from),
         "fit_time_s": round(fit_s, 3),
-        "device": str(trainer.strategy.root_device),
-        "precision": precision,
         "world_size": trainer.world_size,
         "val_acc": metrics.get("val/acc"),
-        "val_loss": metrics.get("val/loss"),
+        "device": str(trainer.strategy.root_device),
+        "precision": trainer.precision,
         "fingerprint": fp,
         "is_global_zero": trainer.is_global_zero,
     }
-    log.info("trained %d epochs in %.1f s on %s: val/acc %.4f", summary["epochs"], fit_s,
-             summary["device"], summary["val_acc"] or float("nan"))
+    log.info(
+        "trained %d epochs in %.1f s on %s (%s): val/acc %.4f",
+        summary["epochs"],
+        fit_s,
+        summary["device"],
+        summary["precision"],
+        summary["val_acc"] or float("nan"),
+    )
     return lit.net.cpu().to(memory_format=torch.contiguous_format), summary
 
 
@@ -216,14 +254,20 @@ def main(argv: list[str] | None = None) -> None:
     cli.setup_logging()
     params = load_params(args.params).train
     fail = os.environ.get(FAIL_ENV)
-    net, summary = train(params, args.data, args.ckpt_dir, args.live_dir,
-                         fail_after_epoch=int(fail) if fail else None)
+    net, summary = train(
+        params,
+        args.data,
+        args.ckpt_dir,
+        args.live_dir,
+        fail_after_epoch=int(fail) if fail else None,
+    )
     if not summary.pop("is_global_zero"):
         return
     norm = load_normalization(args.data)
-    save_model(net, args.model, meta={"mean": norm.mean, "std": norm.std,
-                                      "fingerprint": summary["fingerprint"]})
-    write_json(args.metrics, summary)
+    run_info = {k: summary.pop(k) for k in ("device", "precision", "fingerprint")}
+    save_model(net, args.model, meta={"mean": norm.mean, "std": norm.std, **run_info})
+    # Numbers only: `dvc metrics show` and `dvc exp show` tabulate this file.
+    write_json(args.metrics, {k: v for k, v in summary.items() if v is not None})
 
 
 if __name__ == "__main__":

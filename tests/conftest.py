@@ -17,8 +17,15 @@ def tiny_params_dict() -> dict:
     """The repo's params.yaml, shrunk to run in seconds on the synthetic data."""
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     raw["prepare"].update(val_size=100, mirror=None)
-    raw["train"].update(max_epochs=2, batch_size=32, eval_batch_size=256, progress_bar=False,
-                        accelerator="cpu", devices=1, precision="32-true")
+    raw["train"].update(
+        max_epochs=2,
+        batch_size=32,
+        eval_batch_size=256,
+        progress_bar=False,
+        accelerator="cpu",
+        devices=1,
+        precision="32-true",
+    )
     raw["evaluate"].update(batch_size=256, n_misclassified=10)
     return raw
 
@@ -78,6 +85,9 @@ def trained_model(tmp_path_factory: pytest.TempPathFactory, prepared: Path) -> P
     params = parse_params(tiny_params_dict()).train
     net, summary = train.train(params, prepared, root / "ckpt", root / "live")
     norm = load_normalization(prepared)
-    save_model(net, root / "lenet5.pt", meta={"mean": norm.mean, "std": norm.std,
-                                               "fingerprint": summary["fingerprint"]})
+    save_model(
+        net,
+        root / "lenet5.pt",
+        meta={"mean": norm.mean, "std": norm.std, "fingerprint": summary["fingerprint"]},
+    )
     return root / "lenet5.pt"
