@@ -20,7 +20,8 @@ class ParamsError(ValueError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: YAML gives real ints, floats and bools; a quoted "1e-3" or "yes" is a mistake.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class PrepareParams(_Section):
@@ -83,10 +84,80 @@ class EvaluateParams(_Section):
     n_misclassified: int = Field(ge=0, le=400)
 
 
+PruneMethod = Literal["structured", "unstructured"]
+# l1 / l2: norm of each channel's weights across its dependency group; lamp: layer-adaptive
+# magnitude; taylor: |weight * gradient| of the loss on training batches.
+ImportanceName = Literal["l1", "l2", "lamp", "taylor"]
+
+
+class StructuredPruneParams(_Section):
+    # Fraction of each prunable layer's channels (conv) or neurons (fc) removed, reached over
+    # `prune.rounds`; the 10 outputs are never pruned.
+    ratio: float = Field(gt=0, lt=1)
+    importance: ImportanceName
+    # true: rank channels of all layers together, so layers lose different fractions.
+    global_pruning: bool
+    # taylor only: training batches whose gradients score the channels.
+    taylor_batches: int = Field(ge=1, le=10_000)
+
+
+class UnstructuredPruneParams(_Section):
+    # Fraction of all conv and linear weights set to zero, ranked globally by magnitude.
+    sparsity: float = Field(gt=0, lt=1)
+
+
+class FinetuneParams(_Section):
+    # Epochs after each pruning round; the rest of the Trainer set-up comes from `train`.
+    epochs: int = Field(ge=0, le=1000)
+    optimizer: OptimizerParams
+    scheduler: SchedulerParams
+
+
+class DistillParams(_Section):
+    # Weight of the dense teacher's softened outputs in the fine-tuning loss; 0 turns it off.
+    alpha: float = Field(ge=0, le=1)
+    temperature: float = Field(gt=0, le=100)
+
+
+class PruneParams(_Section):
+    method: PruneMethod
+    seed: int = Field(ge=0)
+    # Prune and fine-tune in this many steps, each removing an equal share of the target.
+    rounds: int = Field(ge=1, le=100)
+    structured: StructuredPruneParams
+    unstructured: UnstructuredPruneParams
+    finetune: FinetuneParams
+    distill: DistillParams
+
+
+class ExportParams(_Section):
+    # ONNX opset the files are written at: the oldest runtime that can load them.
+    opset: int = Field(ge=18, le=23)
+    # true: torch.export-based exporter; false: the legacy TorchScript one.
+    dynamo: bool
+    # The graph's input type; either way it takes raw 0-255 pixels.
+    input_dtype: Literal["float32", "uint8"]
+    # Largest allowed |ONNX Runtime logit - PyTorch logit| on the test set.
+    atol: float = Field(gt=0, le=1.0)
+    batch_size: int = Field(ge=1, le=65_536)
+    # Timing: batch-1 latency is the median of `latency_runs`; throughput at `throughput_batch`.
+    warmup_runs: int = Field(ge=0, le=100_000)
+    latency_runs: int = Field(ge=1, le=1_000_000)
+    throughput_batch: int = Field(ge=1, le=65_536)
+    throughput_runs: int = Field(ge=1, le=100_000)
+    # Threads for both runtimes while timing; 0 keeps each runtime's default.
+    num_threads: int = Field(ge=0, le=1024)
+    # The stage fails if the pruned model's ONNX Runtime latency exceeds the dense one's by
+    # more than this fraction (timing noise on a shared machine).
+    max_slowdown: float = Field(ge=0, le=10)
+
+
 class Params(_Section):
     prepare: PrepareParams
     train: TrainParams
     evaluate: EvaluateParams
+    prune: PruneParams
+    export: ExportParams
 
 
 def _allowed(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str] | None:

@@ -188,10 +188,13 @@ def train(
         lit = lit.to(memory_format=torch.channels_last)
     callbacks: list[Callback] = [
         Fingerprint(fp),
+        # One file, `last.ckpt`, replaced at the end of every epoch (even ones without validation).
         ModelCheckpoint(
             dirpath=ckpt_dir,
-            save_last=True,
-            save_top_k=0,
+            filename=LAST.removesuffix(".ckpt"),
+            monitor=None,
+            save_top_k=1,
+            enable_version_counter=False,
             save_on_train_epoch_end=True,
             every_n_epochs=1,
         ),
@@ -206,13 +209,14 @@ def train(
         ckpt_dir,
     )
     data = make_datamodule(params, data_dir)
+    resumed_from_epoch = _epoch_of(resume_from)  # read now: fitting overwrites the file
     start = time.perf_counter()
     trainer.fit(lit, datamodule=data, ckpt_path=resume_from)
     fit_s = time.perf_counter() - start
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     summary = {
         "epochs": trainer.current_epoch,
-        "resumed_from_epoch": _epoch_of(resume_from),
+        "resumed_from_epoch": resumed_from_epoch,
         "fit_time_s": round(fit_s, 3),
         "world_size": trainer.world_size,
         "val_acc": metrics.get("val/acc"),

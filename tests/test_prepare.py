@@ -1,0 +1,92 @@
+"""The prepare stage: seeded validation split, train-set normalization, exact round trip."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from stages import cli, mnist, prepare
+from stages.dataset import load_normalization, load_split, split_indices
+from tests.synthetic import make_images
+
+
+def test_split_is_seeded_disjoint_and_complete() -> None:
+    tr, va = split_indices(100, 10, seed=3)
+    assert len(va) == 10 and len(tr) == 90
+    assert set(tr).isdisjoint(va) and set(tr) | set(va) == set(range(100))
+    tr2, va2 = split_indices(100, 10, seed=3)
+    np.testing.assert_array_equal(tr, tr2)
+    np.testing.assert_array_equal(va, va2)
+    assert not np.array_equal(va, split_indices(100, 10, seed=4)[1])
+
+
+def test_prepared_splits(prepared: Path) -> None:
+    meta = json.loads((prepared / "meta.json").read_text())
+    assert meta["sizes"] == {"train": 500, "val": 100, "test": 200}
+    train, val, test = (load_split(prepared, s) for s in ("train", "val", "test"))
+    assert train.images.shape == (500, 1, 28, 28) and train.images.dtype == torch.float32
+    assert train.labels.dtype == torch.int64 and set(train.labels.tolist()) <= set(range(10))
+    # Normalized with the training split's statistics only.
+    assert abs(float(train.images.mean())) < 1e-4
+    assert abs(float(train.images.std()) - 1.0) < 1e-2
+    assert abs(float(val.images.mean())) > 1e-4 or abs(float(test.images.mean())) > 1e-4
+
+
+def test_test_split_is_the_original_test_file_in_order(prepared: Path) -> None:
+    images, labels = make_images(200, seed=2)  # what tests/synthetic.py wrote as t10k
+    test = load_split(prepared, "test")
+    norm = load_normalization(prepared)
+    np.testing.assert_array_equal(norm.invert(test.images)[:, 0].numpy(), images)
+    np.testing.assert_array_equal(test.labels.numpy(), labels)
+
+
+def test_val_split_comes_from_train_file(prepared: Path) -> None:
+    images, _ = make_images(600, seed=1)
+    val = load_split(prepared, "val")
+    pixels = load_normalization(prepared).invert(val.images)[:, 0].numpy()
+    train_rows = {img.tobytes() for img in images}
+    assert all(img.tobytes() in train_rows for img in pixels)
+
+
+def test_main_writes_outputs_and_reuses_downloads(
+    tmp_path: Path, params_file: Path, mirror_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    argv = [
+        "--params",
+        str(params_file),
+        "--raw-dir",
+        str(tmp_path / "raw"),
+        "--out",
+        str(tmp_path / "prepared"),
+    ]
+    assert cli.run(prepare.main, argv) == 0
+    assert sorted(p.name for p in (tmp_path / "prepared").iterdir()) == [
+        "meta.json",
+        "test.safetensors",
+        "train.safetensors",
+        "val.safetensors",
+    ]
+    # Second run: verified raw files are reused, even with the mirror gone.
+    monkeypatch.setenv("MNIST_MIRROR", str(tmp_path / "gone"))
+    assert cli.run(prepare.main, argv) == 0
+    assert not list(tmp_path.glob(".prepared*")), "no temporary folder left behind"
+
+
+def test_main_without_mirror_fails_cleanly(
+    tmp_path: Path,
+    params_file: Path,
+    mirror_env: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("MNIST_MIRROR", str(tmp_path / "nowhere"))
+    out = tmp_path / "prepared"
+    argv = ["--params", str(params_file), "--raw-dir", str(tmp_path / "raw"), "--out", str(out)]
+    assert cli.run(prepare.main, argv) == 1
+    err = capsys.readouterr().err
+    assert mnist.FILES[0][0] in err and "Set MNIST_MIRROR" in err
+    assert not out.exists()

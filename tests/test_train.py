@@ -1,0 +1,133 @@
+"""Training: it learns, a killed run resumes at the next epoch with the same result, DDP works."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from stages import train
+from stages.dataset import load_split
+from stages.model import load_model, predict_logits
+from stages.params import parse_params
+from tests.conftest import ROOT, tiny_params_dict
+
+
+def _run_train(
+    tmp: Path, params: dict, out: str, env: dict | None = None
+) -> subprocess.CompletedProcess:
+    """`python -m stages.train` as DVC runs it, in a fresh process."""
+    (tmp / "params.yaml").write_text(yaml.safe_dump(params))
+    cmd = [
+        sys.executable,
+        "-m",
+        "stages.train",
+        "--params",
+        str(tmp / "params.yaml"),
+        "--data",
+        str(tmp / "data"),
+        "--ckpt-dir",
+        str(tmp / out / "ckpt"),
+        "--live-dir",
+        str(tmp / out / "live"),
+        "--model",
+        str(tmp / out / "model.pt"),
+        "--metrics",
+        str(tmp / out / "train.json"),
+    ]
+    return subprocess.run(
+        cmd,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_training_learns(trained_model: Path, prepared: Path) -> None:
+    net, meta = load_model(trained_model)
+    test = load_split(prepared, "test")
+    acc = (predict_logits(net, test.images).argmax(1) == test.labels).float().mean()
+    assert acc >= 0.9
+    assert {"mean", "std", "fingerprint", "device", "precision"} <= set(meta)
+
+
+def test_killed_training_resumes_at_next_epoch_with_the_same_result(
+    tmp_path: Path, prepared: Path
+) -> None:
+    (tmp_path / "data").symlink_to(prepared)
+    params = tiny_params_dict()
+    params["train"]["max_epochs"] = 3
+
+    killed = _run_train(tmp_path, params, "run", {train.FAIL_ENV: "1"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert not (tmp_path / "run" / "model.pt").exists()
+    ckpt = torch.load(tmp_path / "run" / "ckpt" / "last.ckpt", weights_only=False)
+    assert ckpt["epoch"] == 0  # one epoch done, killed halfway through the second
+
+    # The retry keeps the env var (as a Prefect retry would): a resumed run is not killed again.
+    resumed = _run_train(tmp_path, params, "run", {train.FAIL_ENV: "1"})
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming from" in resumed.stderr
+    summary = json.loads((tmp_path / "run" / "train.json").read_text())
+    assert summary["resumed_from_epoch"] == 1 and summary["epochs"] == 3
+
+    # Curves continue: one row per epoch, steps increasing, nothing restarted or repeated.
+    rows = (tmp_path / "run/live/plots/metrics/val/acc.tsv").read_text().splitlines()[1:]
+    steps = [int(r.split("\t")[0]) for r in rows]
+    assert len(steps) == 3 and steps == sorted(set(steps))
+
+    fresh = _run_train(tmp_path, params, "fresh")
+    assert fresh.returncode == 0, fresh.stderr[-2000:]
+    a, _ = load_model(tmp_path / "run" / "model.pt")
+    b, _ = load_model(tmp_path / "fresh" / "model.pt")
+    for (name, wa), wb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        torch.testing.assert_close(wa, wb, rtol=0, atol=0, msg=f"{name} differs")
+
+
+def test_resume_only_with_matching_fingerprint(
+    tmp_path: Path, prepared: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    params = parse_params(tiny_params_dict()).train
+    params = params.model_copy(update={"max_epochs": 1})
+    train.train(params, prepared, tmp_path / "ckpt", tmp_path / "live")
+    fp = train.fingerprint(params, prepared)
+    assert train.find_resumable(tmp_path / "ckpt", fp) == tmp_path / "ckpt" / "last.ckpt"
+
+    other = params.model_copy(update={"seed": params.seed + 1})
+    assert train.fingerprint(other, prepared) != fp
+    # Params that do not change the weights do not block resuming.
+    assert train.fingerprint(params.model_copy(update={"progress_bar": False}), prepared) == fp
+    with caplog.at_level("WARNING"):
+        assert train.find_resumable(tmp_path / "ckpt", train.fingerprint(other, prepared)) is None
+    assert "starting fresh" in caplog.text
+
+    (tmp_path / "ckpt" / "last.ckpt").write_bytes(b"cut short by a kill")
+    assert train.find_resumable(tmp_path / "ckpt", fp) is None
+    assert "unreadable" in caplog.text
+
+
+def test_precision_auto_is_32_bit_on_cpu() -> None:
+    assert train.resolve_precision("auto", "cpu") == "32-true"
+    assert train.resolve_precision("bf16-mixed", "cpu") == "bf16-mixed"
+
+
+def test_ddp_on_two_cpu_processes(tmp_path: Path, prepared: Path) -> None:
+    (tmp_path / "data").symlink_to(prepared)
+    params = tiny_params_dict()
+    params["train"].update(max_epochs=3, strategy="ddp", devices=2, accelerator="cpu")
+    done = _run_train(tmp_path, params, "ddp")
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((tmp_path / "ddp" / "train.json").read_text())
+    assert summary["world_size"] == 2
+    net, _ = load_model(tmp_path / "ddp" / "model.pt")
+    test = load_split(prepared, "test")
+    assert (predict_logits(net, test.images).argmax(1) == test.labels).float().mean() >= 0.9
