@@ -1,0 +1,377 @@
+"""Export the dense and the pruned LeNet-5 to ONNX and prove each equal to PyTorch.
+
+Stage `export`: models/lenet5.pt, models/lenet5_pruned.pt, data/prepared ->
+models/lenet5.onnx, models/lenet5_pruned.onnx, metrics/export.json
+Params: `export` section of params.yaml.
+
+Input contract of the ONNX files (also in each file's metadata_props): one input `pixels`,
+float32 or uint8 (params: export.input_dtype) of shape [N, 1, 28, 28] holding RAW grayscale
+pixels 0-255, white digit on black like MNIST; the training normalization (x/255 - mean)/std is
+part of the graph, so a client needs no statistics. One output `logits` [N, 10].
+
+A file is written only if onnx.checker accepts it and ONNX Runtime matches PyTorch on the whole
+test set (same raw pixels): max |logit difference| <= export.atol and identical predictions.
+Otherwise the stage fails. It then times both runtimes and fails if the pruned model is slower
+in ONNX Runtime than the dense one (beyond export.max_slowdown).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from torch import nn
+
+from stages import cli
+from stages.dataset import Normalization, load_normalization, load_split
+from stages.io import atomic_path, write_json
+from stages.model import LeNet5, load_model, widths_of
+from stages.params import ExportParams, load_params
+
+log = logging.getLogger(__name__)
+
+INPUT_NAME, OUTPUT_NAME = "pixels", "logits"
+TORCH_DTYPES = {"float32": torch.float32, "uint8": torch.uint8}
+# Batch of the example input: not 0 or 1, which torch.export would specialize.
+EXAMPLE_BATCH = 2
+
+
+class RawPixelsLeNet5(nn.Module):
+    """A `LeNet5` that takes raw 0-255 pixels of any dtype and normalizes them itself."""
+
+    def __init__(self, net: LeNet5, norm: Normalization) -> None:
+        super().__init__()
+        self.net = net
+        self.mean, self.std = norm.mean, norm.std
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        # The arithmetic of `Normalization.apply`, which made the training tensors.
+        x = (pixels.float() / 255.0 - self.mean) / self.std  # (N, 1, 28, 28)
+        return self.net(x)  # (N, 10)
+
+
+def input_contract(params: ExportParams, norm: Normalization) -> str:
+    return (
+        f"Input '{INPUT_NAME}': {params.input_dtype} tensor [N, 1, 28, 28] of raw grayscale "
+        "pixel values 0-255 (0 = background, 255 = ink: a white digit on black, as in MNIST), "
+        "the digit fitted into a 20x20 box and centred by its centre of mass in the 28x28 "
+        f"field. Normalization ((x/255 - {norm.mean:.6f}) / {norm.std:.6f}) is inside the "
+        f"graph. Output '{OUTPUT_NAME}': float32 [N, 10], unnormalized scores of the digits "
+        "0-9; softmax gives probabilities."
+    )
+
+
+def metadata(params: ExportParams, norm: Normalization, net: LeNet5) -> dict[str, str]:
+    """The key/value pairs written into the ONNX file's metadata_props."""
+    return {
+        "input_contract": input_contract(params, norm),
+        "input_name": INPUT_NAME,
+        "input_dtype": params.input_dtype,
+        "input_shape": "[N, 1, 28, 28]",
+        "input_range": "0-255",
+        "input_polarity": "light-on-dark",
+        "output_name": OUTPUT_NAME,
+        "output": "logits [N, 10] for the digits 0-9",
+        "classes": ",".join(str(c) for c in range(10)),
+        "normalization_mean": repr(norm.mean),
+        "normalization_std": repr(norm.std),
+        "widths": json.dumps(asdict(widths_of(net))),
+    }
+
+
+def export_onnx(model: RawPixelsLeNet5, path: Path, params: ExportParams, props: dict) -> None:
+    """Write `model` to `path` as ONNX at the pinned opset, with a dynamic batch axis."""
+    model = model.eval()
+    example = torch.zeros(EXAMPLE_BATCH, 1, 28, 28, dtype=TORCH_DTYPES[params.input_dtype])
+    with tempfile.TemporaryDirectory(prefix="onnx-export-") as tmp:
+        raw = Path(tmp) / "model.onnx"
+        if params.dynamo:
+            torch.onnx.export(
+                model,
+                (example,),
+                raw,
+                dynamo=True,
+                opset_version=params.opset,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_shapes={"pixels": {0: torch.export.Dim("batch")}},
+                external_data=False,
+                verbose=False,
+            )
+        else:
+            torch.onnx.export(
+                model,
+                (example,),
+                raw,
+                dynamo=False,
+                opset_version=params.opset,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            )
+        proto = onnx.load(raw)
+    for node in proto.graph.node:
+        # The exporter's per-node debug info (Python class paths, FX nodes): not part of the
+        # model, and it would make the file differ between checkouts.
+        del node.metadata_props[:]
+    proto.doc_string = props["input_contract"]
+    onnx.helper.set_model_props(proto, props)
+    onnx.checker.check_model(proto, full_check=True)
+    opset = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+    if opset != params.opset:
+        raise cli.StageError(f"exported opset {opset}, but export.opset is {params.opset}")
+    onnx.save(proto, path)
+
+
+def ort_session(path: Path, num_threads: int = 0) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = num_threads
+    opts.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def ort_logits(sess: ort.InferenceSession, pixels: np.ndarray, batch_size: int) -> np.ndarray:
+    return np.concatenate(
+        [
+            sess.run([OUTPUT_NAME], {INPUT_NAME: pixels[i : i + batch_size]})[0]
+            for i in range(0, len(pixels), batch_size)
+        ]
+    )
+
+
+@torch.inference_mode()
+def torch_logits(model: nn.Module, pixels: torch.Tensor, batch_size: int) -> torch.Tensor:
+    model.eval()
+    return torch.cat(
+        [model(pixels[i : i + batch_size]) for i in range(0, len(pixels), batch_size)]
+    )
+
+
+def check_parity(
+    model: RawPixelsLeNet5,
+    sess: ort.InferenceSession,
+    pixels: torch.Tensor,
+    labels: torch.Tensor,
+    params: ExportParams,
+    name: str,
+) -> dict[str, float]:
+    """Compare ONNX Runtime with PyTorch on the same raw pixels; raise `StageError` if they
+    differ by more than `params.atol` or disagree on any prediction."""
+    x = pixels.to(TORCH_DTYPES[params.input_dtype])
+    ref = torch_logits(model, x, params.batch_size).numpy()
+    got = ort_logits(sess, x.numpy(), params.batch_size)
+    diff = float(np.abs(got - ref).max())
+    ref_pred, got_pred = ref.argmax(axis=1), got.argmax(axis=1)
+    mismatches = int((ref_pred != got_pred).sum())
+    y = labels.numpy()
+    result = {
+        "max_abs_diff": diff,
+        "mismatches": mismatches,
+        "ort_test_acc": round(float((got_pred == y).mean()), 5),
+        "torch_test_acc": round(float((ref_pred == y).mean()), 5),
+    }
+    log.info(
+        "%s: ONNX Runtime vs PyTorch on %d test digits: max |diff| %.3g, %d differing "
+        "predictions, accuracy %.4f",
+        name,
+        len(y),
+        diff,
+        mismatches,
+        result["ort_test_acc"],
+    )
+    if not diff <= params.atol or mismatches:  # `not <=` also catches NaN
+        raise cli.StageError(
+            f"{name}: ONNX Runtime does not match PyTorch on the test set: max |logit diff| "
+            f"{diff:.3g} (allowed {params.atol:g}), {mismatches} predictions differ"
+        )
+    return result
+
+
+def median_times(fns: dict[str, Callable[[], Any]], warmup: int, runs: int) -> dict[str, float]:
+    """Median seconds per call of each function, interleaved run by run so that the load of
+    a shared machine weighs on all of them alike."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(runs):
+        for k, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def benchmark(
+    models: dict[str, tuple[RawPixelsLeNet5, ort.InferenceSession]],
+    pixels: torch.Tensor,
+    params: ExportParams,
+) -> dict[str, dict[str, float]]:
+    """Batch-1 latency (ms, median) and batch-`throughput_batch` throughput (images/s) of
+    each model in ONNX Runtime and in PyTorch eager."""
+    x = pixels.to(TORCH_DTYPES[params.input_dtype])
+    one, many = x[:1], x[: params.throughput_batch]
+    if len(many) < params.throughput_batch:
+        many = many.repeat(-(-params.throughput_batch // len(many)), 1, 1, 1)
+        many = many[: params.throughput_batch]
+    one_np, many_np = one.numpy(), many.numpy()
+
+    def ort_fn(sess: ort.InferenceSession, a: np.ndarray) -> Callable[[], Any]:
+        return lambda: sess.run([OUTPUT_NAME], {INPUT_NAME: a})
+
+    def torch_fn(model: nn.Module, t: torch.Tensor) -> Callable[[], Any]:
+        def run() -> Any:
+            with torch.inference_mode():
+                return model(t)
+
+        return run
+
+    threads = torch.get_num_threads()
+    if params.num_threads:
+        torch.set_num_threads(params.num_threads)
+    try:
+        lat = median_times(
+            {
+                f"{name}/{rt}": ort_fn(s, one_np) if rt == "ort" else torch_fn(m.eval(), one)
+                for name, (m, s) in models.items()
+                for rt in ("ort", "torch")
+            },
+            params.warmup_runs,
+            params.latency_runs,
+        )
+        thr = median_times(
+            {
+                f"{name}/{rt}": ort_fn(s, many_np) if rt == "ort" else torch_fn(m.eval(), many)
+                for name, (m, s) in models.items()
+                for rt in ("ort", "torch")
+            },
+            max(1, params.warmup_runs // 10),
+            params.throughput_runs,
+        )
+    finally:
+        torch.set_num_threads(threads)
+    out: dict[str, dict[str, float]] = {}
+    for name in models:
+        out[name] = {}
+        for rt in ("ort", "torch"):
+            out[name][f"{rt}_latency_ms"] = round(lat[f"{name}/{rt}"] * 1e3, 4)
+            out[name][f"{rt}_throughput_ips"] = round(
+                params.throughput_batch / thr[f"{name}/{rt}"], 1
+            )
+    return out
+
+
+def speedups(timings: dict[str, dict[str, float]]) -> dict[str, float]:
+    """How much faster the pruned model runs than the dense one (above 1: faster)."""
+    d, p = timings["dense"], timings["pruned"]
+    return {
+        f"{rt}_{what}_speedup": round(
+            d[f"{rt}_latency_ms"] / p[f"{rt}_latency_ms"]
+            if what == "latency"
+            else p[f"{rt}_throughput_ips"] / d[f"{rt}_throughput_ips"],
+            3,
+        )
+        for rt in ("ort", "torch")
+        for what in ("latency", "throughput")
+    }
+
+
+def check_not_slower(speedup: dict[str, float], max_slowdown: float) -> None:
+    """`StageError` if the pruned model is slower than the dense one in ONNX Runtime by more
+    than the fraction `max_slowdown`."""
+    worst = min(speedup["ort_latency_speedup"], speedup["ort_throughput_speedup"])
+    if worst < 1 / (1 + max_slowdown):
+        raise cli.StageError(
+            f"the pruned ONNX model is slower than the dense one in ONNX Runtime "
+            f"({speedup}; allowed slowdown {max_slowdown:.0%})"
+        )
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m stages.export", description=__doc__.splitlines()[0]
+    )
+    p.add_argument("--params", type=Path, default=Path("params.yaml"))
+    p.add_argument("--model", type=Path, required=True, help="dense model file")
+    p.add_argument("--pruned", type=Path, required=True, help="pruned model file")
+    p.add_argument("--data", type=Path, required=True, help="prepared data folder")
+    p.add_argument("--onnx", type=Path, required=True, help="dense ONNX file to write")
+    p.add_argument("--pruned-onnx", type=Path, required=True, help="pruned ONNX file to write")
+    p.add_argument("--metrics", type=Path, required=True, help="metrics JSON to write")
+    return p.parse_args(argv)
+
+
+def _normalization(meta: dict[str, Any], path: Path, data_norm: Normalization) -> Normalization:
+    """The statistics stored with the model, which must be those of the prepared data."""
+    if "mean" not in meta or "std" not in meta:
+        raise cli.StageError(f"{path} has no normalization (mean, std) in its metadata")
+    norm = Normalization(mean=float(meta["mean"]), std=float(meta["std"]))
+    if norm != data_norm:
+        raise cli.StageError(
+            f"{path} was trained with normalization {norm}, the prepared data has {data_norm}"
+        )
+    return norm
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    cli.setup_logging()
+    for noisy in ("onnxscript", "onnx_ir"):  # the exporter's graph passes log each step
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    params = load_params(args.params).export
+    data_norm = load_normalization(args.data)
+    test = load_split(args.data, "test")
+    pixels = data_norm.invert(test.images)  # (N, 1, 28, 28) uint8, the original test digits
+
+    models: dict[str, tuple[RawPixelsLeNet5, ort.InferenceSession]] = {}
+    metrics: dict[str, Any] = {}
+    widths = []
+    for name, src, dst in (
+        ("dense", args.model, args.onnx),
+        ("pruned", args.pruned, args.pruned_onnx),
+    ):
+        net, meta = load_model(src)
+        widths.append(widths_of(net))
+        norm = _normalization(meta, src, data_norm)
+        model = RawPixelsLeNet5(net, norm).eval()
+        # Checked before it replaces `dst`, so a failed check leaves no file behind.
+        with atomic_path(dst) as tmp:
+            export_onnx(model, tmp, params, metadata(params, norm, net))
+            parity = check_parity(model, ort_session(tmp), pixels, test.labels, params, name)
+        # The raw-pixel path against the tensors the model was trained and evaluated on.
+        prepared = torch_logits(net, test.images, params.batch_size)
+        raw = torch_logits(model, pixels, params.batch_size)
+        parity["raw_vs_prepared_max_abs_diff"] = float((raw - prepared).abs().max())
+        metrics[name] = {"onnx_bytes": dst.stat().st_size, **parity}
+        models[name] = (model, ort_session(dst, params.num_threads))
+
+    timings = benchmark(models, pixels, params)
+    for name, t in timings.items():
+        metrics[name].update(t)
+        log.info("%s: %s", name, t)
+    metrics["pruned_vs_dense"] = speedups(timings)
+    metrics["opset"] = params.opset
+    write_json(args.metrics, metrics)
+    log.info("pruned vs dense: %s", metrics["pruned_vs_dense"])
+    if widths[0] == widths[1]:
+        # Unstructured pruning keeps every shape: no speed-up to check, only timing noise.
+        log.info("the pruned model has the dense model's shapes: speed check skipped")
+    else:
+        check_not_slower(metrics["pruned_vs_dense"], params.max_slowdown)
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main))

@@ -1,0 +1,395 @@
+"""Prune the trained LeNet-5 and fine-tune it back: a model really smaller, or one with zeros.
+
+Stage `prune`: models/lenet5.pt, data/prepared -> models/lenet5_pruned.pt, metrics/prune.json
+Params: `prune` section of params.yaml; the fine-tuning Trainer (batch size, accelerator,
+precision) is set up from the `train` section, by the same code that trains the dense model.
+
+`structured` (the default) removes whole conv channels and fc neurons along torch-pruning's
+dependency graph, so the result is a plain `LeNet5(Widths(...))` with fewer parameters and
+MACs, which loads without torch-pruning and runs faster. `unstructured` zeroes the weights of
+smallest magnitude across all layers (torch.nn.utils.prune, made permanent): the tensors keep
+their shapes, so only a compressed file shrinks and nothing runs faster. Either method works in
+`rounds` steps, each pruning an equal share of the target and then fine-tuning, optionally
+distilling from the dense model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import logging
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+import torch_pruning as tp
+from torch import nn
+from torch.nn.utils import prune as torch_prune
+
+from stages import cli
+from stages.datamodule import MNISTDataModule
+from stages.dataset import Split, load_split
+from stages.io import write_json
+from stages.model import LeNet5, count_params, load_model, predict_logits, save_model, widths_of
+from stages.module import LitLeNet5
+from stages.params import (
+    OptimizerParams,
+    PruneParams,
+    SchedulerParams,
+    StructuredPruneParams,
+    TrainParams,
+    load_params,
+)
+from stages.train import make_datamodule, make_trainer
+
+log = logging.getLogger(__name__)
+
+EXAMPLE_INPUT = torch.zeros(1, 1, 28, 28)
+
+
+# --- measuring ------------------------------------------------------------------------------
+
+
+def weight_layers(net: nn.Module) -> list[nn.Module]:
+    return [m for m in net.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+
+
+def count_macs(net: nn.Module) -> int:
+    """Operations of one forward pass on one digit, as torch-pruning counts them.
+
+    Multiply-accumulates of the conv and linear layers, plus one per ReLU and pooling output.
+    """
+    macs, _ = tp.utils.count_ops_and_params(net, EXAMPLE_INPUT.to(_device(net)))
+    return int(macs)
+
+
+def sparsity(net: nn.Module) -> float:
+    """Fraction of the conv and linear weights that are exactly zero."""
+    weights = [m.weight for m in weight_layers(net)]
+    zeros = sum(int((w == 0).sum()) for w in weights)
+    return zeros / sum(w.numel() for w in weights)
+
+
+def file_sizes(path: Path) -> dict[str, int]:
+    """Bytes on disk, and gzip-compressed: zeros only pay off once compressed."""
+    data = path.read_bytes()
+    return {"file_bytes": len(data), "gzip_bytes": len(gzip.compress(data, 9, mtime=0))}
+
+
+def test_accuracy(net: nn.Module, test: Split) -> float:
+    preds = predict_logits(net, test.images).argmax(dim=1)
+    return float((preds == test.labels).float().mean())
+
+
+def model_stats(net: nn.Module) -> dict[str, Any]:
+    # Through the layers' `weight`, which is the masked weight while pruning masks are attached.
+    tensors = [t for m in weight_layers(net) for t in (m.weight, m.bias) if t is not None]
+    nonzero = sum(int((t != 0).sum()) for t in tensors)
+    return {
+        "params": count_params(net),
+        "nonzero_params": nonzero,
+        "macs": count_macs(net),
+        "sparsity": round(sparsity(net), 5),
+    }
+
+
+# --- pruning --------------------------------------------------------------------------------
+
+
+def make_importance(name: str) -> tp.importance.Importance:
+    if name == "l1":
+        return tp.importance.MagnitudeImportance(p=1)
+    if name == "l2":
+        return tp.importance.MagnitudeImportance(p=2)
+    if name == "lamp":
+        return tp.importance.LAMPImportance(p=2)
+    return tp.importance.TaylorImportance()
+
+
+def make_structured_pruner(
+    net: LeNet5, params: StructuredPruneParams, rounds: int
+) -> tp.pruner.BasePruner:
+    """A pruner that reaches `params.ratio` after `rounds` calls of `step()`.
+
+    The last layer (the 10 class logits) is ignored: its outputs are the model's contract.
+    """
+    return tp.pruner.BasePruner(
+        net,
+        EXAMPLE_INPUT.to(_device(net)),
+        importance=make_importance(params.importance),
+        pruning_ratio=params.ratio,
+        iterative_steps=rounds,
+        global_pruning=params.global_pruning,
+        # Global ranking could otherwise empty a layer; keep at least a tenth of each.
+        max_pruning_ratio=0.9,
+        ignored_layers=[net.classifier[-1]],
+    )
+
+
+def accumulate_taylor_grads(net: LeNet5, train: Split, batches: int, batch_size: int) -> None:
+    """Gradients of the training loss on the first `batches` batches, for Taylor importance."""
+    net.zero_grad()
+    net.train()
+    device = _device(net)
+    for b in range(batches):
+        sl = slice(b * batch_size, (b + 1) * batch_size)
+        x, y = train.images[sl].to(device), train.labels[sl].to(device)
+        if len(y) == 0:
+            break
+        F.cross_entropy(net(x), y).backward()
+    net.eval()
+
+
+def structured_step(
+    pruner: tp.pruner.BasePruner, net: LeNet5, params: StructuredPruneParams, train: Split
+) -> None:
+    """One pruning round: channels and neurons are removed from the layers in place."""
+    if params.importance == "taylor":
+        accumulate_taylor_grads(net, train, params.taylor_batches, batch_size=256)
+    pruner.step()
+    net.zero_grad(set_to_none=True)
+    w = widths_of(net)
+    if min(w.conv1, w.conv2, w.fc1, w.fc2) < 1:
+        raise cli.StageError(f"pruning emptied a layer ({w}): lower prune.structured.ratio")
+
+
+def unstructured_step(net: nn.Module, target_sparsity: float) -> None:
+    """Zero the smallest-magnitude weights across all layers until `target_sparsity` is reached.
+
+    Masks stay attached (as forward pre-hooks) so fine-tuning keeps the zeros; `make_permanent`
+    bakes them into the weights.
+    """
+    params = [(m, "weight") for m in weight_layers(net)]
+    total = sum(m.weight.numel() for m, _ in params)
+    already = sum(int((m.weight_mask == 0).sum()) for m, _ in params if hasattr(m, "weight_mask"))
+    amount = round(target_sparsity * total) - already
+    if amount > 0:
+        # An int amount counts weights among those not yet pruned.
+        torch_prune.global_unstructured(
+            params, pruning_method=torch_prune.L1Unstructured, amount=amount
+        )
+
+
+def make_permanent(net: nn.Module) -> None:
+    for m in weight_layers(net):
+        if torch_prune.is_pruned(m):
+            torch_prune.remove(m, "weight")
+
+
+def plain_copy(net: LeNet5) -> LeNet5:
+    """The same weights in a freshly built `LeNet5(Widths(...))`: no pruning hooks or state."""
+    fresh = LeNet5(widths_of(net))
+    fresh.load_state_dict({k: v.detach().cpu() for k, v in net.state_dict().items()})
+    return fresh.eval()
+
+
+# --- fine-tuning ----------------------------------------------------------------------------
+
+
+class DistilledLitLeNet5(LitLeNet5):
+    """`LitLeNet5` whose training loss adds the dense teacher's temperature-softened outputs."""
+
+    def __init__(
+        self,
+        optimizer: OptimizerParams,
+        scheduler: SchedulerParams,
+        net: LeNet5,
+        teacher: nn.Module,
+        alpha: float,
+        temperature: float,
+    ) -> None:
+        super().__init__(optimizer, scheduler, net=net)
+        self.teacher = teacher.eval().requires_grad_(False)
+        self.alpha, self.temperature = alpha, temperature
+
+    def on_train_epoch_start(self) -> None:
+        self.teacher.eval()  # Lightning puts every submodule in train mode
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], _: int) -> torch.Tensor:
+        x, y = batch  # (B, 1, 28, 28), (B,)
+        logits = self.net(x)  # (B, 10)
+        with torch.no_grad():
+            soft = F.log_softmax(self.teacher(x) / self.temperature, dim=1)
+        kd = F.kl_div(
+            F.log_softmax(logits / self.temperature, dim=1),
+            soft,
+            log_target=True,
+            reduction="batchmean",
+        )
+        # T^2 keeps the soft-target gradients on the scale of the hard-label ones (Hinton 2015).
+        loss = (1 - self.alpha) * F.cross_entropy(logits, y) + (
+            self.alpha * self.temperature**2 * kd
+        )
+        self.train_acc.update(logits.detach(), y)
+        self.log("train/loss", loss.detach(), on_step=False, on_epoch=True)
+        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
+        return loss
+
+
+def finetune(
+    net: LeNet5,
+    teacher: nn.Module | None,
+    params: PruneParams,
+    train_params: TrainParams,
+    data: MNISTDataModule,
+    seed: int,
+) -> dict[str, float]:
+    """Fit `net` in place for `params.finetune.epochs` with the project's Trainer."""
+    ft = params.finetune
+    pl.seed_everything(seed, workers=True, verbose=False)
+    if teacher is not None and params.distill.alpha > 0:
+        lit: LitLeNet5 = DistilledLitLeNet5(
+            ft.optimizer,
+            ft.scheduler,
+            net,
+            teacher,
+            params.distill.alpha,
+            params.distill.temperature,
+        )
+    else:
+        lit = LitLeNet5(ft.optimizer, ft.scheduler, net=net)
+    if train_params.channels_last:
+        lit = lit.to(memory_format=torch.channels_last)
+    net.train()  # Lightning keeps the modes it finds; the teacher stays in eval mode
+    with tempfile.TemporaryDirectory(prefix="prune-finetune-") as root:
+        trainer = make_trainer(train_params, ft.epochs, [], logger=False, root_dir=Path(root))
+        with warnings.catch_warnings():
+            # The teacher is in eval mode on purpose.
+            warnings.filterwarnings("ignore", r"Found \d+ module\(s\) in eval mode")
+            trainer.fit(lit, datamodule=data)
+    lit.net.cpu().to(memory_format=torch.contiguous_format).eval()
+    if teacher is not None:
+        teacher.cpu()
+    return {k: float(v) for k, v in trainer.callback_metrics.items()}
+
+
+# --- the stage ------------------------------------------------------------------------------
+
+
+def prune_and_finetune(
+    dense: LeNet5,
+    params: PruneParams,
+    train_params: TrainParams,
+    data_dir: Path,
+    test: Split,
+) -> tuple[LeNet5, dict[str, Any]]:
+    """Prune a copy of `dense` in `params.rounds` steps, fine-tuning after each.
+
+    Returns the pruned model as a plain `LeNet5` and a per-round report.
+    """
+    net = plain_copy(dense)
+    teacher = plain_copy(dense) if params.distill.alpha > 0 else None
+    data = make_datamodule(train_params, data_dir)
+    train = load_split(data_dir, "train") if params.structured.importance == "taylor" else None
+    pruner = (
+        make_structured_pruner(net, params.structured, params.rounds)
+        if params.method == "structured"
+        else None
+    )
+    report: dict[str, Any] = {}
+    start = time.perf_counter()
+    for r in range(1, params.rounds + 1):
+        if pruner is not None:
+            structured_step(pruner, net, params.structured, train)
+        else:
+            unstructured_step(net, params.unstructured.sparsity * r / params.rounds)
+        acc_pruned = test_accuracy(net, test)
+        fit = {}
+        if params.finetune.epochs > 0:
+            fit = finetune(net, teacher, params, train_params, data, params.seed + r)
+        acc_tuned = test_accuracy(net, test)
+        report[f"round{r}"] = {
+            **model_stats(net),
+            "test_acc_pruned": round(acc_pruned, 5),
+            "test_acc_finetuned": round(acc_tuned, 5),
+            **({"val_acc": round(fit["val/acc"], 5)} if "val/acc" in fit else {}),
+        }
+        log.info(
+            "round %d/%d: %s, %d params, %d MACs; test acc %.4f pruned, %.4f fine-tuned",
+            r,
+            params.rounds,
+            widths_of(net),
+            report[f"round{r}"]["params"],
+            report[f"round{r}"]["macs"],
+            acc_pruned,
+            acc_tuned,
+        )
+    make_permanent(net)
+    report["finetune_time_s"] = round(time.perf_counter() - start, 2)
+    return plain_copy(net), report
+
+
+def summarize(
+    dense_stats: dict[str, Any], pruned_stats: dict[str, Any], report: dict[str, Any]
+) -> dict[str, Any]:
+    """The metrics file: both models, their ratios, and the accuracy lost (numbers only)."""
+    keys = ("params", "nonzero_params", "macs", "file_bytes", "gzip_bytes")
+    drop = (dense_stats["test_acc"] - pruned_stats["test_acc"]) * 100
+    return {
+        "dense": dense_stats,
+        "pruned": pruned_stats,
+        "ratio": {k: round(pruned_stats[k] / dense_stats[k], 5) for k in keys},
+        "acc_drop_points": round(drop, 3),
+        **report,
+    }
+
+
+def _device(net: nn.Module) -> torch.device:
+    return next(net.parameters()).device
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m stages.prune", description=__doc__.splitlines()[0])
+    p.add_argument("--params", type=Path, default=Path("params.yaml"))
+    p.add_argument("--model", type=Path, required=True, help="dense model file to prune")
+    p.add_argument("--data", type=Path, required=True, help="prepared data folder")
+    p.add_argument("--out", type=Path, required=True, help="pruned model file to write")
+    p.add_argument("--metrics", type=Path, required=True, help="metrics JSON to write")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    cli.setup_logging()
+    all_params = load_params(args.params)
+    params = all_params.prune
+    dense, meta = load_model(args.model)
+    test = load_split(args.data, "test")
+
+    dense_stats = {
+        **model_stats(dense),
+        **file_sizes(args.model),
+        "test_acc": round(test_accuracy(dense, test), 5),
+    }
+    pruned, report = prune_and_finetune(dense, params, all_params.train, args.data, test)
+    prune_meta = {"prune_method": params.method, "widths_dense": asdict(widths_of(dense))}
+    save_model(pruned, args.out, meta={**meta, **prune_meta})
+    pruned_stats = {
+        **model_stats(pruned),
+        **file_sizes(args.out),
+        "test_acc": round(test_accuracy(pruned, test), 5),
+    }
+    metrics = summarize(dense_stats, pruned_stats, report)
+    write_json(args.metrics, metrics)
+    log.info(
+        "%s: %s; params x%.3f, MACs x%.3f, gzip x%.3f; test acc %.4f -> %.4f (%.2f points)",
+        params.method,
+        widths_of(pruned),
+        metrics["ratio"]["params"],
+        metrics["ratio"]["macs"],
+        metrics["ratio"]["gzip_bytes"],
+        dense_stats["test_acc"],
+        pruned_stats["test_acc"],
+        metrics["acc_drop_points"],
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main))

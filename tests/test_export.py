@@ -1,0 +1,178 @@
+"""Export: checked ONNX files with raw-pixel input and a dynamic batch, equal to PyTorch in
+ONNX Runtime, and a stage that refuses to write a file that is not."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+import yaml
+
+from stages import cli, export, prune
+from stages.dataset import load_normalization, load_split
+from stages.model import load_model, predict_logits, save_model
+from stages.params import ExportParams, parse_params
+from tests.conftest import tiny_params_dict
+
+
+@pytest.fixture(scope="module")
+def pruned_model(tmp_path_factory: pytest.TempPathFactory, trained_model: Path) -> Path:
+    """The trained model with half its channels removed (no fine-tuning: speed)."""
+    params = parse_params(tiny_params_dict()).prune.structured
+    net, meta = load_model(trained_model)
+    pruner = prune.make_structured_pruner(net, params, rounds=1)
+    prune.structured_step(pruner, net, params, train=None)
+    path = tmp_path_factory.mktemp("pruned") / "lenet5_pruned.pt"
+    save_model(prune.plain_copy(net), path, meta=meta)
+    return path
+
+
+def _argv(tmp: Path, params: Path, trained: Path, pruned: Path, data: Path) -> list[str]:
+    return [
+        "--params", str(params),
+        "--model", str(trained),
+        "--pruned", str(pruned),
+        "--data", str(data),
+        "--onnx", str(tmp / "lenet5.onnx"),
+        "--pruned-onnx", str(tmp / "lenet5_pruned.onnx"),
+        "--metrics", str(tmp / "export.json"),
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def exported(
+    tmp_path_factory: pytest.TempPathFactory,
+    trained_model: Path,
+    pruned_model: Path,
+    prepared: Path,
+) -> Path:
+    """The export stage's outputs for the synthetic models, in a folder."""
+    tmp = tmp_path_factory.mktemp("exported")
+    params = tmp / "params.yaml"
+    params.write_text(yaml.safe_dump(tiny_params_dict(), sort_keys=False))
+    export.main(_argv(tmp, params, trained_model, pruned_model, prepared))
+    return tmp
+
+
+def _params(**kw: object) -> ExportParams:
+    return parse_params(tiny_params_dict()).export.model_copy(update=kw)
+
+
+def test_main_writes_checked_files_with_the_input_contract(exported: Path) -> None:
+    for name in ("lenet5.onnx", "lenet5_pruned.onnx"):
+        model = onnx.load(exported / name)
+        onnx.checker.check_model(model, full_check=True)
+        assert {o.version for o in model.opset_import if o.domain in ("", "ai.onnx")} == {18}
+        (inp,) = model.graph.input
+        assert inp.name == "pixels"
+        assert inp.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+        dims = inp.type.tensor_type.shape.dim
+        assert dims[0].dim_param and [d.dim_value for d in dims[1:]] == [1, 28, 28]
+        props = {p.key: p.value for p in model.metadata_props}
+        assert "raw grayscale pixel values 0-255" in props["input_contract"]
+        assert props["input_dtype"] == "float32" and props["input_range"] == "0-255"
+        assert float(props["normalization_std"]) > 0
+    assert (exported / "lenet5_pruned.onnx").stat().st_size < (
+        exported / "lenet5.onnx"
+    ).stat().st_size / 3
+
+
+def test_metrics_record_parity_accuracy_and_timings(exported: Path) -> None:
+    m = json.loads((exported / "export.json").read_text())
+    for name in ("dense", "pruned"):
+        r = m[name]
+        assert r["mismatches"] == 0 and r["max_abs_diff"] <= 1e-4
+        assert r["ort_test_acc"] == r["torch_test_acc"]
+        # Raw pixels normalized in the graph give what the prepared tensors gave.
+        assert r["raw_vs_prepared_max_abs_diff"] <= 1e-5
+        assert r["ort_latency_ms"] > 0 and r["torch_throughput_ips"] > 0
+    assert m["dense"]["ort_test_acc"] >= 0.9
+    assert m["pruned"]["onnx_bytes"] < m["dense"]["onnx_bytes"]
+    assert set(m["pruned_vs_dense"]) >= {"ort_latency_speedup", "ort_throughput_speedup"}
+
+
+@pytest.mark.parametrize("batch", [1, 7, 300])
+def test_ort_equals_pytorch_at_other_batch_sizes(
+    exported: Path, pruned_model: Path, prepared: Path, batch: int
+) -> None:
+    # The export example had batch 2: the batch axis must really be dynamic.
+    net, _ = load_model(pruned_model)
+    model = export.RawPixelsLeNet5(net, load_normalization(prepared))
+    pixels = torch.randint(0, 256, (batch, 1, 28, 28)).float()
+    got = export.ort_session(exported / "lenet5_pruned.onnx").run(None, {"pixels": pixels.numpy()})
+    with torch.inference_mode():
+        ref = model(pixels).numpy()
+    assert got[0].shape == (batch, 10)
+    assert np.abs(got[0] - ref).max() <= 1e-4
+
+
+@pytest.mark.filterwarnings("ignore:You are using the legacy TorchScript-based ONNX export")
+@pytest.mark.filterwarnings("ignore:The feature will be removed")
+@pytest.mark.parametrize("dynamo", [True, False])
+def test_uint8_and_float32_raw_pixels_match_pytorch_on_normalized_input(
+    tmp_path: Path, trained_model: Path, prepared: Path, dynamo: bool
+) -> None:
+    net, _ = load_model(trained_model)
+    norm = load_normalization(prepared)
+    test = load_split(prepared, "test")
+    pixels = norm.invert(test.images)  # (N, 1, 28, 28) uint8, the original digits
+    expected = predict_logits(net, test.images)  # the model as trained, normalized input
+    model = export.RawPixelsLeNet5(net, norm)
+    for dtype, np_dtype in (("uint8", np.uint8), ("float32", np.float32)):
+        params = _params(input_dtype=dtype, dynamo=dynamo)
+        path = tmp_path / f"{dtype}.onnx"
+        export.export_onnx(model, path, params, export.metadata(params, norm, net))
+        sess = export.ort_session(path)
+        assert sess.get_inputs()[0].type == f"tensor({'float' if dtype == 'float32' else dtype})"
+        got = export.ort_logits(sess, pixels.numpy().astype(np_dtype), 64)
+        assert np.array_equal(got.argmax(1), expected.argmax(1).numpy())
+        assert np.abs(got - expected.numpy()).max() <= 1e-4
+
+
+def test_stage_fails_and_writes_nothing_when_parity_breaks(
+    tmp_path: Path,
+    trained_model: Path,
+    pruned_model: Path,
+    prepared: Path,
+    params_file: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    real = export.ort_logits
+
+    def off_by_a_bit(*args: object) -> np.ndarray:
+        return real(*args) + 1e-3  # as a wrong exporter or runtime would
+
+    monkeypatch.setattr(export, "ort_logits", off_by_a_bit)
+    argv = _argv(tmp_path, params_file, trained_model, pruned_model, prepared)
+    assert cli.run(export.main, argv) == 1
+    err = capsys.readouterr().err
+    assert "dense: ONNX Runtime does not match PyTorch" in err and "allowed 0.0001" in err
+    assert not list(tmp_path.glob("*.onnx")) and not (tmp_path / "export.json").exists()
+    assert not list(tmp_path.glob(".*.tmp"))  # no half-written leftovers
+
+
+def test_slower_pruned_model_fails_the_check() -> None:
+    t = {"ort_latency_ms": 1.0, "ort_throughput_ips": 1000.0}
+    t |= {"torch_latency_ms": 1.0, "torch_throughput_ips": 1000.0}
+    faster = export.speedups({"dense": t, "pruned": {**t, "ort_throughput_ips": 1500.0}})
+    assert faster["ort_throughput_speedup"] == 1.5
+    export.check_not_slower(faster, max_slowdown=0.0)
+    slower = export.speedups({"dense": t, "pruned": {**t, "ort_latency_ms": 1.3}})
+    export.check_not_slower(slower, max_slowdown=0.5)  # within the tolerance
+    with pytest.raises(cli.StageError, match="slower than the dense one"):
+        export.check_not_slower(slower, max_slowdown=0.1)
+
+
+def test_model_without_normalization_is_refused(
+    tmp_path: Path, trained_model: Path, prepared: Path, params_file: Path
+) -> None:
+    net, _ = load_model(trained_model)
+    save_model(net, tmp_path / "bare.pt", meta={})
+    argv = _argv(tmp_path, params_file, tmp_path / "bare.pt", tmp_path / "bare.pt", prepared)
+    with pytest.raises(cli.StageError, match="no normalization"):
+        export.main(argv)

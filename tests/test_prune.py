@@ -1,0 +1,224 @@
+"""Pruning: structured removes channels (fewer params and MACs, a plain LeNet5 that loads
+without torch-pruning); unstructured zeroes weights and says so; the stage's I/O contract."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from stages import prune
+from stages.dataset import load_split
+from stages.model import LeNet5, Widths, count_params, load_model, save_model, widths_of
+from stages.params import Params, parse_params
+from tests.conftest import ROOT, tiny_params_dict
+
+DENSE_MACS = 435_850  # torch-pruning's count for LeNet5() on one 28x28 digit
+
+
+def _structured(params: Params, **kw: object):
+    return params.prune.structured.model_copy(update=kw)
+
+
+def lenet_params(w: Widths) -> int:
+    """Parameters of a LeNet5 with widths `w`, counted by hand."""
+    return (
+        (1 * 25 + 1) * w.conv1
+        + (w.conv1 * 25 + 1) * w.conv2
+        + (w.conv2 * 25 + 1) * w.fc1
+        + (w.fc1 + 1) * w.fc2
+        + (w.fc2 + 1) * 10
+    )
+
+
+def test_structured_step_removes_channels_and_keeps_the_outputs(
+    trained_model: Path, prepared: Path, tiny_params: Params
+) -> None:
+    dense, _ = load_model(trained_model)
+    net = prune.plain_copy(dense)
+    pruner = prune.make_structured_pruner(net, _structured(tiny_params, ratio=0.5), rounds=1)
+    prune.structured_step(pruner, net, tiny_params.prune.structured, train=None)
+
+    w = widths_of(net)
+    assert w == Widths(conv1=3, conv2=8, fc1=60, fc2=42)
+    # The layers really shrank, input and output sizes included.
+    assert net.features[0].weight.shape == (3, 1, 5, 5)
+    assert net.features[3].weight.shape == (8, 3, 5, 5)
+    assert net.classifier[1].weight.shape == (60, 8 * 25)
+    assert net.classifier[5].weight.shape == (10, 42)
+    assert count_params(net) == lenet_params(w) < count_params(dense) * 0.26
+    assert prune.count_macs(dense) == DENSE_MACS
+    assert prune.count_macs(net) < DENSE_MACS / 3
+    # Kept conv1 filters are original filters, not new ones.
+    kept = net.features[0].weight.detach()
+    orig = dense.features[0].weight.detach()
+    assert all(any(torch.equal(k, o) for o in orig) for k in kept)
+    # It still classifies.
+    test = load_split(prepared, "test")
+    assert net(test.images[:5]).shape == (5, 10)
+
+
+def test_iterative_rounds_reach_the_ratio_in_equal_steps(tiny_params: Params) -> None:
+    net = LeNet5()
+    pruner = prune.make_structured_pruner(net, _structured(tiny_params, ratio=0.5), rounds=2)
+    params = tiny_params.prune.structured
+    prune.structured_step(pruner, net, params, train=None)
+    assert widths_of(net) == Widths(conv1=4, conv2=12, fc1=90, fc2=63)
+    prune.structured_step(pruner, net, params, train=None)
+    assert widths_of(net) == Widths(conv1=3, conv2=8, fc1=60, fc2=42)
+
+
+def test_taylor_importance_uses_gradients(prepared: Path, tiny_params: Params) -> None:
+    net = LeNet5()
+    pruner = prune.make_structured_pruner(
+        net, _structured(tiny_params, importance="taylor"), rounds=1
+    )
+    train = load_split(prepared, "train")
+    prune.structured_step(
+        pruner, net, _structured(tiny_params, importance="taylor", taylor_batches=2), train
+    )
+    assert widths_of(net) == Widths(conv1=3, conv2=8, fc1=60, fc2=42)
+    assert all(p.grad is None for p in net.parameters())
+
+
+def test_pruned_model_loads_without_torch_pruning(tmp_path: Path, tiny_params: Params) -> None:
+    net = LeNet5()
+    pruner = prune.make_structured_pruner(net, _structured(tiny_params, ratio=0.5), rounds=1)
+    prune.structured_step(pruner, net, tiny_params.prune.structured, train=None)
+    x = torch.rand(4, 1, 28, 28)
+    expected = net.eval()(x)
+    save_model(prune.plain_copy(net), tmp_path / "p.pt", meta={"mean": 0.1, "std": 0.3})
+    torch.save(x, tmp_path / "x.pt")
+    code = (
+        "import sys, torch; sys.modules['torch_pruning'] = None  # importing it now fails\n"
+        "from pathlib import Path\n"
+        "from stages.model import load_model, widths_of\n"
+        f"net, meta = load_model(Path({str(tmp_path / 'p.pt')!r}))\n"
+        f"y = net(torch.load({str(tmp_path / 'x.pt')!r}))\n"
+        f"torch.save(y, {str(tmp_path / 'y.pt')!r})\n"
+        "print(widths_of(net), meta['mean'])\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert "Widths(conv1=3, conv2=8, fc1=60, fc2=42) 0.1" in out.stdout
+    assert torch.allclose(torch.load(tmp_path / "y.pt"), expected, atol=1e-6)
+
+
+def test_unstructured_steps_zero_the_smallest_weights(tiny_params: Params) -> None:
+    net = LeNet5()
+    n = sum(m.weight.numel() for m in prune.weight_layers(net))
+    prune.unstructured_step(net, 0.4)
+    assert prune.sparsity(net) == pytest.approx(round(0.4 * n) / n)
+    zeroed = [m.weight == 0 for m in prune.weight_layers(net)]
+    prune.unstructured_step(net, 0.8)
+    assert prune.sparsity(net) == pytest.approx(round(0.8 * n) / n)
+    # Weights zeroed in the first round stay zero.
+    layers = prune.weight_layers(net)
+    assert all((m.weight[z] == 0).all() for m, z in zip(layers, zeroed, strict=True))
+    # Global magnitude: every surviving weight is at least as large as every pruned one.
+    orig = [m.weight_orig.detach().abs() for m in prune.weight_layers(net)]
+    masks = [m.weight_mask.bool() for m in prune.weight_layers(net)]
+    kept_min = min(o[k].min() for o, k in zip(orig, masks, strict=True))
+    pruned_max = max(o[~k].max() for o, k in zip(orig, masks, strict=True))
+    assert kept_min >= pruned_max
+    prune.make_permanent(net)
+    assert not any(hasattr(m, "weight_orig") for m in prune.weight_layers(net))
+    assert widths_of(prune.plain_copy(net)) == Widths()  # same shapes: nothing is smaller
+
+
+def test_distillation_loss_is_zero_when_the_student_copies_the_teacher(
+    tiny_params: Params,
+) -> None:
+    net = LeNet5()
+    ft = tiny_params.prune.finetune
+    lit = prune.DistilledLitLeNet5(
+        ft.optimizer, ft.scheduler, net, prune.plain_copy(net), alpha=1.0, temperature=4.0
+    )
+    x, y = torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,))
+    with pytest.warns(UserWarning):  # self.log outside a Trainer
+        loss = lit.training_step((x, y), 0)
+    assert loss.item() == pytest.approx(0.0, abs=1e-6)
+    lit.alpha = 0.0
+    with pytest.warns(UserWarning):
+        loss = lit.training_step((x, y), 0)
+    assert loss.item() == pytest.approx(torch.nn.functional.cross_entropy(net(x), y).item())
+
+
+def _run_main(tmp_path: Path, trained_model: Path, prepared: Path, raw: dict) -> dict:
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(raw, sort_keys=False))
+    out, metrics = tmp_path / "pruned.pt", tmp_path / "prune.json"
+    prune.main(
+        [
+            "--params", str(params),
+            "--model", str(trained_model),
+            "--data", str(prepared),
+            "--out", str(out),
+            "--metrics", str(metrics),
+        ]
+    )  # fmt: skip
+    return json.loads(metrics.read_text())
+
+
+def test_main_structured_is_smaller_and_keeps_accuracy(
+    tmp_path: Path, trained_model: Path, prepared: Path
+) -> None:
+    raw = tiny_params_dict()
+    raw["prune"]["finetune"]["epochs"] = 4  # 15 steps an epoch on the synthetic data
+    m = _run_main(tmp_path, trained_model, prepared, raw)
+    assert m["ratio"]["params"] <= 1 / 3 and m["ratio"]["macs"] <= 1 / 3
+    assert m["pruned"]["file_bytes"] < m["dense"]["file_bytes"] / 3
+    assert m["dense"]["params"] == 61_706 and m["dense"]["macs"] == DENSE_MACS
+    # Fine-tuning wins back what pruning lost.
+    assert m["round1"]["test_acc_finetuned"] > m["round1"]["test_acc_pruned"]
+    assert m["pruned"]["test_acc"] >= 0.97 and m["acc_drop_points"] <= 3
+    assert m["acc_drop_points"] == pytest.approx(
+        (m["dense"]["test_acc"] - m["pruned"]["test_acc"]) * 100, abs=1e-3
+    )
+    assert "val_acc" in m["round1"]
+    net, meta = load_model(tmp_path / "pruned.pt")
+    _, dense_meta = load_model(trained_model)
+    assert widths_of(net) == Widths(conv1=3, conv2=8, fc1=60, fc2=42)
+    # The normalization stays with the model, so `export` can put it in the graph.
+    assert (meta["mean"], meta["std"]) == (dense_meta["mean"], dense_meta["std"])
+    assert meta["prune_method"] == "structured"
+
+
+def test_main_unstructured_reports_sparsity_honestly(
+    tmp_path: Path, trained_model: Path, prepared: Path
+) -> None:
+    raw = tiny_params_dict()
+    raw["prune"]["method"] = "unstructured"
+    raw["prune"]["unstructured"]["sparsity"] = 0.8
+    raw["prune"]["finetune"]["epochs"] = 4
+    m = _run_main(tmp_path, trained_model, prepared, raw)
+    p, d = m["pruned"], m["dense"]
+    assert p["sparsity"] == pytest.approx(0.8, abs=1e-3)
+    # Same shapes: as many parameters and MACs, the same file size; only gzip shrinks.
+    assert p["params"] == d["params"] and p["macs"] == d["macs"]
+    assert p["nonzero_params"] < 0.25 * d["params"]
+    assert p["gzip_bytes"] < 0.5 * d["gzip_bytes"]
+    assert abs(p["file_bytes"] - d["file_bytes"]) < 0.01 * d["file_bytes"]
+    assert p["test_acc"] >= 0.97
+    assert m["round1"]["nonzero_params"] == p["nonzero_params"]  # masks counted while attached
+    net, _ = load_model(tmp_path / "pruned.pt")  # permanent: a plain state dict
+    assert prune.sparsity(net) == pytest.approx(0.8, abs=1e-3)
+
+
+def test_bad_params_fail_before_any_output(
+    tmp_path: Path, trained_model: Path, prepared: Path
+) -> None:
+    raw = tiny_params_dict()
+    raw["prune"]["structured"]["ratio"] = 1.5
+    with pytest.raises(Exception, match=r"prune\.structured\.ratio"):
+        _run_main(tmp_path, trained_model, prepared, raw)
+    assert not (tmp_path / "pruned.pt").exists()
+    with pytest.raises(Exception, match=r"prune\.method"):
+        parse_params({**tiny_params_dict(), "prune": {**raw["prune"], "method": "magic"}})
