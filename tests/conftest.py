@@ -27,6 +27,12 @@ def tiny_params_dict() -> dict:
         precision="32-true",
     )
     raw["evaluate"].update(batch_size=256, n_misclassified=10)
+    raw["prune"].update(rounds=1)
+    raw["prune"]["finetune"].update(epochs=1)
+    # Timing is not what the tests check: few runs, and no failing on a loaded machine.
+    raw["export"].update(
+        batch_size=64, warmup_runs=2, latency_runs=10, throughput_runs=3, max_slowdown=10.0
+    )
     return raw
 
 
@@ -76,18 +82,25 @@ def prepared(tmp_path_factory: pytest.TempPathFactory, synthetic_mirror: Path) -
 
 @pytest.fixture(scope="session")
 def trained_model(tmp_path_factory: pytest.TempPathFactory, prepared: Path) -> Path:
-    """A LeNet-5 trained for two epochs on the synthetic data (models/lenet5.pt format)."""
+    """A LeNet-5 trained for two epochs on the synthetic data by the `train` stage's main."""
     from stages import train
-    from stages.dataset import load_normalization
-    from stages.model import save_model
 
     root = tmp_path_factory.mktemp("trained")
-    params = parse_params(tiny_params_dict()).train
-    net, summary = train.train(params, prepared, root / "ckpt", root / "live")
-    norm = load_normalization(prepared)
-    save_model(
-        net,
-        root / "lenet5.pt",
-        meta={"mean": norm.mean, "std": norm.std, "fingerprint": summary["fingerprint"]},
+    (root / "params.yaml").write_text(yaml.safe_dump(tiny_params_dict(), sort_keys=False))
+    train.main(
+        [
+            "--params",
+            str(root / "params.yaml"),
+            "--data",
+            str(prepared),
+            "--ckpt-dir",
+            str(root / "ckpt"),
+            "--live-dir",
+            str(root / "live"),
+            "--model",
+            str(root / "lenet5.pt"),
+            "--metrics",
+            str(root / "train.json"),
+        ]
     )
     return root / "lenet5.pt"
