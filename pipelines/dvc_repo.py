@@ -1,0 +1,232 @@
+"""DVC as the orchestrator sees it: the stage graph, what changed, and commands in a subprocess.
+
+DVC stays the owner of the graph, the cache and `dvc.lock`. Reads (stage order, status,
+metrics) go through DVC's Python API in this process, which is quick; anything that writes
+(`dvc repro`, `dvc push`) runs as `python -m dvc ...` in its own process group, so a stage can
+be killed on timeout with everything it started (DDP ranks included) and DVC's own locking
+applies exactly as on the command line.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+# DVC's own message when it restores a stage's outputs from its run cache instead of running it.
+_RUN_CACHE_HIT = re.compile(r"Stage '[^']+' is cached - skipping run")
+
+
+@contextmanager
+def open_repo(root: Path) -> Iterator[Any]:
+    from dvc.repo import Repo
+
+    repo = Repo(str(root))
+    try:
+        yield repo
+    finally:
+        repo.close()
+
+
+def stage_order(root: Path, targets: list[str] | None = None) -> list[str]:
+    """The runnable stages of the repo, dependencies first, ties in `dvc.yaml` order.
+
+    Read from DVC's own graph, so stages added to `dvc.yaml` (or a nested one) are picked up
+    with no change here. Names are DVC addresses from the root (`train`, `sub/dvc.yaml:train`).
+    With `targets`, only those stages and the ones they depend on, as `dvc repro <targets>`.
+    """
+    import networkx as nx
+
+    with open_repo(root) as repo:
+        stages = [s for s in repo.index.stages if s.cmd]  # .dvc files are data, not steps
+        position = {s: i for i, s in enumerate(repo.index.stages)}
+        # DVC's edges point from a stage to the stages it depends on.
+        deps = repo.index.graph.subgraph(stages)
+        if targets:
+            by_name = {_address(root, s): s for s in stages}
+            unknown = sorted(set(targets) - set(by_name))
+            if unknown:
+                raise ValueError(
+                    f"no such stage: {', '.join(unknown)} (stages: {sorted(by_name)})"
+                )
+            keep = {by_name[t] for t in targets}
+            keep |= {d for t in targets for d in nx.descendants(deps, by_name[t])}
+            deps = deps.subgraph(keep)
+        ordered = nx.lexicographical_topological_sort(deps.reverse(), key=lambda s: position[s])
+        return [_address(root, s) for s in ordered]
+
+
+def _address(root: Path, stage: Any) -> str:
+    """The stage's DVC address from the repo root (`addressing` is relative to the cwd)."""
+    dvcfile = Path(os.path.relpath(stage.path, root)).as_posix()
+    return stage.name if dvcfile == "dvc.yaml" else f"{dvcfile}:{stage.name}"
+
+
+def _target(root: Path, stage: str) -> str:
+    """An absolute target for DVC's API, which resolves relative ones against the cwd."""
+    dvcfile, _, name = stage.rpartition(":")
+    return f"{root / (dvcfile or 'dvc.yaml')}:{name}"
+
+
+def changes(root: Path, stage: str | None = None) -> dict[str, Any]:
+    """`dvc status` of one stage (or of the whole pipeline); empty when up to date."""
+    with open_repo(root) as repo:
+        return repo.status(targets=[_target(root, stage)] if stage else None)
+
+
+def cloud_changes(root: Path) -> dict[str, Any]:
+    """`dvc status --cloud`: what the default remote is missing; empty when in sync."""
+    with open_repo(root) as repo:
+        return repo.status(cloud=True)
+
+
+def metrics(root: Path) -> dict[str, dict[str, Any]]:
+    """`dvc metrics show`, flattened: {file: {"test.acc": 0.99, ...}}; {} when there are none."""
+    with open_repo(root) as repo:
+        shown = repo.metrics.show()
+    files = next(iter(shown.values()), {}).get("data", {})
+    return {path: _flatten(entry.get("data", {})) for path, entry in files.items()}
+
+
+def metrics_diff(root: Path, a_rev: str = "HEAD") -> dict[str, dict[str, dict[str, Any]]]:
+    """`dvc metrics diff <a_rev> --json`: {file: {key: {"old", "new", "diff"}}}; {} off git."""
+    from dvc.scm import NoSCMError, SCMError
+
+    try:
+        with open_repo(root) as repo:
+            return repo.metrics.diff(a_rev=a_rev).get("diff", {})
+    except (NoSCMError, SCMError) as err:  # no commits yet: nothing to compare with
+        log.info("no metrics diff against %s: %s", a_rev, err)
+        return {}
+
+
+def out_paths(root: Path, stage: str) -> list[Path]:
+    """The outputs (outs, metrics, plots) a stage declares in `dvc.yaml`."""
+    with open_repo(root) as repo:
+        (st,) = repo.stage.collect(_target(root, stage))
+        return [root / out.def_path for out in st.outs]
+
+
+def artifacts(root: Path) -> dict[str, Path]:
+    """The named artifacts `dvc.yaml` declares (its `artifacts:` section): {name: path}."""
+    with open_repo(root) as repo:
+        return {
+            name: root / Path(dvcfile).parent / art.path
+            for dvcfile, arts in repo.artifacts.read().items()
+            for name, art in arts.items()
+        }
+
+
+def remote_url(root: Path) -> str | None:
+    """Where `dvc push` sends data: the default remote's URL, after `--local` overrides."""
+    with open_repo(root) as repo:
+        name = repo.config["core"].get("remote")
+        return repo.config["remote"].get(name, {}).get("url") if name else None
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{key}."))
+        else:
+            out[key] = v
+    return out
+
+
+@dataclass(frozen=True)
+class Completed:
+    """A finished `dvc` command: `returncode` is None when it was killed on timeout."""
+
+    args: tuple[str, ...]
+    returncode: int | None
+    seconds: float
+    tail: str  # the last lines of its merged stdout and stderr
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+    @property
+    def run_cache_hit(self) -> bool:
+        return bool(_RUN_CACHE_HIT.search(self.tail))
+
+
+def run(
+    root: Path,
+    args: list[str],
+    timeout_s: float | None = None,
+    echo: Callable[[str], None] = log.info,
+    tail_lines: int = 200,
+) -> Completed:
+    """Run `dvc <args>` in `root`, streaming its output line by line to `echo`.
+
+    On timeout the whole process group gets SIGTERM, then SIGKILL 30 s later.
+    """
+    env = dict(os.environ)
+    # The stage commands run `python -m stages.<name>`: make that this environment's python.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    cmd = [sys.executable, "-m", "dvc", *args]
+    tail: deque[str] = deque(maxlen=tail_lines)
+    start = time.perf_counter()
+    proc = subprocess.Popen(
+        cmd,
+        cwd=root,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        errors="replace",
+        start_new_session=True,  # its own process group, killed as a whole on timeout
+    )
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            line = line.rstrip()
+            tail.append(line)
+            echo(line)
+
+    reader = threading.Thread(target=pump, name=f"dvc {' '.join(args)}", daemon=True)
+    reader.start()
+    try:
+        returncode: int | None = proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        echo(f"dvc {' '.join(args)}: timed out after {timeout_s:.0f} s, stopping it")
+        _kill_group(proc)
+        returncode = None
+    except BaseException:  # the flow was cancelled or interrupted: take the stage down with it
+        _kill_group(proc)
+        raise
+    finally:
+        reader.join(timeout=10)
+    return Completed(tuple(args), returncode, time.perf_counter() - start, "\n".join(tail))
+
+
+def _kill_group(proc: subprocess.Popen, grace_s: float = 30.0) -> None:
+    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 10.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait_s)
+            return
+        except subprocess.TimeoutExpired:
+            continue

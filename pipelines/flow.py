@@ -1,0 +1,355 @@
+"""The DVC pipeline as a Prefect flow: one task per stage, transient failures retried.
+
+    uv run python -m pipelines.flow                       # once, no server needed
+    uv run python -m pipelines.flow -S train.max_epochs=3 --register
+
+DVC owns the stage graph, the cache and `dvc.lock`; this flow adds retries, logs, reports and
+versioned artifacts around it:
+
+1. `check-params`: apply the `-S` overrides to `params.yaml` and validate the whole file
+   (`stages.params.load_params`); an invalid value stops the run before anything runs.
+2. One task per stage, in the order of DVC's graph (read from `dvc.yaml`, never listed here),
+   named after the stage: `dvc repro --single-item <stage>` in a subprocess, or nothing when
+   `dvc status` says the stage is up to date (state "Skipped"; "Cached" when DVC restored the
+   outputs from its run cache). Transient failures are retried with exponential backoff and
+   jitter (`pipelines.retry`); a killed `train` resumes from its last checkpoint.
+3. `push`: `dvc push` to the default remote, so another clone can `dvc pull`.
+4. `register-model` (opt-in): a GTO tag `lenet5@vX.Y.Z` once evaluation (and export) pass.
+5. `report`: Prefect artifacts with the metrics, their change, per-class accuracy, the models.
+"""
+
+# No `from __future__ import annotations` here: Prefect validates flow parameters with pydantic
+# from the annotations, and a flow loaded from its file by a runner (`flow.serve`) cannot
+# resolve string annotations such as "Bump" against this module.
+import argparse
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.context import TaskRunContext
+from prefect.runtime import flow_run as current_flow_run
+from prefect.runtime import task_run as current_task_run
+from prefect.states import Completed, State
+from prefect.tasks import exponential_backoff
+
+from pipelines import dvc_repo, overrides, registry, report
+from pipelines.registry import Bump
+from pipelines.report import StageRun
+from pipelines.retry import StepFailed, retry_condition
+from stages.params import ParamsError
+
+MODEL_NAME = "lenet5"
+EVALUATE, EXPORT = "evaluate", "export"
+SUMMARY_KEY, PER_CLASS_KEY = "mnist-pipeline-summary", "mnist-per-class-accuracy"
+
+
+def _attempt() -> tuple[int, int]:
+    """(this attempt, attempts allowed) of the running task."""
+    ctx = TaskRunContext.get()
+    allowed = (ctx.task.retries + 1) if ctx else 1
+    return current_task_run.run_count, allowed
+
+
+@task(name="check-params", cache_policy=NO_CACHE)
+def check_params(root: Path, overrides_: list[str]) -> dict[str, Any]:
+    """Apply the overrides to params.yaml and validate it; raises ParamsError, never retried."""
+    _, changes = overrides.apply(root / overrides.PARAMS_FILE, overrides_)
+    logger = get_run_logger()
+    for key, (old, new) in changes.items():
+        logger.info("params.yaml: %s %r -> %r", key, old, new)
+    logger.info("params.yaml is valid%s", " with the overrides" if overrides_ else "")
+    return changes
+
+
+@task(
+    name="stage",
+    task_run_name="{stage}",
+    cache_policy=NO_CACHE,  # DVC is the cache: it decides what is up to date
+    retry_condition_fn=retry_condition,
+    retry_jitter_factor=0.5,
+)
+def run_stage(root: Path, stage: str, force: bool, timeout_s: float) -> StageRun | State:
+    logger = get_run_logger()
+    attempt, allowed = _attempt()
+    logger.info("stage %s: attempt %d of %d", stage, attempt, allowed)
+    if not force:
+        pending = dvc_repo.changes(root, stage)
+        if not pending:
+            logger.info("stage %s: up to date (dvc status), skipping", stage)
+            return Completed(
+                name="Skipped",
+                message="up to date according to dvc status",
+                data=StageRun(stage, "skipped", attempt, 0.0),
+            )
+        logger.info("stage %s: changed: %s", stage, pending.get(stage, pending))
+    args = ["repro", "--single-item", stage, *(["--force"] if force else [])]
+    done = dvc_repo.run(root, args, timeout_s, echo=logger.info)
+    if not done.ok:
+        raise StepFailed(f"stage {stage}", done.returncode, done.tail)
+    logger.info("stage %s: done in %.1f s (attempt %d)", stage, done.seconds, attempt)
+    if done.run_cache_hit:
+        return Completed(
+            name="Cached",
+            message="outputs restored from DVC's run cache",
+            data=StageRun(stage, "cached", attempt, done.seconds),
+        )
+    return StageRun(stage, "ran", attempt, done.seconds)
+
+
+@task(
+    name="push",
+    cache_policy=NO_CACHE,
+    retries=3,
+    retry_delay_seconds=exponential_backoff(backoff_factor=10),
+    retry_jitter_factor=0.5,
+    retry_condition_fn=retry_condition,
+)
+def dvc_push(root: Path, timeout_s: float = 3600) -> str:
+    """`dvc push` to the default remote, when it is missing something."""
+    logger = get_run_logger()
+    url = dvc_repo.remote_url(root)
+    if url is None:
+        logger.warning("no default DVC remote configured: nothing pushed")
+        return "not pushed: no remote"
+    missing = dvc_repo.cloud_changes(root)
+    if not missing:
+        logger.info("remote %s already has every output", url)
+        return "already up to date"
+    logger.info("pushing %d files to %s (attempt %d)", len(missing), url, _attempt()[0])
+    done = dvc_repo.run(root, ["push"], timeout_s, echo=logger.info)
+    if not done.ok:
+        raise StepFailed("dvc push", done.returncode, done.tail)
+    return f"pushed {len(missing)} files"
+
+
+@task(name="register-model", cache_policy=NO_CACHE)
+def register_version(
+    root: Path,
+    name: str,
+    bump: Bump,
+    test_acc: float | None,
+    min_test_acc: float,
+    onnx: list[str] | None,
+    artifact: Path | None,
+) -> registry.Registration | State:
+    """Tag the run's commit as the next model version, once its checks pass."""
+    logger = get_run_logger()
+    problems = []
+    if artifact is not None and not artifact.is_file():
+        problems.append(f"{artifact.relative_to(root)} ({name} in dvc.yaml) does not exist")
+    if test_acc is None:
+        problems.append("no test accuracy from evaluate")
+    elif test_acc < min_test_acc:
+        problems.append(f"test accuracy {test_acc:.4f} < {min_test_acc}")
+    if onnx is not None and not onnx:  # the pipeline exports, but no ONNX model is there
+        problems.append("the export stage left no .onnx model")
+    if problems:
+        logger.warning("model not registered: %s", "; ".join(problems))
+        return Completed(name="Rejected", message="; ".join(problems), data=None)
+    message = (
+        f"{name}: test accuracy {test_acc:.4f}, flow run {current_flow_run.name} "
+        f"({current_flow_run.id})"
+    )
+    reg = registry.register(root, name, bump, message)
+    if reg.created:
+        where = "a snapshot commit of the working tree" if reg.snapshot else "HEAD"
+        logger.info("registered %s on %s (%s)", reg.tag, where, reg.commit[:12])
+        logger.info("publish it with: git push origin %s", reg.tag)
+    else:
+        logger.info("this model is already registered as %s", reg.tag)
+    return reg
+
+
+@task(name="report", cache_policy=NO_CACHE)
+def publish_report(
+    root: Path,
+    stages: list[str],
+    runs: list[StageRun],
+    before: report.Metrics,
+    changes: dict[str, Any],
+    pushed: str,
+    registered: str | None,
+) -> str:
+    """Markdown summary and per-class table as Prefect artifacts; returns the markdown."""
+    now = dvc_repo.metrics(root)
+    rows = report.metrics_rows(now, before, dvc_repo.metrics_diff(root))
+    outs = {s: dvc_repo.out_paths(root, s) for s in stages}
+    markdown = report.summary_markdown(
+        run_name=str(current_flow_run.name),
+        stages=runs,
+        metric_rows=rows,
+        models=report.model_files(root, [p for paths in outs.values() for p in paths]),
+        remote=dvc_repo.remote_url(root),
+        pushed=pushed,
+        registered=registered,
+        overrides=changes,
+    )
+    create_markdown_artifact(markdown, key=SUMMARY_KEY, description="MNIST pipeline run")
+    per_class = _find(outs.get(EVALUATE, []), "per_class.json")
+    if per_class is not None:
+        create_table_artifact(
+            report.per_class_rows(report.read_json(per_class)),
+            key=PER_CLASS_KEY,
+            description="Per-class test accuracy (recall), precision and F1",
+        )
+    return markdown
+
+
+def _find(paths: list[Path], name: str) -> Path | None:
+    for p in paths:
+        hits = [p] if p.name == name else sorted(p.rglob(name)) if p.is_dir() else []
+        if hits and hits[0].is_file():
+            return hits[0]
+    return None
+
+
+def _test_acc(root: Path, evaluate_outs: list[Path], metrics: report.Metrics) -> float | None:
+    for p in evaluate_outs:
+        value = metrics.get(p.relative_to(root).as_posix(), {}).get("test.acc")
+        if isinstance(value, int | float):
+            return float(value)
+    return None
+
+
+@flow(name="mnist-pipeline")
+def pipeline(
+    root: str = ".",
+    overrides: list[str] | None = None,
+    targets: list[str] | None = None,
+    force: bool = False,
+    push: bool = True,
+    register_model: bool = False,
+    model_name: str = MODEL_NAME,
+    bump: Bump = "minor",
+    min_test_acc: float = 0.98,
+    retries: int = 3,
+    retry_delay_s: float = 30.0,
+    stage_timeout_s: float = 6 * 3600,
+) -> dict[str, Any]:
+    """Run the DVC pipeline in `root`, stage by stage.
+
+    Args:
+        root: the DVC repository (a clone of this project).
+        overrides: `dvc exp run -S` style params overrides, e.g. ["train.max_epochs=3"];
+            written to params.yaml after validation.
+        targets: run only these stages and those they depend on (`dvc repro <targets>`);
+            default: every stage.
+        force: re-run every stage even if DVC says it is up to date.
+        push: `dvc push` the outputs to the default remote after a successful run.
+        register_model: tag the model as the next `<model_name>@vX.Y.Z` once its checks pass.
+        model_name: the artifact to register; one of `dvc.yaml`'s `artifacts:` if it has any.
+        bump: which part of the version to increase when registering.
+        min_test_acc: the test accuracy a model needs to be registered.
+        retries: retries of a stage after a transient failure (signal, timeout, lock, network).
+        retry_delay_s: delay before the first retry; doubled for each later one, with jitter.
+        stage_timeout_s: a stage still running after this long is stopped (and retried).
+    """
+    logger = get_run_logger()
+    repo = Path(root).resolve()
+    declared: dict[str, Path] = {}
+    if register_model:  # a typo here should not cost a whole training run to find out
+        declared = dvc_repo.artifacts(repo)
+        if declared and model_name not in declared:
+            raise ValueError(f"{model_name!r} is not in dvc.yaml's artifacts: {sorted(declared)}")
+    changes = check_params(repo, list(overrides or []))
+    stages = dvc_repo.stage_order(repo, targets)
+    logger.info("stages, in order: %s", " -> ".join(stages))
+    before = dvc_repo.metrics(repo)
+
+    stage_task = run_stage.with_options(
+        retries=retries,
+        retry_delay_seconds=exponential_backoff(backoff_factor=retry_delay_s),
+    )
+    runs: list[StageRun] = []
+    for stage in stages:
+        # return_state: a skipped stage returns its state; .result() raises if the stage failed.
+        state = stage_task(repo, stage, force, stage_timeout_s, return_state=True)
+        runs.append(state.result())
+
+    pushed = dvc_push(repo) if push else "not pushed (push=False)"
+    registered = None
+    if register_model:
+        outs = {s: dvc_repo.out_paths(repo, s) for s in (EVALUATE, EXPORT) if s in stages}
+        onnx = None
+        if EXPORT in outs:
+            onnx = [m["file"] for m in report.model_files(repo, outs[EXPORT])]
+            onnx = [f for f in onnx if f.endswith(".onnx")]
+        reg = register_version(
+            repo,
+            model_name,
+            bump,
+            _test_acc(repo, outs.get(EVALUATE, []), dvc_repo.metrics(repo)),
+            min_test_acc,
+            onnx,
+            declared.get(model_name),
+            return_state=True,
+        ).result()
+        registered = reg.tag if reg is not None else None
+    publish_report(repo, stages, runs, before, changes, pushed, registered)
+    return {
+        "stages": [asdict(r) for r in runs],
+        "pushed": pushed,
+        "registered": registered,
+        "params_changes": changes,
+    }
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m pipelines.flow", description=__doc__.splitlines()[0]
+    )
+    p.add_argument("--root", default=".", help="the DVC repository (default: here)")
+    p.add_argument(
+        "-S",
+        "--set-param",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a param, as `dvc exp run -S` (repeatable)",
+    )
+    p.add_argument("targets", nargs="*", help="stages to run, with their upstream (default: all)")
+    p.add_argument("--force", action="store_true", help="re-run every stage")
+    p.add_argument("--no-push", dest="push", action="store_false", help="skip `dvc push`")
+    p.add_argument("--register", action="store_true", help="tag a model version (GTO)")
+    p.add_argument("--model-name", default=MODEL_NAME, help="the dvc.yaml artifact to register")
+    p.add_argument("--bump", choices=["major", "minor", "patch"], default="minor")
+    p.add_argument("--min-test-acc", type=float, default=0.98)
+    p.add_argument("--retries", type=int, default=3)
+    p.add_argument("--retry-delay-s", type=float, default=30.0)
+    p.add_argument("--stage-timeout-s", type=float, default=6 * 3600)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        pipeline(
+            root=args.root,
+            overrides=args.overrides,
+            targets=args.targets or None,
+            force=args.force,
+            push=args.push,
+            register_model=args.register,
+            model_name=args.model_name,
+            bump=args.bump,
+            min_test_acc=args.min_test_acc,
+            retries=args.retries,
+            retry_delay_s=args.retry_delay_s,
+            stage_timeout_s=args.stage_timeout_s,
+        )
+    except (ParamsError, ValueError) as err:  # bad params, stage or model name: fix and rerun
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except StepFailed as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

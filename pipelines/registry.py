@@ -1,0 +1,81 @@
+"""Register a model version as a git tag in the GTO convention: `lenet5@v1.2.0`, annotated.
+
+The tag must name a commit whose `dvc.lock` describes the pushed model, so that
+`git checkout lenet5@v1.2.0 && dvc pull` brings it back. When the run left the working tree as
+HEAD has it, that is HEAD. Otherwise the tag points to a snapshot commit of the working tree
+(HEAD plus every change, new files that are not ignored included), made with a temporary
+index: the branch, the index and the files are left as they were.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+Bump = Literal["major", "minor", "patch"]
+FIRST_VERSION: dict[str, str] = {"major": "v1.0.0", "minor": "v0.1.0", "patch": "v0.0.1"}
+SNAPSHOT_NOTE = "Snapshot of the working tree the run left, on top of HEAD (branch not moved)."
+
+
+@dataclass(frozen=True)
+class Registration:
+    tag: str
+    version: str
+    commit: str
+    snapshot: bool  # True: a snapshot commit of the working tree, not HEAD
+    created: bool  # False: this commit already had a version
+
+
+def git(root: Path, *args: str, env: dict[str, str] | None = None) -> str:
+    done = subprocess.run(
+        ["git", *args],
+        cwd=root,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"git {' '.join(args)} failed: {done.stderr.strip()}")
+    return done.stdout.strip()
+
+
+def worktree_tree(root: Path) -> str:
+    """The git tree of the working tree as it is (new, not ignored files included)."""
+    with tempfile.TemporaryDirectory(prefix="git-index-") as tmp:
+        env = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
+        git(root, "read-tree", "HEAD", env=env)
+        git(root, "add", "-A", env=env)
+        return git(root, "write-tree", env=env)
+
+
+def register(root: Path, name: str, bump: Bump, message: str) -> Registration:
+    """Tag the run's commit as the next version of `name`, computed by GTO from existing tags.
+
+    A working tree that an existing version already pins (same git tree) is not registered
+    again: that version is returned with `created=False`.
+    """
+    from gto import api
+
+    tree = worktree_tree(root)
+    for tag in git(root, "tag", "--list", f"{name}@v*").split():
+        if git(root, "rev-parse", f"{tag}^{{tree}}") == tree:
+            commit = git(root, "rev-parse", f"{tag}^{{commit}}")
+            head = git(root, "rev-parse", "HEAD")
+            return Registration(tag, tag.partition("@")[2], commit, commit != head, False)
+    head = git(root, "rev-parse", "HEAD")
+    is_snapshot = tree != git(root, "rev-parse", "HEAD^{tree}")
+    commit = (
+        git(root, "commit-tree", tree, "-p", head, "-m", f"{message}\n\n{SNAPSHOT_NOTE}")
+        if is_snapshot
+        else head
+    )
+    if git(root, "tag", "--list", f"{name}@v*"):
+        kwargs: dict[str, object] = {f"bump_{bump}": True}
+    else:
+        kwargs = {"version": FIRST_VERSION[bump]}
+    event = api.register(str(root), name, commit, message=message, **kwargs)
+    return Registration(event.tag, event.version, commit, is_snapshot, created=True)

@@ -1,0 +1,90 @@
+"""Serve the pipeline flow on a schedule from this machine, without a work pool or worker.
+
+    uv run python -m pipelines.serve                       # nightly at 02:00 UTC
+    uv run python -m pipelines.serve --cron "*/30 * * * *" -S train.max_epochs=2
+
+`flow.serve` keeps a deployment and its schedule on the Prefect server and runs each flow run
+in a subprocess here until stopped (Ctrl-C pauses the schedule). A schedule is only useful on
+a server that outlives this process, so without a reachable one (`PREFECT_API_URL` unset, or
+nothing answering there) this refuses, saying how to start one, instead of serving into a
+temporary server that disappears with it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+HOW_TO_START = (
+    "Start a server and point this shell at it:\n"
+    "  uv run prefect server start --host 127.0.0.1 --port 4200     # in another terminal\n"
+    "  uv run prefect config set PREFECT_API_URL=http://127.0.0.1:4200/api\n"
+    "Or run the pipeline once, with no server: uv run python -m pipelines.flow"
+)
+
+
+def api_problem(timeout_s: float = 5.0) -> str | None:
+    """Why the configured Prefect API cannot hold a schedule, or None if it can."""
+    import httpx
+    from prefect.settings import PREFECT_API_KEY, PREFECT_API_URL
+
+    url = PREFECT_API_URL.value()
+    if not url:
+        return "PREFECT_API_URL is not set: there is no Prefect server to keep the schedule."
+    key = PREFECT_API_KEY.value()
+    headers = {"Authorization": f"Bearer {key.get_secret_value()}"} if key else {}
+    try:
+        resp = httpx.get(f"{url.rstrip('/')}/health", headers=headers, timeout=timeout_s)
+    except httpx.HTTPError as err:
+        return f"cannot reach the Prefect API at {url}: {err!r}"
+    if resp.status_code != 200:
+        return f"the Prefect API at {url} answered {resp.status_code} to /health"
+    return None
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m pipelines.serve", description=__doc__.splitlines()[0]
+    )
+    p.add_argument("--name", default="nightly-retrain-served", help="deployment name")
+    p.add_argument("--cron", default="0 2 * * *", help="schedule (default: 02:00 daily)")
+    p.add_argument("--timezone", default="UTC")
+    p.add_argument("--root", default=os.getcwd(), help="the DVC repository (default: here)")
+    p.add_argument("-S", "--set-param", dest="overrides", action="append", default=[])
+    p.add_argument("--no-push", dest="push", action="store_false")
+    p.add_argument("--register", action="store_true", help="tag a model version (GTO)")
+    p.add_argument("--check", action="store_true", help="only check the server, then exit")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    problem = api_problem()
+    if problem:
+        print(f"error: {problem}\n{HOW_TO_START}", file=sys.stderr)
+        return 2
+    if args.check:
+        print("the Prefect API is reachable")
+        return 0
+    from prefect.client.schemas.schedules import CronSchedule
+
+    from pipelines.flow import pipeline
+
+    pipeline.serve(
+        name=args.name,
+        schedules=[CronSchedule(cron=args.cron, timezone=args.timezone)],
+        parameters={
+            "root": args.root,
+            "overrides": args.overrides,
+            "push": args.push,
+            "register_model": args.register,
+        },
+        global_limit=1,  # one run at a time across every server of this deployment: DVC's lock
+        limit=1,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,200 @@
+"""The pipeline flow end to end on the synthetic data: order, skipping, retries and resume,
+validation, push and pull, model registration.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from pipelines import dvc_repo
+from stages.model import load_model
+from stages.params import ParamsError
+from stages.train import FAIL_ENV
+from tests.conftest import tiny_params_dict
+from tests.flows.conftest import (
+    FlowRun,
+    dvc,
+    make_repo,
+    run,
+    run_flow,
+    set_remote,
+    task_runs,
+)
+
+pytestmark = pytest.mark.usefixtures("prefect_harness", "flow_env")
+
+
+def _stage_runs(flow_run_id: str, stages: list[str]) -> list:
+    return [r for r in task_runs(flow_run_id) if r.name in stages]
+
+
+def test_stages_run_in_dvc_order_one_task_each(finished_run: FlowRun) -> None:
+    stages = dvc_repo.stage_order(finished_run.repo)
+    assert stages[:3] == ["prepare", "train", "evaluate"]  # what dvc.yaml's graph says
+    runs = _stage_runs(finished_run.flow_run_id, stages)
+    assert [r.name for r in runs] == stages
+    assert all(r.state.name == "Completed" and r.run_count == 1 for r in runs)
+    assert [s["state"] for s in finished_run.result["stages"]] == ["ran"] * len(stages)
+    assert dvc_repo.changes(finished_run.repo) == {}  # DVC agrees: everything is up to date
+    metrics = json.loads((finished_run.repo / "metrics/evaluate.json").read_text())
+    assert metrics["test"]["acc"] >= 0.9
+
+
+def test_report_artifacts(finished_run: FlowRun) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    from pipelines.flow import PER_CLASS_KEY, SUMMARY_KEY
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[finished_run.flow_run_id])
+            )
+        )
+    by_key = {a.key: a for a in found}
+    summary = by_key[SUMMARY_KEY].data
+    assert "| metrics/evaluate.json | test.acc |" in summary
+    assert "Δ previous run" in summary and "Δ HEAD" in summary
+    assert str(finished_run.remote) in summary
+    assert "lenet5@v0.1.0" in summary
+    if "export" in dvc_repo.stage_order(finished_run.repo):
+        assert "models/lenet5.onnx" in summary
+    table = json.loads(by_key[PER_CLASS_KEY].data)
+    assert [row["class"] for row in table] == [str(c) for c in range(10)]
+    assert all(0.0 <= row["accuracy"] <= 1.0 for row in table)
+
+
+def test_rerun_with_nothing_changed_skips_every_stage(
+    finished_run: FlowRun, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_subprocess(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"nothing should run: dvc {args[1]}")
+
+    monkeypatch.setattr(dvc_repo, "run", no_subprocess)
+    state, seconds = run_flow(finished_run.repo, register_model=True)
+    assert state.is_completed(), state.message
+    stages = dvc_repo.stage_order(finished_run.repo)
+    runs = _stage_runs(str(state.state_details.flow_run_id), stages)
+    assert [(r.name, r.state.name) for r in runs] == [(s, "Skipped") for s in stages]
+    result = state.result()
+    assert result["pushed"] == "already up to date"
+    assert result["registered"] == finished_run.result["registered"]  # not a new version
+    assert seconds < 30, f"a no-change run took {seconds:.1f} s"
+
+
+def test_a_stage_restored_from_the_run_cache_shows_as_cached(finished_run: FlowRun) -> None:
+    repo = finished_run.repo
+    params_text = (repo / "params.yaml").read_text()
+    n = yaml.safe_load(params_text)["evaluate"]["n_misclassified"]
+    try:
+        other, _ = run_flow(
+            repo, targets=["evaluate"], overrides=[f"evaluate.n_misclassified={n - 1}"], push=False
+        )
+        back, _ = run_flow(
+            repo, targets=["evaluate"], overrides=[f"evaluate.n_misclassified={n}"], push=False
+        )
+    finally:
+        (repo / "params.yaml").write_text(params_text)
+    assert other.is_completed() and back.is_completed(), (other.message, back.message)
+    names = ["prepare", "train", "evaluate"]
+    ran = _stage_runs(str(other.state_details.flow_run_id), names)
+    assert [r.state.name for r in ran] == ["Skipped", "Skipped", "Completed"]
+    # Back to the old value: DVC restores evaluate's outputs from its run cache.
+    restored = _stage_runs(str(back.state_details.flow_run_id), names)
+    assert [r.state.name for r in restored] == ["Skipped", "Skipped", "Cached"]
+    assert dvc_repo.changes(repo) == {}
+
+
+def test_killed_training_resumes_on_retry_with_the_same_result(
+    tmp_path: Path, finished_run: FlowRun, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo = make_repo(tmp_path / "repo", tmp_path / "remote")
+    k = 1  # killed halfway through epoch k+1 (1-based), after k epochs were checkpointed
+    monkeypatch.setenv(FAIL_ENV, str(k))
+    # Only what the comparison needs: prepare, train, evaluate (not prune and export).
+    state, _ = run_flow(repo, targets=["evaluate"], retries=2, push=False)
+    assert state.is_completed(), state.message
+
+    (train_run,) = _stage_runs(str(state.state_details.flow_run_id), ["train"])
+    assert train_run.run_count == 2  # killed once, retried once
+    summary = json.loads((repo / "metrics/train.json").read_text())
+    assert summary["resumed_from_epoch"] == k  # the retry started at epoch k+1, not at 1
+    assert summary["epochs"] == tiny_params_dict()["train"]["max_epochs"]
+
+    # The DVCLive curves continue across the kill: one row per epoch, the same rows (steps and
+    # values) as the uninterrupted run's.
+    for curve in ("val/acc.tsv", "val/loss.tsv", "train/loss.tsv"):
+        rel = f"dvclive/train/plots/metrics/{curve}"
+        resumed, fresh = (repo / rel).read_text(), (finished_run.repo / rel).read_text()
+        assert resumed == fresh, curve
+    assert len((repo / "dvclive/train/plots/metrics/val/acc.tsv").read_text().splitlines()) == (
+        1 + summary["epochs"]
+    )
+
+    a, _ = load_model(repo / "models/lenet5.pt")
+    b, _ = load_model(finished_run.repo / "models/lenet5.pt")
+    for (name, wa), wb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        torch.testing.assert_close(wa, wb, rtol=0, atol=0, msg=f"{name} differs")
+    fresh_summary = json.loads((finished_run.repo / "metrics/train.json").read_text())
+    assert summary["val_acc"] == fresh_summary["val_acc"]
+    assert (repo / "metrics/evaluate.json").read_text() == (
+        finished_run.repo / "metrics/evaluate.json"
+    ).read_text()
+
+
+def test_invalid_override_fails_before_anything_runs(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo", tmp_path / "remote")
+    before = (repo / "params.yaml").read_text()
+    state, _ = run_flow(repo, overrides=["train.max_epochs=0"])
+    assert state.is_failed()
+    with pytest.raises(ParamsError, match=r"train\.max_epochs"):
+        state.result()
+    assert (repo / "params.yaml").read_text() == before  # left as it was
+    runs = task_runs(str(state.state_details.flow_run_id))
+    assert [r.name.rsplit("-", 1)[0] for r in runs] == ["check-params"]  # no stage started
+    assert not (repo / "data/prepared").exists()
+
+
+def test_stage_with_a_params_error_is_not_retried(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stage itself meets an invalid params.yaml (exit code 2): one attempt, no retry."""
+    from pipelines import flow
+
+    params = tiny_params_dict()
+    params["prepare"]["val_size"] = 0
+    repo = make_repo(tmp_path / "repo", tmp_path / "remote", params)
+    # Skip the flow's own up-front check so that the stage gets to see the bad value.
+    monkeypatch.setattr(flow.overrides, "apply", lambda path, overrides: (None, {}))
+    state, seconds = run_flow(repo, retries=3, retry_delay_s=60.0)
+    assert state.is_failed()
+    (prepare,) = _stage_runs(str(state.state_details.flow_run_id), ["prepare"])
+    assert prepare.run_count == 1 and prepare.state.name == "Failed"
+    assert "params" in prepare.state.message and "not retried" in prepare.state.message
+    assert seconds < 60  # no retry delay was waited out
+    assert [r.name for r in _stage_runs(str(state.state_details.flow_run_id), ["train"])] == []
+
+
+def test_pushed_model_version_pulls_into_another_clone(
+    finished_run: FlowRun, tmp_path: Path
+) -> None:
+    tag = finished_run.result["registered"]
+    assert tag == "lenet5@v0.1.0"
+    repo = finished_run.repo
+    assert run(["git", "cat-file", "-t", tag], repo).stdout.strip() == "tag"  # annotated
+    assert "test accuracy" in run(["git", "tag", "-n5", tag], repo).stdout
+
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", str(repo), str(clone)], tmp_path)
+    run(["git", "checkout", "-q", tag], clone)
+    # Another clone on this machine: the same remote (here the test's, not the default).
+    set_remote(clone, finished_run.remote)
+    dvc(clone, "pull")
+    assert (clone / "models/lenet5.pt").read_bytes() == (repo / "models/lenet5.pt").read_bytes()
+    assert json.loads(dvc(clone, "status", "--json").stdout) == {}

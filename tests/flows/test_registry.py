@@ -1,0 +1,45 @@
+"""Model versions as GTO git tags: next version from existing tags, one version per tree."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipelines.registry import register
+from tests.flows.conftest import GIT_IDENTITY, run
+
+
+@pytest.fixture
+def repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    for key, value in GIT_IDENTITY.items():
+        monkeypatch.setenv(key, value)
+    run(["git", "init", "-q", "-b", "main"], tmp_path)
+    (tmp_path / "dvc.lock").write_text("model: a\n")
+    run(["git", "add", "-A"], tmp_path)
+    run(["git", "commit", "-q", "-m", "first"], tmp_path)
+    return tmp_path
+
+
+def test_versions_follow_existing_tags(repo: Path) -> None:
+    first = register(repo, "lenet5", "minor", "first model")
+    assert (first.tag, first.snapshot, first.created) == ("lenet5@v0.1.0", False, True)
+    assert run(["git", "cat-file", "-t", first.tag], repo).stdout.strip() == "tag"  # annotated
+    assert first.commit == run(["git", "rev-parse", "HEAD"], repo).stdout.strip()
+
+    (repo / "dvc.lock").write_text("model: b\n")  # a new run, not committed
+    second = register(repo, "lenet5", "minor", "second model")
+    assert (second.tag, second.snapshot) == ("lenet5@v0.2.0", True)
+    # The snapshot holds the run's dvc.lock; the branch and the files were not touched.
+    assert run(["git", "show", f"{second.tag}:dvc.lock"], repo).stdout == "model: b\n"
+    assert run(["git", "rev-parse", "HEAD"], repo).stdout.strip() == first.commit
+    assert run(["git", "status", "--porcelain"], repo).stdout.strip() == "M dvc.lock"
+
+    again = register(repo, "lenet5", "minor", "same model again")
+    assert (again.tag, again.created) == ("lenet5@v0.2.0", False)
+    assert register(repo, "lenet5", "major", "x").tag == "lenet5@v0.2.0"
+
+    (repo / "dvc.lock").write_text("model: c\n")
+    assert register(repo, "lenet5", "patch", "third").tag == "lenet5@v0.2.1"
+    (repo / "dvc.lock").write_text("model: d\n")
+    assert register(repo, "lenet5", "major", "fourth").tag == "lenet5@v1.0.0"

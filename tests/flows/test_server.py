@@ -1,0 +1,212 @@
+"""The README's server paths for real, on a Prefect server on 127.0.0.1 started here:
+`python -m pipelines.deploy` and a process worker, and `python -m pipelines.serve`; runs
+triggered through the REST API, the stages run in order.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.flows.conftest import GIT_IDENTITY, make_repo
+
+pytestmark = pytest.mark.slow
+
+DEPLOYMENT = "mnist-pipeline/nightly-retrain"
+TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(cmd: list[str], cwd: Path, env: dict[str, str], log: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        cmd,
+        cwd=cwd,
+        env=env,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # stopped as a group: the worker's flow runs go with it
+    )
+
+
+def stop(proc: subprocess.Popen) -> None:
+    for sig, wait_s in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(proc.pid, sig)
+            proc.wait(timeout=wait_s)
+            return
+        except ProcessLookupError:
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[str, str]]]:
+    """A Prefect server of its own (SQLite in a temp folder); yields (API URL, client env)."""
+    tmp_path = tmp_path_factory.mktemp("prefect-server")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env |= {
+        "PREFECT_HOME": str(tmp_path / "prefect-home"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_UI_ENABLED": "false",
+    }
+    log = tmp_path / "server.log"
+    proc = start(
+        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+         "--port", str(port)],
+        tmp_path,
+        env,
+        log,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}/api"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None, f"server exited:\n{log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"no server:\n{log.read_text()[-3000:]}"
+            time.sleep(1)
+        yield url, {**env, "PREFECT_API_URL": url}
+    finally:
+        stop(proc)
+
+
+def client_env(env: dict[str, str], mirror: Path) -> dict[str, str]:
+    return {
+        **env,
+        **GIT_IDENTITY,
+        "MNIST_MIRROR": str(mirror),
+        "MNIST_MD5SUMS": str(mirror / "MD5SUMS"),
+        "PREFECT_WORKER_QUERY_SECONDS": "2",
+        "PREFECT_RUNNER_POLL_FREQUENCY": "2",
+    }
+
+
+def wait_for(api: httpx.Client, flow_run_id: str, proc: subprocess.Popen, log: Path) -> dict:
+    """The flow run's final state; fails if `proc` (worker or server) dies or 10 minutes pass."""
+    deadline = time.monotonic() + 600
+    while True:
+        state = api.get(f"/flow_runs/{flow_run_id}").raise_for_status().json()["state"]
+        if state and state["type"] in TERMINAL:
+            return state
+        assert proc.poll() is None, log.read_text()[-3000:]
+        assert time.monotonic() < deadline, "the flow run did not finish in 10 minutes"
+        time.sleep(3)
+
+
+def stage_runs(api: httpx.Client, flow_run_id: str, stages: set[str]) -> list[dict]:
+    runs = api.post("/task_runs/filter", json={"flow_runs": {"id": {"any_": [flow_run_id]}}})
+    found = [r for r in runs.raise_for_status().json() if r["name"] in stages]
+    return sorted(found, key=lambda r: r["start_time"])
+
+
+def test_deployed_flow_runs_on_a_worker_against_a_real_server(
+    tmp_path: Path, server: tuple[str, dict[str, str]], synthetic_mirror: Path
+) -> None:
+    url, env = server
+    env = client_env(env, synthetic_mirror)
+    repo = make_repo(tmp_path / "repo", tmp_path / "remote")
+    deployed = subprocess.run(
+        [sys.executable, "-m", "pipelines.deploy"],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert deployed.returncode == 0, deployed.stdout[-3000:] + deployed.stderr[-3000:]
+
+    api = httpx.Client(base_url=url, timeout=30)
+    dep = api.get(f"/deployments/name/{DEPLOYMENT}").raise_for_status().json()
+    assert [s["schedule"]["cron"] for s in dep["schedules"]] == ["0 2 * * *"]
+    assert dep["global_concurrency_limit"]["limit"] == 1
+    assert dep["concurrency_options"]["collision_strategy"] == "ENQUEUE"
+    (pull,) = dep["pull_steps"]
+    assert Path(pull["prefect.deployments.steps.set_working_directory"]["directory"]) == repo
+
+    # Trigger a run now, as `prefect deployment run` or the UI's "Quick run" would.
+    params = {"targets": ["evaluate"], "retry_delay_s": 0}
+    flow_run = api.post(f"/deployments/{dep['id']}/create_flow_run", json={"parameters": params})
+    flow_run_id = flow_run.raise_for_status().json()["id"]
+
+    pool = dep["work_pool_name"]
+    worker = start(
+        [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, "--limit", "1"],
+        tmp_path,
+        env,
+        tmp_path / "worker.log",
+    )
+    try:
+        state = wait_for(api, flow_run_id, worker, tmp_path / "worker.log")
+    finally:
+        stop(worker)
+    log = (tmp_path / "worker.log").read_text()
+    assert state["type"] == "COMPLETED", f"{state}\n{log[-4000:]}"
+
+    stages = stage_runs(api, flow_run_id, {"prepare", "train", "evaluate"})
+    assert [r["name"] for r in stages] == ["prepare", "train", "evaluate"]
+    assert all(r["state"]["type"] == "COMPLETED" for r in stages)
+    assert (repo / "models/lenet5.pt").is_file()
+    assert (repo / "metrics/evaluate.json").is_file()
+
+
+def test_served_flow_runs_and_pauses_its_schedule_on_exit(
+    tmp_path: Path, server: tuple[str, dict[str, str]], synthetic_mirror: Path
+) -> None:
+    url, env = server
+    env = client_env(env, synthetic_mirror)
+    repo = make_repo(tmp_path / "repo", tmp_path / "remote")
+    name = "mnist-pipeline/served-test"
+    serving = start(
+        [sys.executable, "-m", "pipelines.serve", "--name", "served-test", "--no-push"],
+        repo,
+        env,
+        tmp_path / "serve.log",
+    )
+    api = httpx.Client(base_url=url, timeout=30)
+    try:
+        deadline = time.monotonic() + 180
+        while (dep := api.get(f"/deployments/name/{name}")).status_code != 200:
+            assert serving.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "serve did not register its deployment"
+            time.sleep(2)
+        dep = dep.json()
+        assert [s["schedule"]["cron"] for s in dep["schedules"]] == ["0 2 * * *"]
+        assert dep["global_concurrency_limit"]["limit"] == 1
+        created = api.post(
+            f"/deployments/{dep['id']}/create_flow_run",
+            json={"parameters": {"targets": ["prepare"]}},
+        )
+        flow_run_id = created.raise_for_status().json()["id"]
+        state = wait_for(api, flow_run_id, serving, tmp_path / "serve.log")
+        log = (tmp_path / "serve.log").read_text()
+        assert state["type"] == "COMPLETED", f"{state}\n{log[-4000:]}"
+        assert [r["name"] for r in stage_runs(api, flow_run_id, {"prepare", "train"})] == [
+            "prepare"
+        ]
+    finally:
+        os.killpg(serving.pid, signal.SIGINT)  # Ctrl-C
+        try:
+            serving.wait(timeout=60)
+        finally:
+            stop(serving)
+    assert api.get(f"/deployments/name/{name}").json()["paused"] is True
