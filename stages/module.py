@@ -59,9 +59,14 @@ class LitLeNet5(pl.LightningModule):
         super().__init__()
         self.net = net if net is not None else LeNet5(widths)
         self.optimizer_params, self.scheduler_params = optimizer, scheduler
-        self.train_acc = MulticlassAccuracy(num_classes=10, average="micro")
+        # validate_args=False: its label check (torch.unique) would sync a GPU every step; the
+        # labels were checked by `prepare`.
+        self.train_acc = MulticlassAccuracy(num_classes=10, average="micro", validate_args=False)
         self.val_acc = MulticlassAccuracy(num_classes=10, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes=10, average="micro")
+        # The epoch's summed training loss (a device tensor: no host sync) and sample count.
+        self._loss_sum: torch.Tensor | None = None
+        self._seen = 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -70,11 +75,28 @@ class LitLeNet5(pl.LightningModule):
         x, y = batch  # (B, 1, 28, 28), (B,)
         logits = self.net(x)  # (B, 10)
         loss = F.cross_entropy(logits, y)
-        self.train_acc.update(logits.detach(), y)
-        # Epoch means only: per-step logging costs a host sync every step.
-        self.log("train/loss", loss.detach(), on_step=False, on_epoch=True)
-        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
+        self.track_train(loss, logits, y)
         return loss
+
+    def track_train(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
+        """Add a step to the epoch's training loss and accuracy, logged once at its end.
+
+        Calling `self.log` in every step costs about a millisecond of host work per call
+        (Lightning moves its result object to the device each time), 7 % of a CPU epoch.
+        """
+        self.train_acc.update(logits.detach(), y)
+        step_sum = loss.detach().float() * len(y)
+        self._loss_sum = step_sum if self._loss_sum is None else self._loss_sum + step_sum
+        self._seen += len(y)
+
+    def on_train_epoch_end(self) -> None:
+        if not self._seen:  # a subclass that logs per step itself
+            return
+        # Every rank saw as many samples, so the mean of the ranks' means is the epoch mean.
+        self.log("train/loss", self._loss_sum / self._seen, sync_dist=True)
+        self.log("train/acc", self.train_acc.compute())  # compute() syncs the ranks itself
+        self.train_acc.reset()
+        self._loss_sum, self._seen = None, 0
 
     def _eval_step(self, batch: tuple[torch.Tensor, torch.Tensor], split: str) -> None:
         x, y = batch

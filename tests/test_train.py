@@ -115,9 +115,12 @@ def test_resume_only_with_matching_fingerprint(
     assert "unreadable" in caplog.text
 
 
-def test_precision_auto_is_32_bit_on_cpu() -> None:
+def test_precision_auto_follows_native_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(train, "cpu_has_bf16", lambda: False)
     assert train.resolve_precision("auto", "cpu") == "32-true"
-    assert train.resolve_precision("bf16-mixed", "cpu") == "bf16-mixed"
+    monkeypatch.setattr(train, "cpu_has_bf16", lambda: True)
+    assert train.resolve_precision("auto", "cpu") == "bf16-mixed"
+    assert train.resolve_precision("32-true", "cpu") == "32-true"
 
 
 def test_ddp_on_two_cpu_processes(tmp_path: Path, prepared: Path) -> None:

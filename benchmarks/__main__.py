@@ -1,0 +1,192 @@
+"""Speed of the project, measured side by side in one run on one machine.
+
+    python -m benchmarks                  # training, inference, no-op orchestration (minutes)
+    python -m benchmarks --full-runs      # plus full pipeline runs, DVC against the flow
+    python -m benchmarks --quick          # seconds, on synthetic data: proves it works
+    python -m benchmarks --skip seed --variant bs512:batch_size=512,optimizer.lr=8.0e-3
+
+Prints tables and writes every number, with the machine, to a JSON file (--out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+from rich.console import Console
+
+from benchmarks import inference, machine, orchestration, report, training
+from benchmarks.training import PLAIN, PROJECT, SEED, Setup, Variant
+from stages.params import TrainParams, load_params
+
+SKIPPABLE = ("seed", "plain", "training", "inference", "orchestration")
+# --quick: the test fixtures' tiny recipe, on synthetic digits.
+QUICK_TRAIN = {"max_epochs": 2, "batch_size": 32, "eval_batch_size": 256, "progress_bar": False}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n".join(__doc__.splitlines()[2:]),
+    )
+    p.add_argument("--quick", action="store_true", help="synthetic data, 1 repetition, tiny runs")
+    p.add_argument("--reps", type=int, default=None, help="repetitions (default 3; quick 1)")
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results/latest.json"))
+    p.add_argument("--markdown", type=Path, default=None, help="also write Markdown tables")
+    p.add_argument("--params", type=Path, default=Path("params.yaml"))
+    p.add_argument("--data", type=Path, default=Path("data/prepared"), help="prepared data")
+    p.add_argument("--raw", type=Path, default=Path("data/raw"), help="the four MNIST .gz files")
+    p.add_argument("--models", type=Path, default=Path("models"), help="dvc repro's models")
+    p.add_argument("--root", type=Path, default=Path("."), help="the DVC repository")
+    p.add_argument("--target-acc", type=float, default=0.99, help="test accuracy to reach")
+    p.add_argument("--seed-epochs", type=int, default=2, help="epochs of the seed recipe")
+    p.add_argument(
+        "--seed-batches", type=int, default=None, help="batches per seed-recipe epoch (all)"
+    )
+    p.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME:KEY=VALUE,...",
+        help="another project-path run with `train` params overridden (repeatable)",
+    )
+    p.add_argument("--skip", action="append", default=[], choices=SKIPPABLE)
+    p.add_argument(
+        "--full-runs", action="store_true", help="also time full pipeline runs (many minutes)"
+    )
+    p.add_argument("--workdir", type=Path, default=None, help="keep run folders here")
+    p.add_argument("--timeout-s", type=float, default=1800, help="per training run")
+    return p.parse_args(argv)
+
+
+def quick_data(workdir: Path) -> tuple[Path, Path]:
+    """Synthetic raw files and their prepared splits, through the project's own writers."""
+    from stages import mnist
+    from stages.dataset import make_splits, save_splits
+    from tests.synthetic import write_mirror
+
+    raw = workdir / "raw"
+    write_mirror(raw)
+    splits, norm = make_splits(
+        mnist.load_raw({name: raw / name for name, _ in mnist.FILES}), val_size=100, seed=0
+    )
+    save_splits(workdir / "prepared", splits, norm)
+    return raw, workdir / "prepared"
+
+
+def make_variants(args: argparse.Namespace, train: dict[str, Any]) -> list[Variant]:
+    variants = [Variant(PROJECT, "project", train)]
+    if "plain" not in args.skip:
+        variants.insert(0, Variant(PLAIN, "plain", train))
+    if "seed" not in args.skip:
+        variants.insert(0, Variant(SEED, "seed", train))
+    for spec in args.variant:
+        name, _, sets = spec.partition(":")
+        overridden = training.apply_overrides(train, [s for s in sets.split(",") if s])
+        variants.append(Variant(name, "project", overridden))
+    for v in variants:
+        TrainParams.model_validate(v.train)  # a bad override fails before any run
+    return variants
+
+
+def run_training(
+    args: argparse.Namespace, raw: Path, data: Path, workdir: Path, reps: int, console: Console
+) -> dict[str, Any]:
+    from benchmarks.seed_recipe import torchvision_root
+
+    train = yaml.safe_load(args.params.read_text())["train"]
+    if args.quick:
+        train.update(QUICK_TRAIN)
+    variants = make_variants(args, train)
+    setup = Setup(
+        data_dir=data,
+        torchvision_root=torchvision_root(raw, workdir / "torchvision"),
+        workdir=workdir / "runs",
+        target_acc=args.target_acc,
+        seed_epochs=args.seed_epochs,
+        seed_batches=5 if args.quick and args.seed_batches is None else args.seed_batches,
+        timeout_s=args.timeout_s,
+    )
+
+    def progress(name: str, rep: int, r: dict[str, Any]) -> None:
+        console.log(
+            f"repetition {rep + 1}/{reps} {name}: epochs {r['epoch_s']} s, "
+            f"test acc {r['test_acc']}, peak RSS {r['peak_rss_mb']} MiB"
+        )
+
+    runs = training.measure(variants, setup, reps, progress, in_process=args.quick)
+    return training.summarize(runs)
+
+
+def run_orchestration(
+    args: argparse.Namespace, raw: Path, workdir: Path, reps: int
+) -> dict[str, Any]:
+    if args.quick:
+        return {"skipped": "not in --quick mode"}
+    root = args.root.resolve()
+    out = {"noop": orchestration.noop(root, reps)}
+    if args.full_runs:
+        out["full"] = orchestration.full_runs(root, workdir, max(1, reps // 3), raw)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    console = Console(stderr=True)
+    reps = args.reps or (1 if args.quick else 3)
+    started = time.perf_counter()
+    results: dict[str, Any] = {
+        "command": shlex.join(["python", "-m", "benchmarks", *(argv or sys.argv[1:])]),
+        "quick": args.quick,
+        "repetitions": reps,
+        "machine": machine.describe(),
+    }
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="benchmarks-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        if args.quick:
+            raw, data = quick_data(workdir)
+        else:
+            raw, data = args.raw, args.data
+            for need in (raw, data):
+                if not need.is_dir():
+                    console.print(f"error: {need} not found: run `dvc repro prepare` first")
+                    return 2
+        if "training" not in args.skip:
+            results["training"] = run_training(args, raw, data, workdir, reps, console)
+            results["ratios"] = training.ratios(results["training"])
+        if "inference" not in args.skip:
+            try:
+                export_params = load_params(args.params).export
+            except Exception as err:  # an older params.yaml without `export`
+                results["inference"] = {"skipped": f"not available: {err}"}
+            else:
+                results["inference"] = inference.measure(
+                    args.models, data, export_params, args.quick
+                )
+        if "orchestration" not in args.skip:
+            results["orchestration"] = run_orchestration(args, raw, workdir, reps)
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+    results["duration_s"] = round(time.perf_counter() - started, 1)
+    report.write(results, args.out)
+    if args.markdown:
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        args.markdown.write_text(report.markdown(results))
+    report.show(results)
+    console.print(f"results written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""Orchestration overhead: `dvc repro` and the Prefect flow (`pipelines.flow`) when nothing
+changed, and, opt-in because each takes minutes, a full run through the flow against a plain
+`dvc repro`, each in a fresh copy of the repository. Every command runs in its own process,
+as a user would run it, and the two take turns within each repetition."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+GIT_ID = {
+    "GIT_AUTHOR_NAME": "benchmark",
+    "GIT_AUTHOR_EMAIL": "benchmark@localhost",
+    "GIT_COMMITTER_NAME": "benchmark",
+    "GIT_COMMITTER_EMAIL": "benchmark@localhost",
+}
+
+
+def dvc_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "dvc", *args]
+
+
+def flow_cmd(root: Path) -> list[str]:
+    return [sys.executable, "-m", "pipelines.flow", "--root", str(root), "--no-push"]
+
+
+def timed(cmd: list[str], cwd: Path, timeout_s: float, env: dict[str, str] | None = None) -> float:
+    """Wall seconds of `cmd`; raises with the end of its output if it fails."""
+    # A busy machine can take longer than Prefect's 20 s default to start its temporary server.
+    env = {"PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120", **(env or os.environ)}
+    t = time.perf_counter()
+    done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout_s, env=env)
+    elapsed = time.perf_counter() - t
+    if done.returncode != 0:
+        tail = "\n".join((done.stdout + done.stderr).splitlines()[-20:])
+        raise RuntimeError(f"`{' '.join(cmd[1:])}` failed in {cwd}:\n{tail}")
+    return elapsed
+
+
+def not_up_to_date(root: Path) -> str | None:
+    """Why `root` is no DVC pipeline with nothing to do, or None when it is one."""
+    if not (root / "dvc.yaml").is_file():
+        return f"{root} has no dvc.yaml"
+    done = subprocess.run(
+        dvc_cmd("status", "--json"), cwd=root, capture_output=True, text=True, timeout=600
+    )
+    if done.returncode != 0:
+        return f"`dvc status` failed in {root}: {done.stderr.strip()[-300:]}"
+    changed = json.loads(done.stdout or "{}")
+    if changed:
+        return (
+            f"the pipeline in {root} is not up to date ({', '.join(sorted(changed))} changed): "
+            "run dvc repro first, or pass --full-runs"
+        )
+    return None
+
+
+def flow_available() -> str | None:
+    if importlib.util.find_spec("pipelines.flow") is None:
+        return "pipelines/flow.py not found"
+    return None
+
+
+def _medians(times: dict[str, list[float]]) -> dict[str, Any]:
+    out: dict[str, Any] = {k: round(statistics.median(v), 3) for k, v in times.items() if v}
+    out["repetitions"] = max((len(v) for v in times.values()), default=0)
+    return out
+
+
+def noop(root: Path, reps: int, timeout_s: float = 600) -> dict[str, Any]:
+    """`dvc repro` and the flow when DVC says nothing changed (checked first: otherwise they
+    would train)."""
+    reason = not_up_to_date(root)
+    if reason:
+        return {"skipped": reason}
+    no_flow = flow_available()
+    times: dict[str, list[float]] = {"dvc_repro_noop_s": [], "flow_noop_s": []}
+    for _ in range(reps):
+        times["dvc_repro_noop_s"].append(timed(dvc_cmd("repro"), root, timeout_s))
+        if not no_flow:
+            times["flow_noop_s"].append(timed(flow_cmd(root), root, timeout_s))
+    out = _medians(times)
+    if no_flow:
+        out["flow"] = f"skipped: {no_flow}"
+    return out
+
+
+def copy_repo(root: Path, dest: Path) -> Path:
+    """The files git tracks, and untracked ones it does not ignore, in a fresh git repo: the
+    pipeline as a new clone sees it, with an empty DVC cache."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=root,
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
+    for rel in filter(None, listed.split("\0")):
+        src = root / rel
+        if src.is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+    env = {**os.environ, **GIT_ID}
+    for args in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-q", "-m", "copy"]):
+        subprocess.run(["git", *args], cwd=dest, env=env, capture_output=True, check=True)
+    return dest
+
+
+def full_runs(
+    root: Path, workdir: Path, reps: int, mirror: Path, timeout_s: float = 3600
+) -> dict[str, Any]:
+    """Every stage from scratch, by `dvc repro` and by the flow, each in a fresh copy; then
+    the no-op cost in the copy `dvc repro` just brought up to date."""
+    no_flow = flow_available()
+    env = {**os.environ, "MNIST_MIRROR": str(mirror.resolve())}
+    times: dict[str, list[float]] = {"dvc_repro_full_s": [], "flow_full_s": []}
+    noop_times: dict[str, list[float]] = {"dvc_repro_noop_s": [], "flow_noop_s": []}
+    for rep in range(reps):
+        kinds = ["dvc", "flow"] if rep % 2 == 0 else ["flow", "dvc"]
+        for kind in kinds:
+            if kind == "flow" and no_flow:
+                continue
+            dest = copy_repo(root, workdir / f"repo-{kind}-{rep}")
+            cmd = dvc_cmd("repro") if kind == "dvc" else flow_cmd(dest)
+            times[f"{'dvc_repro' if kind == 'dvc' else 'flow'}_full_s"].append(
+                timed(cmd, dest, timeout_s, env)
+            )
+            if kind == "dvc":
+                noop_times["dvc_repro_noop_s"].append(timed(dvc_cmd("repro"), dest, 600, env))
+                if not no_flow:
+                    noop_times["flow_noop_s"].append(timed(flow_cmd(dest), dest, 600, env))
+            shutil.rmtree(dest, ignore_errors=True)
+    out = {**_medians(times), "noop_in_fresh_copy": _medians(noop_times)}
+    if no_flow:
+        out["flow"] = f"skipped: {no_flow}"
+    return out

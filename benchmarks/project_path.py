@@ -1,0 +1,35 @@
+"""The project's training path, exactly as the `train` stage runs it: `stages.train.train`
+(fingerprint, in-memory data module, Lightning Trainer, checkpoint every epoch, DVCLive)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from benchmarks.clocks import EpochTimer, Stopwatch, accuracy, summary
+from stages import train
+from stages.dataset import Split, load_split
+from stages.params import TrainParams
+
+
+def run(params: TrainParams, data_dir: Path, workdir: Path, target: float) -> dict[str, Any]:
+    watch = Stopwatch()
+    test: list[Split] = []
+
+    def test_acc(net: Any) -> float:
+        if not test:
+            test.append(load_split(data_dir, "test"))
+        return accuracy(net, test[0].images, test[0].labels)
+
+    timer = EpochTimer(watch, test_acc)
+    _, run_summary = train.train(
+        params, data_dir, workdir / "ckpt", workdir / "live", extra_callbacks=[timer]
+    )
+    n_train = json.loads((data_dir / "meta.json").read_text())["sizes"]["train"]
+    return {
+        **summary(timer.record, target, n_train // params.batch_size * params.batch_size),
+        "device": run_summary["device"],
+        "precision": run_summary["precision"],
+        "fit_time_s": run_summary["fit_time_s"],
+    }

@@ -1,0 +1,200 @@
+"""The benchmark's results as rich tables on the terminal and as one JSON file."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+
+def _f(x: Any, fmt: str = ".2f") -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, float) and not math.isfinite(x):
+        return "nan"
+    return format(x, fmt) if isinstance(x, int | float) else str(x)
+
+
+def training_table(training: dict[str, Any]) -> Table:
+    first = next(iter(training.values()))
+    t = Table(
+        title=f"Training: medians of {first['repetitions']} runs each, interleaved",
+        caption="epoch: steady state (epochs after the first), validation and checkpoint "
+        "included; x: the project's speed per training image over this variant's",
+    )
+    t.add_column("variant")
+    t.add_column("device")
+    for col in (
+        "epoch s",
+        "1st epoch s",
+        "img/s",
+        "project x",
+        f"to {first['target_acc']:.1%} s",
+        "train s",
+        "test acc",
+        "peak RSS MiB",
+    ):
+        t.add_column(col, justify="right")
+    for name, s in training.items():
+        rss = _f(s["peak_rss_mb"], ".0f")
+        if s.get("gpu_peak_mb"):
+            rss += f", GPU {_f(s['gpu_peak_mb'], '.0f')}"
+        reached = _f(s["time_to_target_s"])
+        if s["target_reached"] != f"{s['repetitions']}/{s['repetitions']}":
+            reached += f" ({s['target_reached']})"
+        t.add_row(
+            name,
+            f"{s['device']} {s['precision']}",
+            _f(s["steady_epoch_s"]),
+            _f(s["first_epoch_s"]),
+            _f(s["train_images_per_s"], ".0f"),
+            _f(s.get("project_speedup")),
+            reached,
+            _f(s["train_s"]),
+            _f(s["final_test_acc"], ".4f"),
+            rss,
+        )
+    return t
+
+
+def inference_table(inference: dict[str, Any]) -> Table:
+    t = Table(title=f"Inference ({inference['threads'] or 'default'} threads; medians)")
+    for col in ("model", "runtime", "batch 1 ms", f"batch {inference['throughput_batch']} img/s"):
+        t.add_column(col, justify="right" if "batch" in col else "left")
+    for model in ("dense", "pruned"):
+        for rt, label in (("ort", "ONNX Runtime"), ("torch", "PyTorch eager")):
+            m = inference[model]
+            t.add_row(
+                model,
+                label,
+                _f(m[f"{rt}_latency_ms"], ".3f"),
+                _f(m[f"{rt}_throughput_ips"], ".0f"),
+            )
+    return t
+
+
+ORCHESTRATION_ROWS = {
+    ("noop", "dvc_repro_noop_s"): "dvc repro, nothing changed",
+    ("noop", "flow_noop_s"): "Prefect flow, nothing changed",
+    ("full", "dvc_repro_full_s"): "dvc repro, every stage (fresh copy)",
+    ("full", "flow_full_s"): "Prefect flow, every stage (fresh copy)",
+    ("fresh", "dvc_repro_noop_s"): "dvc repro, nothing changed (fresh copy)",
+    ("fresh", "flow_noop_s"): "Prefect flow, nothing changed (fresh copy)",
+}
+
+
+def orchestration_rows(orch: dict[str, Any]) -> list[tuple[str, str]]:
+    """(what, seconds or why not) for each orchestration measurement."""
+    parts = {
+        "noop": orch.get("noop", {}),
+        "full": orch.get("full", {}),
+        "fresh": orch.get("full", {}).get("noop_in_fresh_copy", {}),
+    }
+    rows = []
+    for part, label in (("noop", "nothing changed, this repository"), ("full", "full runs")):
+        if "skipped" in parts[part]:
+            rows.append((label, f"skipped: {parts[part]['skipped']}"))
+    for (part, key), label in ORCHESTRATION_ROWS.items():
+        got = parts[part]
+        if key in got:
+            rows.append((f"{label} (x{got['repetitions']})", _f(got[key])))
+    return rows
+
+
+def orchestration_table(orch: dict[str, Any]) -> Table:
+    t = Table(title="Orchestration: wall seconds, medians")
+    t.add_column("what")
+    t.add_column("s", justify="right")
+    for row in orchestration_rows(orch):
+        t.add_row(*row)
+    return t
+
+
+def show(results: dict[str, Any], console: Console | None = None) -> None:
+    console = console or Console(width=None if sys.stdout.isatty() else 132)
+    m = results["machine"]
+    console.print(
+        f"[bold]{m['cpu']}[/], {m['cpu_cores']} cores, GPU {m['gpu'] or 'none'}, "
+        f"torch {m['torch']}, Lightning {m['lightning']}, load {m['load_avg_1m_at_start']}"
+    )
+    if results.get("ratios"):
+        console.print(", ".join(f"{k}: {v}" for k, v in results["ratios"].items()))
+    for section, table in (
+        ("training", training_table),
+        ("inference", inference_table),
+        ("orchestration", orchestration_table),
+    ):
+        value = results.get(section)
+        if value is None:
+            continue
+        if "skipped" in value:
+            console.print(f"{section}: skipped: {value['skipped']}")
+        else:
+            console.print(table(value))
+
+
+def write(results: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(results, indent=2, allow_nan=False) + "\n")
+    tmp.replace(path)
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """The same numbers as Markdown tables, for the README."""
+    m = results["machine"]
+    lines = [
+        f"Machine: {m['cpu']}, {m['cpu_cores']} cores, {m['memory_gb']} GB, GPU "
+        f"{m['gpu'] or 'none'}; torch {m['torch']}, Lightning {m['lightning']}; load average "
+        f"{m['load_avg_1m_at_start']} at the start. Command: `{results['command']}`.",
+        "",
+    ]
+    if results.get("ratios"):
+        lines += [", ".join(f"{k}: {v}" for k, v in results["ratios"].items()), ""]
+    tr = results.get("training")
+    if tr and "skipped" not in tr:
+        first = next(iter(tr.values()))
+        lines += [
+            f"| variant | device | epoch s | 1st epoch s | img/s | project x | "
+            f"to {first['target_acc']:.1%} s | train s | test acc | peak RSS MiB |",
+            "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|",
+        ]
+        for name, s in tr.items():
+            reached = _f(s["time_to_target_s"])
+            if s["target_reached"] != f"{s['repetitions']}/{s['repetitions']}":
+                reached += f" ({s['target_reached']})"
+            lines.append(
+                f"| {name} | {s['device']} {s['precision']} | {_f(s['steady_epoch_s'])} | "
+                f"{_f(s['first_epoch_s'])} | {_f(s['train_images_per_s'], '.0f')} | "
+                f"{_f(s.get('project_speedup'))} | {reached} | {_f(s['train_s'])} | "
+                f"{_f(s['final_test_acc'], '.4f')} | {_f(s['peak_rss_mb'], '.0f')} |"
+            )
+        lines.append("")
+    inf = results.get("inference")
+    if inf and "skipped" not in inf:
+        lines += [
+            f"| model | runtime | batch 1 ms | batch {inf['throughput_batch']} img/s |",
+            "|---|---|--:|--:|",
+        ]
+        for model in ("dense", "pruned"):
+            for rt, label in (("ort", "ONNX Runtime"), ("torch", "PyTorch eager")):
+                lines.append(
+                    f"| {model} | {label} | {_f(inf[model][f'{rt}_latency_ms'], '.3f')} | "
+                    f"{_f(inf[model][f'{rt}_throughput_ips'], '.0f')} |"
+                )
+        lines.append("")
+    orch = results.get("orchestration")
+    if orch and "skipped" not in orch:
+        lines += ["| orchestration | s |", "|---|--:|"]
+        lines += [f"| {what} | {s} |" for what, s in orchestration_rows(orch)]
+        lines.append("")
+    for section in ("training", "inference", "orchestration"):
+        value = results.get(section)
+        if value and "skipped" in value:
+            lines.append(f"{section}: skipped: {value['skipped']}")
+    return "\n".join(lines) + "\n"

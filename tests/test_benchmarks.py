@@ -1,0 +1,64 @@
+"""`python -m benchmarks --quick` runs end to end and writes the JSON it promises (no timing
+assertions: only that every number is there, finite and positive)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from benchmarks import __main__ as bench
+from benchmarks import orchestration, training
+from benchmarks.clocks import EpochLog
+
+VARIANTS = ("seed recipe", "plain loop", "project")
+
+
+def _positive(x: object) -> bool:
+    return isinstance(x, int | float) and math.isfinite(x) and x > 0
+
+
+def test_epoch_log_times_epochs_and_finds_the_target() -> None:
+    log = EpochLog(starts=[0.0, 2.0, 3.5], ends=[1.9, 3.4, 4.9], test_acc=[0.97, 0.991, 0.995])
+    log.done = 5.0
+    assert log.epoch_s() == pytest.approx([2.0, 1.5, 1.5])
+    assert log.time_to(0.99) == pytest.approx(3.4)
+    assert log.time_to(0.999) is None
+
+
+def test_overrides_reach_nested_train_params() -> None:
+    train = {"batch_size": 128, "optimizer": {"lr": 4.0e-3, "name": "adamw"}}
+    out = training.apply_overrides(train, ["batch_size=512", "train.optimizer.lr=8.0e-3"])
+    assert out == {"batch_size": 512, "optimizer": {"lr": 8.0e-3, "name": "adamw"}}
+    assert train["batch_size"] == 128  # the input is left alone
+
+
+def test_orchestration_skips_what_is_no_dvc_pipeline(tmp_path: Path) -> None:
+    assert "skipped" in orchestration.noop(tmp_path, reps=1)
+
+
+def test_quick_run_writes_sane_json(tmp_path: Path) -> None:
+    out = tmp_path / "results.json"
+    args = ["--quick", "--out", str(out), "--workdir", str(tmp_path / "work")]
+    assert bench.main([*args, "--models", str(tmp_path / "no-models")]) == 0
+    results = json.loads(out.read_text())
+
+    assert results["quick"] is True
+    assert results["machine"]["torch"]
+    training_ = results["training"]
+    assert set(training_) == set(VARIANTS)
+    for name in VARIANTS:
+        s = training_[name]
+        for key in ("steady_epoch_s", "first_epoch_s", "train_images_per_s", "train_s"):
+            assert _positive(s[key]), (name, key, s[key])
+        assert _positive(s["peak_rss_mb"])
+        assert 0.0 <= s["final_test_acc"] <= 1.0
+        assert s["time_to_target_s"] is None or _positive(s["time_to_target_s"])
+    # The synthetic digits are easy: the project's recipe learns them in two epochs.
+    assert training_["project"]["final_test_acc"] >= 0.9
+    for name in ("seed recipe", "plain loop"):
+        assert _positive(training_[name]["project_speedup"])
+    assert "run dvc repro" in results["inference"]["skipped"]
+    assert "skipped" in results["orchestration"]
