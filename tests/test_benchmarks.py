@@ -39,6 +39,9 @@ def test_orchestration_skips_what_is_no_dvc_pipeline(tmp_path: Path) -> None:
     assert "skipped" in orchestration.noop(tmp_path, reps=1)
 
 
+# The seed recipe's 4 workers on a 2-core machine are the point of the comparison.
+@pytest.mark.filterwarnings("ignore:This DataLoader will create:UserWarning")
+@pytest.mark.filterwarnings("ignore:.*does not have many workers:UserWarning")
 def test_quick_run_writes_sane_json(tmp_path: Path) -> None:
     out = tmp_path / "results.json"
     args = ["--quick", "--out", str(out), "--workdir", str(tmp_path / "work")]
