@@ -3,13 +3,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from benchmarks.clocks import EpochTimer, Stopwatch, accuracy, summary
 from stages import train
-from stages.dataset import Split, load_split
+from stages.dataset import Split, load_split, split_sizes
 from stages.params import TrainParams
 
 
@@ -26,9 +25,9 @@ def run(params: TrainParams, data_dir: Path, workdir: Path, target: float) -> di
     _, run_summary = train.train(
         params, data_dir, workdir / "ckpt", workdir / "live", extra_callbacks=[timer]
     )
-    n_train = json.loads((data_dir / "meta.json").read_text())["sizes"]["train"]
+    n_train, batch = split_sizes(data_dir)["train"], run_summary["batch_size"]
     return {
-        **summary(timer.record, target, n_train // params.batch_size * params.batch_size),
+        **summary(timer.record, target, n_train // batch * batch),
         "device": run_summary["device"],
         "precision": run_summary["precision"],
         "fit_time_s": run_summary["fit_time_s"],

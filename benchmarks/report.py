@@ -178,6 +178,8 @@ def markdown(results: dict[str, Any]) -> str:
     inf = results.get("inference")
     if inf and "skipped" not in inf:
         lines += [
+            f"Inference, {inf['threads'] or 'default'} thread(s), medians:",
+            "",
             f"| model | runtime | batch 1 ms | batch {inf['throughput_batch']} img/s |",
             "|---|---|--:|--:|",
         ]

@@ -101,6 +101,13 @@ class MNISTDataModule(pl.LightningDataModule):
                     images=s.images.to(device, memory_format=fmt), labels=s.labels.to(device)
                 )
 
+    # The batch size travels in checkpoints, so a resumed run keeps a tuned one.
+    def state_dict(self) -> dict[str, int]:
+        return {"batch_size": self.batch_size}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.batch_size = int(state.get("batch_size", self.batch_size))
+
     def _ranks(self) -> dict[str, int]:
         if self.trainer is None:
             return {"rank": 0, "world_size": 1}

@@ -99,6 +99,11 @@ def load_normalization(data_dir: Path) -> Normalization:
     return Normalization(mean=float(meta["mean"]), std=float(meta["std"]))
 
 
+def split_sizes(data_dir: Path) -> dict[str, int]:
+    meta = json.loads(_need(data_dir / "meta.json").read_text())
+    return {k: int(v) for k, v in meta["sizes"].items()}
+
+
 def load_split(data_dir: Path, name: str) -> Split:
     tensors = load_file(str(_need(data_dir / f"{name}.safetensors")))
     return Split(images=tensors["images"], labels=tensors["labels"])

@@ -31,13 +31,15 @@ class LeNet5(nn.Module):
         super().__init__()
         w = widths or Widths()
         self.widths = w
+        # Pool, then ReLU: the same numbers as ReLU then pool (max and ReLU commute), with the
+        # ReLU and its backward on a quarter of the elements.
         self.features = nn.Sequential(
             nn.Conv2d(1, w.conv1, kernel_size=5, padding=2),  # (N, c1, 28, 28)
-            nn.ReLU(inplace=True),
             nn.MaxPool2d(2),  # (N, c1, 14, 14)
-            nn.Conv2d(w.conv1, w.conv2, kernel_size=5),  # (N, c2, 10, 10)
             nn.ReLU(inplace=True),
+            nn.Conv2d(w.conv1, w.conv2, kernel_size=5),  # (N, c2, 10, 10)
             nn.MaxPool2d(2),  # (N, c2, 5, 5)
+            nn.ReLU(inplace=True),
         )
         self.classifier = nn.Sequential(
             nn.Flatten(),  # (N, c2 * 25)

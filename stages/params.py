@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
 class ParamsError(ValueError):
@@ -76,6 +76,22 @@ class TrainParams(_Section):
     # CPU threads for intra-op parallelism; 0 keeps torch's default (one per physical core).
     num_threads: int = Field(default=0, ge=0, le=1024)
     progress_bar: bool = True
+    # torch.compile the network: pays a compile (about 12 s on 2 CPU cores) before the first
+    # step, so it only pays off in long runs. Off by default (see README, Speed).
+    compile: bool = False
+    # Before training, grow the batch size (powers of 2 from `batch_size`, at most the training
+    # split) while it fits in memory, with Lightning's tuner. The lr is not rescaled. Not under
+    # DDP; a resumed run keeps the batch size its checkpoint was trained with.
+    tune_batch_size: bool = False
+
+    @model_validator(mode="after")
+    def _tuning_is_single_process(self) -> TrainParams:
+        if self.tune_batch_size and self.strategy != "auto":
+            raise ValueError(
+                f"tune_batch_size: true needs strategy: auto (got {self.strategy!r}); "
+                "Lightning's batch-size tuner does not run under distributed strategies"
+            )
+        return self
 
 
 class EvaluateParams(_Section):

@@ -204,6 +204,8 @@ def train(
     lit = LitLeNet5(params.optimizer, params.scheduler)
     if params.channels_last:
         lit = lit.to(memory_format=torch.channels_last)
+    if params.compile:
+        lit.net.compile()  # in place: parameter names, checkpoints and saved models unchanged
     callbacks: list[Callback] = [
         Fingerprint(fp),
         # One file, `last.ckpt`, replaced at the end of every epoch (even ones without validation).
@@ -230,6 +232,8 @@ def train(
     data = make_datamodule(params, data_dir)
     resumed_from_epoch = _epoch_of(resume_from)  # read now: fitting overwrites the file
     start = time.perf_counter()
+    if params.tune_batch_size and resume_from is None:
+        tune_batch_size(trainer, lit, data)
     trainer.fit(lit, datamodule=data, ckpt_path=resume_from)
     fit_s = time.perf_counter() - start
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
@@ -237,6 +241,7 @@ def train(
         "epochs": trainer.current_epoch,
         "resumed_from_epoch": resumed_from_epoch,
         "fit_time_s": round(fit_s, 3),
+        "batch_size": data.batch_size,
         "world_size": trainer.world_size,
         "val_acc": metrics.get("val/acc"),
         "device": str(trainer.strategy.root_device),
@@ -253,6 +258,23 @@ def train(
         summary["val_acc"] or float("nan"),
     )
     return lit.net.cpu().to(memory_format=torch.contiguous_format), summary
+
+
+def tune_batch_size(trainer: pl.Trainer, lit: LitLeNet5, data: datamodule.MNISTDataModule) -> int:
+    """Double `data.batch_size` while a few training steps fit in memory (Lightning's tuner),
+    never beyond the training split; returns the batch size it settles on."""
+    from pytorch_lightning.tuner import Tuner
+
+    start = data.batch_size
+    n_train = dataset.split_sizes(data.data_dir)["train"]
+    # Power-of-2 trials up to the largest batch that still leaves one full step per epoch.
+    trials = max(1, (n_train // start).bit_length())
+    found = Tuner(trainer).scale_batch_size(
+        lit, datamodule=data, mode="power", init_val=start, max_trials=trials
+    )
+    data.batch_size = min(int(found or start), n_train)
+    log.info("batch size tuned: %d -> %d", start, data.batch_size)
+    return data.batch_size
 
 
 def _epoch_of(ckpt: Path | None) -> int | None:

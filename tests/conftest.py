@@ -26,6 +26,7 @@ def tiny_params_dict() -> dict:
         devices=1,
         precision="32-true",
     )
+    raw["train"]["optimizer"]["lr"] = 8.0e-3  # for batches of 32 (the default suits 512)
     raw["evaluate"].update(batch_size=256, n_misclassified=10)
     raw["prune"].update(rounds=1)
     raw["prune"]["finetune"].update(epochs=1)

@@ -16,7 +16,7 @@ import yaml
 from stages import train
 from stages.dataset import load_split
 from stages.model import load_model, predict_logits
-from stages.params import parse_params
+from stages.params import ParamsError, parse_params
 from tests.conftest import ROOT, tiny_params_dict
 
 
@@ -134,3 +134,41 @@ def test_ddp_on_two_cpu_processes(tmp_path: Path, prepared: Path) -> None:
     net, _ = load_model(tmp_path / "ddp" / "model.pt")
     test = load_split(prepared, "test")
     assert (predict_logits(net, test.images).argmax(1) == test.labels).float().mean() >= 0.9
+
+
+def test_tuned_batch_size_grows_stays_within_the_split_and_survives_resume(
+    tmp_path: Path, prepared: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    params = parse_params(tiny_params_dict()).train
+    params = params.model_copy(update={"max_epochs": 2, "tune_batch_size": True})
+    n_train = json.loads((prepared / "meta.json").read_text())["sizes"]["train"]
+    _, summary = train.train(params, prepared, tmp_path / "ckpt", tmp_path / "live")
+    # A CPU never runs out of memory on these batches: the tuner doubles up to the split.
+    assert params.batch_size < summary["batch_size"] <= n_train
+    assert summary["epochs"] == 2
+    ckpt = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)
+    assert ckpt["MNISTDataModule"] == {"batch_size": summary["batch_size"]}
+
+    # Run again: it resumes from the finished checkpoint, with that batch size and no tuning.
+    monkeypatch.setattr(train, "tune_batch_size", lambda *a: pytest.fail("tuned on resume"))
+    _, again = train.train(params, prepared, tmp_path / "ckpt", tmp_path / "live")
+    assert again["resumed_from_epoch"] == 2
+    assert again["batch_size"] == summary["batch_size"]
+
+
+def test_tuning_the_batch_size_under_ddp_is_a_params_error() -> None:
+    raw = tiny_params_dict()
+    raw["train"].update(tune_batch_size=True, strategy="ddp", devices=2)
+    with pytest.raises(ParamsError, match="tune_batch_size: true needs strategy: auto"):
+        parse_params(raw)
+
+
+@pytest.mark.slow  # the compile alone takes about 12 s on 2 cores
+def test_compiled_training_saves_a_plain_model(tmp_path: Path, prepared: Path) -> None:
+    params = parse_params(tiny_params_dict()).train
+    params = params.model_copy(update={"max_epochs": 1, "compile": True})
+    net, _ = train.train(params, prepared, tmp_path / "ckpt", tmp_path / "live")
+    train.save_model(net, tmp_path / "m.pt")
+    back, _ = load_model(tmp_path / "m.pt")  # parameter names as without compile
+    test = load_split(prepared, "test")
+    assert (predict_logits(back, test.images).argmax(1) == test.labels).float().mean() >= 0.5
