@@ -98,30 +98,26 @@ def export_onnx(model: RawPixelsLeNet5, path: Path, params: ExportParams, props:
     example = torch.zeros(EXAMPLE_BATCH, 1, 28, 28, dtype=TORCH_DTYPES[params.input_dtype])
     with tempfile.TemporaryDirectory(prefix="onnx-export-") as tmp:
         raw = Path(tmp) / "model.onnx"
-        if params.dynamo:
-            torch.onnx.export(
-                model,
-                (example,),
-                raw,
-                dynamo=True,
-                opset_version=params.opset,
-                input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
-                dynamic_shapes={"pixels": {0: torch.export.Dim("batch")}},
-                external_data=False,
-                verbose=False,
-            )
-        else:
-            torch.onnx.export(
-                model,
-                (example,),
-                raw,
-                dynamo=False,
-                opset_version=params.opset,
-                input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
-                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-            )
+        # The batch axis is dynamic either way; each exporter spells it its own way.
+        batch_axis = (
+            {
+                "dynamic_shapes": {"pixels": {0: torch.export.Dim("batch")}},
+                "external_data": False,
+                "verbose": False,
+            }
+            if params.dynamo
+            else {"dynamic_axes": {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}}
+        )
+        torch.onnx.export(
+            model,
+            (example,),
+            raw,
+            dynamo=params.dynamo,
+            opset_version=params.opset,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            **batch_axis,
+        )
         proto = onnx.load(raw)
     for node in proto.graph.node:
         # The exporter's per-node debug info (Python class paths, FX nodes): not part of the
