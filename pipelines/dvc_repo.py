@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -23,6 +24,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +140,13 @@ def remote_url(root: Path) -> str | None:
         return repo.config["remote"].get(name, {}).get("url") if name else None
 
 
+def provenance_file(root: Path, stage: str) -> Path | None:
+    """The run record a stage's command writes (its `--provenance` argument in dvc.yaml)."""
+    spec = yaml.safe_load((root / "dvc.yaml").read_text()) or {}
+    args = shlex.split(str((spec.get("stages") or {}).get(stage, {}).get("cmd", "")))
+    return root / args[args.index("--provenance") + 1] if "--provenance" in args else None
+
+
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in d.items():
@@ -172,12 +182,13 @@ def run(
     timeout_s: float | None = None,
     echo: Callable[[str], None] = log.info,
     tail_lines: int = 200,
+    extra_env: dict[str, str] | None = None,
 ) -> Completed:
     """Run `dvc <args>` in `root`, streaming its output line by line to `echo`.
 
     On timeout the whole process group gets SIGTERM, then SIGKILL 30 s later.
     """
-    env = dict(os.environ)
+    env = {**os.environ, **(extra_env or {})}
     # The stage commands run `python -m stages.<name>`: make that this environment's python.
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.setdefault("PYTHONUNBUFFERED", "1")

@@ -36,7 +36,8 @@ from prefect.runtime import task_run as current_task_run
 from prefect.states import Completed, State
 from prefect.tasks import exponential_backoff
 
-from pipelines import dvc_repo, overrides, registry, report
+from mnist_pipeline import provenance
+from pipelines import dvc_repo, overrides, registry, report, verify
 from pipelines.registry import Bump
 from pipelines.report import StageRun
 from pipelines.retry import StepFailed, retry_condition
@@ -45,6 +46,7 @@ from stages.params import ParamsError
 MODEL_NAME = "lenet5"
 EVALUATE, EXPORT = "evaluate", "export"
 SUMMARY_KEY, PER_CLASS_KEY = "mnist-pipeline-summary", "mnist-per-class-accuracy"
+AUDIT_KEY = "mnist-pipeline-audit"
 
 
 def _attempt() -> tuple[int, int]:
@@ -178,6 +180,7 @@ def publish_report(
     now = dvc_repo.metrics(root)
     rows = report.metrics_rows(now, before, dvc_repo.metrics_diff(root))
     outs = {s: dvc_repo.out_paths(root, s) for s in stages}
+    records = {s: _provenance(root, s) for s in stages}
     markdown = report.summary_markdown(
         run_name=str(current_flow_run.name),
         stages=runs,
@@ -187,6 +190,7 @@ def publish_report(
         pushed=pushed,
         registered=registered,
         overrides=changes,
+        provenance=report.provenance_rows({s: r for s, r in records.items() if r}),
     )
     create_markdown_artifact(markdown, key=SUMMARY_KEY, description="MNIST pipeline run")
     per_class = _find(outs.get(EVALUATE, []), "per_class.json")
@@ -197,6 +201,11 @@ def publish_report(
             description="Per-class test accuracy (recall), precision and F1",
         )
     return markdown
+
+
+def _provenance(root: Path, stage: str) -> dict[str, Any] | None:
+    path = dvc_repo.provenance_file(root, stage)
+    return provenance.read(path) if path else None
 
 
 def _find(paths: list[Path], name: str) -> Path | None:
@@ -296,6 +305,43 @@ def pipeline(
         "registered": registered,
         "params_changes": changes,
     }
+
+
+class AuditFailed(RuntimeError):
+    """The audited commit did not reproduce: some output's bytes differ from its dvc.lock."""
+
+
+@flow(name="mnist-pipeline-audit")
+def audit(
+    root: str = ".",
+    rev: str = "HEAD",
+    stages: list[str] | None = None,
+    timeout_s: float = 6 * 3600,
+) -> dict[str, Any]:
+    """Rebuild `rev` in a fresh clone and compare every output with its dvc.lock
+    (`pipelines.verify`); the run fails when one differs. Publishes the comparison.
+
+    Args:
+        root: the repository to clone from.
+        rev: the commit, branch or tag to audit (a schedule audits `main`).
+        stages: only these stages and their upstream; default: every stage.
+        timeout_s: stop the rebuild after this long.
+    """
+    logger = get_run_logger()
+    result = verify.verify(Path(root), rev, stages, timeout_s=timeout_s, echo=logger.info)
+    text = verify.report(result)
+    create_markdown_artifact(
+        f"# Reproducibility audit of `{result.commit[:12]}`\n\n"
+        + report.markdown_table([{**asdict(o), "verdict": o.verdict} for o in result.outputs])
+        + "".join(f"\n- {line}" for line in [*result.reasons, *result.notes])
+        + (f"\n\nThe rebuild failed: {result.failed}" if result.failed else ""),
+        key=AUDIT_KEY,
+        description="Rebuilt outputs against the committed dvc.lock",
+    )
+    logger.info("%s", text)
+    if not result.ok:
+        raise AuditFailed(text)
+    return {"commit": result.commit, "outputs": len(result.outputs), "same": True}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

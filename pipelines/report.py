@@ -76,6 +76,31 @@ def per_class_rows(per_class: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
+def provenance_rows(records: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per stage's run record (`mnist_pipeline.provenance`): where and how it ran."""
+    rows = []
+    for stage, r in records.items():
+        git = r.get("git") or {}
+        cpu = r.get("cpu") or {}
+        libs = r.get("libraries") or {}
+        commit = str(git.get("commit", ""))[:12] + (" (dirty)" if git.get("dirty") else "")
+        rows.append(
+            {
+                "stage": stage,
+                "finished": r.get("finished"),
+                "host": r.get("host"),
+                "commit": commit or None,
+                "precision": r.get("precision"),
+                "device": r.get("device"),
+                "cpu": cpu.get("model"),
+                "bf16 / AMX": f"{cpu.get('avx512_bf16')} / {cpu.get('amx')}",
+                "torch": libs.get("torch"),
+                "params sha256": str(r.get("params_sha256", ""))[:12] or None,
+            }
+        )
+    return rows
+
+
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return "_none_\n"
@@ -94,6 +119,7 @@ def summary_markdown(
     pushed: str,
     registered: str | None,
     overrides: dict[str, Any],
+    provenance: list[dict[str, Any]] | None = None,
 ) -> str:
     ran = [s.stage for s in stages if s.state == "ran"]
     parts = [
@@ -134,6 +160,13 @@ def summary_markdown(
     ]
     if registered:
         parts.append(f"\nRegistered model version: `{registered}`.\n")
+    if provenance:
+        parts += [
+            "\n## Provenance\n\n",
+            "Where each stage's outputs were last made (its run record; library versions, "
+            "input md5s and times are in the record itself).\n\n",
+            markdown_table(provenance),
+        ]
     return "".join(parts)
 
 

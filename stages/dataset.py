@@ -14,9 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from stages.cli import StageError
+from stages.io import write_json, write_safetensors
 
 SPLITS = ("train", "val", "test")
 
@@ -86,12 +87,12 @@ def save_splits(
     meta = {"mean": norm.mean, "std": norm.std, "sizes": {k: len(v) for k, v in splits.items()}}
     meta.update(extra or {})
     for name, split in splits.items():
-        save_file(
+        write_safetensors(
+            out_dir / f"{name}.safetensors",
             {"images": split.images, "labels": split.labels},
-            str(out_dir / f"{name}.safetensors"),
             metadata={"mean": repr(norm.mean), "std": repr(norm.std)},
         )
-    (out_dir / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    write_json(out_dir / "meta.json", meta)
 
 
 def load_normalization(data_dir: Path) -> Normalization:

@@ -1,7 +1,8 @@
 """Evaluate the trained model on the test set: accuracy, per-class metrics, confusion matrix.
 
 Stage `evaluate`: models/lenet5.pt, data/prepared -> metrics/evaluate.json,
-plots/evaluate/{per_class.json, confusion.json, confusion_matrix.png, misclassified.png}.
+plots/evaluate/{per_class.json, confusion.json, confusion_matrix.png, misclassified.png},
+provenance/evaluate.json.
 Params: `evaluate` section of params.yaml.
 """
 
@@ -26,11 +27,12 @@ from torchmetrics.functional.classification import (
     multiclass_recall,
 )
 
+from mnist_pipeline import provenance
 from stages import cli
 from stages.dataset import Split, load_split
-from stages.io import write_json, write_with
+from stages.io import write_json, write_png
 from stages.model import load_model, predict_logits
-from stages.params import load_params
+from stages.params import EvaluateParams, load_params
 
 log = logging.getLogger(__name__)
 NUM_CLASSES = 10
@@ -112,7 +114,7 @@ def plot_confusion(confusion: torch.Tensor, path: Path) -> None:
     )
     fig.colorbar(im, ax=ax, label="log10(count)")
     fig.tight_layout()
-    write_with(path, lambda p: fig.savefig(p, format="png", dpi=110))
+    write_png(path, fig, dpi=110)
     plt.close(fig)
 
 
@@ -132,7 +134,7 @@ def plot_misclassified(test: Split, ev: Evaluation, n: int, path: Path) -> None:
         fontsize=10,
     )
     fig.tight_layout()
-    write_with(path, lambda p: fig.savefig(p, format="png", dpi=100))
+    write_png(path, fig, dpi=100)
     plt.close(fig)
 
 
@@ -145,6 +147,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--data", type=Path, required=True, help="prepared data folder")
     p.add_argument("--metrics", type=Path, required=True, help="metrics JSON to write")
     p.add_argument("--plots", type=Path, required=True, help="folder for plots to write")
+    p.add_argument("--provenance", type=Path, default=None, help="run record JSON to write")
     return p.parse_args(argv)
 
 
@@ -152,21 +155,30 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     cli.setup_logging()
     params = load_params(args.params).evaluate
-    net, _ = load_model(args.model)
-    test = load_split(args.data, "test")
+    inputs = [args.model, args.data / "test.safetensors"]
+    with provenance.record(args.provenance, "evaluate", inputs, [params]):
+        run(params, args.model, args.data, args.metrics, args.plots)
+
+
+def run(
+    params: EvaluateParams, model_path: Path, data: Path, metrics_path: Path, plots: Path
+) -> None:
+    """Evaluate the model file on the test split and write the metrics and plots."""
+    net, _ = load_model(model_path)
+    test = load_split(data, "test")
     ev = evaluate(predict_logits(net, test.images, params.batch_size), test.labels)
-    args.plots.mkdir(parents=True, exist_ok=True)
-    write_json(args.plots / "per_class.json", ev.per_class)
+    plots.mkdir(parents=True, exist_ok=True)
+    write_json(plots / "per_class.json", ev.per_class)
     write_json(
-        args.plots / "confusion.json",
+        plots / "confusion.json",
         [
             {"actual": int(a), "predicted": int(p)}
             for a, p in zip(test.labels.tolist(), ev.preds.tolist(), strict=True)
         ],
     )
-    plot_confusion(ev.confusion, args.plots / "confusion_matrix.png")
-    plot_misclassified(test, ev, params.n_misclassified, args.plots / "misclassified.png")
-    write_json(args.metrics, metrics_json(ev))
+    plot_confusion(ev.confusion, plots / "confusion_matrix.png")
+    plot_misclassified(test, ev, params.n_misclassified, plots / "misclassified.png")
+    write_json(metrics_path, metrics_json(ev))
     log.info("test accuracy %.4f, loss %.4f", ev.acc, ev.loss)
 
 

@@ -1,15 +1,28 @@
-"""Atomic writers: an interrupted stage never leaves a half-written file for DVC to cache."""
+"""Atomic, byte-stable writers: every file a stage produces goes through one of these.
+
+Atomic: an interrupted stage never leaves a half-written file for DVC to cache (temp file,
+then rename). Byte-stable: the same content gives the same bytes whatever the temp name, the
+folder, the clock or the process, so `dvc.lock` only moves when a result does. The usual
+sources of drift are handled here, once: JSON key order, the archive folder `torch.save`
+names after the file it writes to, the order of safetensors' metadata, and PNG text chunks.
+"""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
+import struct
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+    from matplotlib.figure import Figure
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -50,12 +63,55 @@ def atomic_dir(path: Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def write_bytes(path: Path, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def json_text(obj: Any) -> str:
+    """The one JSON spelling of `obj`: sorted keys, two-space indent, a final newline."""
+    return json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
 def write_json(path: Path, obj: Any) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    write_bytes(path, json_text(obj).encode())
 
 
-def write_with(path: Path, writer: Callable[[Path], None]) -> None:
-    """Atomically write `path` with a function that writes to the path it is given."""
-    with atomic_path(path) as tmp:
-        writer(tmp)
+def write_torch(path: Path, obj: Any) -> None:
+    """`torch.save` through memory: written to a file, the zip archive's inner folder would be
+    named after that file, here a random temp name."""
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    write_bytes(path, buf.getvalue())
+
+
+def safetensors_bytes(
+    tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None
+) -> bytes:
+    """A safetensors file with a canonical header: the library keeps `__metadata__` in a hash
+    map, whose order changes from run to run, so the header is written again with sorted keys
+    (the tensor data and its offsets are untouched; spaces pad the header, as the format
+    allows)."""
+    from safetensors.torch import save
+
+    raw = save(dict(tensors), metadata=dict(metadata) if metadata else None)
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + n])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text + raw[8 + n :]
+
+
+def write_safetensors(
+    path: Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None
+) -> None:
+    write_bytes(path, safetensors_bytes(tensors, metadata))
+
+
+def write_png(path: Path, fig: Figure, dpi: int) -> None:
+    """A matplotlib figure as PNG, without the text chunks (software version) Matplotlib adds."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, metadata={"Software": None})
+    write_bytes(path, buf.getvalue())

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from stages.cli import StageError
-from stages.io import atomic_path
+from stages.io import write_torch
 
 
 @dataclass(frozen=True)
@@ -71,8 +71,7 @@ def save_model(net: LeNet5, path: Path, meta: dict[str, Any] | None = None) -> N
         "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()},
         "meta": dict(meta or {}),
     }
-    with atomic_path(path) as tmp:
-        torch.save(blob, tmp)
+    write_torch(path, blob)
 
 
 def load_model(path: Path) -> tuple[LeNet5, dict[str, Any]]:

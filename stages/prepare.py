@@ -1,7 +1,7 @@
 """Download MNIST, verify it, carve a seeded validation split and normalize every split once.
 
 Stage `prepare`: (mirrors) -> data/raw (the four verified .gz files, reused when present),
-data/prepared (see `stages.dataset` for the layout).
+data/prepared (see `stages.dataset` for the layout), provenance/prepare.json.
 Params: `prepare` section of params.yaml; the `MNIST_MIRROR` environment variable overrides
 `prepare.mirror`.
 """
@@ -13,6 +13,7 @@ import logging
 import sys
 from pathlib import Path
 
+from mnist_pipeline import provenance
 from stages import cli, mnist
 from stages.dataset import make_splits, save_splits
 from stages.io import atomic_dir
@@ -49,6 +50,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--params", type=Path, default=Path("params.yaml"))
     p.add_argument("--raw-dir", type=Path, required=True, help="where the .gz files are kept")
     p.add_argument("--out", type=Path, required=True, help="prepared data folder to write")
+    p.add_argument("--provenance", type=Path, default=None, help="run record JSON to write")
     return p.parse_args(argv)
 
 
@@ -56,7 +58,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     cli.setup_logging()
     params = load_params(args.params).prepare
-    prepare(params, args.raw_dir, args.out)
+    with provenance.record(args.provenance, "prepare", [args.raw_dir], [params]) as run:
+        prepare(params, args.raw_dir, args.out)
+        run.facts["mirrors"] = [m.base for m in mnist.resolve_mirrors(params.mirror)]
 
 
 if __name__ == "__main__":

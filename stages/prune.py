@@ -1,6 +1,7 @@
 """Prune the trained LeNet-5 and fine-tune it back: a model really smaller, or one with zeros.
 
 Stage `prune`: models/lenet5.pt, data/prepared -> models/lenet5_pruned.pt, metrics/prune.json
+(results), measurements/prune.json (fine-tuning time), provenance/prune.json
 Params: `prune` section of params.yaml; the fine-tuning Trainer (batch size, accelerator,
 precision) is set up from the `train` section, by the same code that trains the dense model.
 
@@ -33,6 +34,7 @@ import torch_pruning as tp
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
+from mnist_pipeline import provenance
 from stages import cli
 from stages.datamodule import MNISTDataModule
 from stages.dataset import Split, load_split
@@ -47,7 +49,7 @@ from stages.params import (
     TrainParams,
     load_params,
 )
-from stages.train import make_datamodule, make_trainer
+from stages.train import make_datamodule, make_trainer, resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -351,7 +353,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--model", type=Path, required=True, help="dense model file to prune")
     p.add_argument("--data", type=Path, required=True, help="prepared data folder")
     p.add_argument("--out", type=Path, required=True, help="pruned model file to write")
-    p.add_argument("--metrics", type=Path, required=True, help="metrics JSON to write")
+    p.add_argument("--metrics", type=Path, required=True, help="results JSON to write")
+    p.add_argument("--timings", type=Path, default=None, help="measurements JSON to write")
+    p.add_argument("--provenance", type=Path, default=None, help="run record JSON to write")
     return p.parse_args(argv)
 
 
@@ -359,25 +363,46 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     cli.setup_logging()
     all_params = load_params(args.params)
-    params = all_params.prune
-    dense, meta = load_model(args.model)
-    test = load_split(args.data, "test")
+    inputs = [args.model, args.data]
+    sections = [all_params.prune, all_params.train]
+    with provenance.record(args.provenance, "prune", inputs, sections) as record:
+        record.facts["precision"] = resolve_precision(
+            all_params.train.precision, all_params.train.accelerator
+        )
+        run(*sections, args.model, args.data, args.out, args.metrics, args.timings)
+
+
+def run(
+    params: PruneParams,
+    train_params: TrainParams,
+    model_path: Path,
+    data: Path,
+    out: Path,
+    metrics_path: Path,
+    timings_path: Path | None,
+) -> None:
+    """Prune the dense model file, fine-tune, and write the pruned model and its metrics."""
+    dense, meta = load_model(model_path)
+    test = load_split(data, "test")
 
     dense_stats = {
         **model_stats(dense),
-        **file_sizes(args.model),
+        **file_sizes(model_path),
         "test_acc": round(test_accuracy(dense, test), 5),
     }
-    pruned, report = prune_and_finetune(dense, params, all_params.train, args.data, test)
+    pruned, report = prune_and_finetune(dense, params, train_params, data, test)
+    timings = {"finetune_time_s": report.pop("finetune_time_s")}
     prune_meta = {"prune_method": params.method, "widths_dense": asdict(widths_of(dense))}
-    save_model(pruned, args.out, meta={**meta, **prune_meta})
+    save_model(pruned, out, meta={**meta, **prune_meta})
     pruned_stats = {
         **model_stats(pruned),
-        **file_sizes(args.out),
+        **file_sizes(out),
         "test_acc": round(test_accuracy(pruned, test), 5),
     }
     metrics = summarize(dense_stats, pruned_stats, report)
-    write_json(args.metrics, metrics)
+    write_json(metrics_path, metrics)
+    if timings_path is not None:
+        write_json(timings_path, timings)
     log.info(
         "%s: %s; params x%.3f, MACs x%.3f, gzip x%.3f; test acc %.4f -> %.4f (%.2f points)",
         params.method,

@@ -1,13 +1,15 @@
 """Train LeNet-5 with PyTorch Lightning, resuming a killed run from its last checkpoint.
 
 Stage `train`: data/prepared -> models/lenet5.pt, dvclive/train (metrics and plots),
-metrics/train.json; checkpoints in --ckpt-dir (kept between runs, not cached by DVC).
+metrics/train.json (results), measurements/train.json (fit time), provenance/train.json;
+checkpoints in --ckpt-dir (kept between runs, not cached by DVC).
 Params: `train` section of params.yaml.
 
 A run resumes from `<ckpt-dir>/last.ckpt` only when that checkpoint carries the same
-fingerprint (train params, prepared data, training code); otherwise it starts fresh and says
-why. For tests of that path, `MNIST_FAIL_AFTER_EPOCH=k` kills the process (SIGKILL, as the OOM
-killer would) during epoch k+1 of a run that did not itself resume.
+fingerprint (train params, prepared data, training code, compute library versions);
+otherwise it starts fresh and says why. For tests of that path, `MNIST_FAIL_AFTER_EPOCH=k`
+kills the process (SIGKILL, as the OOM killer would) during epoch k+1 of a run that did not
+itself resume.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
 
+from mnist_pipeline import environment, provenance
 from stages import cli, datamodule, dataset, model, module
 from stages.dataset import load_normalization
 from stages.io import write_json
@@ -40,16 +43,23 @@ log = logging.getLogger(__name__)
 
 FAIL_ENV = "MNIST_FAIL_AFTER_EPOCH"
 LAST = "last.ckpt"
+METRICS_KEY = "callback_metrics"  # in each checkpoint: the metrics of the epoch it ends
 # The code whose edits change what training produces; part of the resume fingerprint.
 CODE_MODULES = (model, module, datamodule, dataset)
-# Params that do not change the trained weights, left out of the fingerprint.
+# Left out of the fingerprint: the progress bar changes nothing, and the thread count goes in
+# as the number of threads it resolves to (0 means one per core, which varies by machine).
 NOT_IN_FINGERPRINT = {"progress_bar", "num_threads"}
 
 
 def fingerprint(params: TrainParams, data_dir: Path) -> str:
-    """A hash of what determines the trained weights: params, prepared data, code."""
+    """A hash of what determines the trained weights: params, prepared data, code, the
+    installed versions of the libraries that compute them, and the CPU's kernels and thread
+    count (each changes the last bits of every step, and so the weights)."""
     h = hashlib.sha256()
     h.update(json.dumps(params.model_dump(exclude=NOT_IN_FINGERPRINT), sort_keys=True).encode())
+    h.update(json.dumps(environment.installed_versions(), sort_keys=True).encode())
+    threads = params.num_threads or torch.get_num_threads()
+    h.update(f"{torch.backends.cpu.get_cpu_capability()} threads={threads}".encode())
     # `precision: auto` means different arithmetic on different hardware: hash what it resolves to.
     h.update(resolve_precision(params.precision, params.accelerator).encode())
     for name in ("meta.json", "train.safetensors", "val.safetensors"):
@@ -106,7 +116,8 @@ def resolve_precision(precision: str, accelerator: str) -> str:
 
 
 class Fingerprint(Callback):
-    """Stores the fingerprint in every checkpoint so a later run can tell if it may resume."""
+    """Stores the fingerprint and the epoch's metrics in every checkpoint: a later run can tell
+    whether it may resume, and one that resumes a finished run still has its results."""
 
     def __init__(self, fp: str) -> None:
         self.fp = fp
@@ -115,6 +126,7 @@ class Fingerprint(Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
         checkpoint["fingerprint"] = self.fp
+        checkpoint[METRICS_KEY] = {k: float(v) for k, v in trainer.callback_metrics.items()}
 
 
 class KillAfterEpoch(Callback):
@@ -236,7 +248,9 @@ def train(
         tune_batch_size(trainer, lit, data)
     trainer.fit(lit, datamodule=data, ckpt_path=resume_from)
     fit_s = time.perf_counter() - start
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    # The final checkpoint's metrics, not the trainer's: a run that resumes a finished
+    # checkpoint trains nothing, and must report what that checkpoint's run did.
+    metrics = _saved(ckpt_dir / LAST, METRICS_KEY) or {}
     summary = {
         "epochs": trainer.current_epoch,
         "resumed_from_epoch": resumed_from_epoch,
@@ -280,7 +294,14 @@ def tune_batch_size(trainer: pl.Trainer, lit: LitLeNet5, data: datamodule.MNISTD
 def _epoch_of(ckpt: Path | None) -> int | None:
     if ckpt is None:
         return None
-    return int(torch.load(ckpt, map_location="cpu", weights_only=False)["epoch"]) + 1
+    return int(_saved(ckpt, "epoch")) + 1
+
+
+def _saved(ckpt: Path, key: str) -> Any:
+    """One entry of a checkpoint (None if the file or the entry is missing)."""
+    if not ckpt.is_file():
+        return None
+    return torch.load(ckpt, map_location="cpu", weights_only=False).get(key)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -290,8 +311,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--ckpt-dir", type=Path, required=True, help="checkpoints, kept for resuming")
     p.add_argument("--live-dir", type=Path, required=True, help="DVCLive metrics and plots")
     p.add_argument("--model", type=Path, required=True, help="trained model file to write")
-    p.add_argument("--metrics", type=Path, required=True, help="run summary JSON to write")
+    p.add_argument("--metrics", type=Path, required=True, help="results JSON to write")
+    p.add_argument("--timings", type=Path, default=None, help="measurements JSON to write")
+    p.add_argument("--provenance", type=Path, default=None, help="run record JSON to write")
     return p.parse_args(argv)
+
+
+# Facts of this run rather than results of the training: kept out of the hashed outputs.
+TIMINGS = ("fit_time_s",)
+RUN_FACTS = ("resumed_from_epoch", "device", "precision", "fingerprint")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -299,20 +327,28 @@ def main(argv: list[str] | None = None) -> None:
     cli.setup_logging()
     params = load_params(args.params).train
     fail = os.environ.get(FAIL_ENV)
-    net, summary = train(
-        params,
-        args.data,
-        args.ckpt_dir,
-        args.live_dir,
-        fail_after_epoch=int(fail) if fail else None,
-    )
-    if not summary.pop("is_global_zero"):
-        return
-    norm = load_normalization(args.data)
-    run_info = {k: summary.pop(k) for k in ("device", "precision", "fingerprint")}
-    save_model(net, args.model, meta={"mean": norm.mean, "std": norm.std, **run_info})
-    # Numbers only: `dvc metrics show` and `dvc exp show` tabulate this file.
-    write_json(args.metrics, {k: v for k, v in summary.items() if v is not None})
+    with provenance.record(args.provenance, "train", [args.data], [params]) as run:
+        net, summary = train(
+            params,
+            args.data,
+            args.ckpt_dir,
+            args.live_dir,
+            fail_after_epoch=int(fail) if fail else None,
+        )
+        if not summary.pop("is_global_zero"):
+            run.keep = False
+            return
+        run.facts.update({k: summary.pop(k) for k in RUN_FACTS})
+        timings = {k: summary.pop(k) for k in TIMINGS}
+        norm = load_normalization(args.data)
+        # Only what determines the weights' meaning; where and when they were made is in the
+        # provenance record.
+        meta = {"mean": norm.mean, "std": norm.std, "precision": run.facts["precision"]}
+        save_model(net, args.model, meta=meta)
+        # Numbers only: `dvc metrics show` and `dvc exp show` tabulate these files.
+        write_json(args.metrics, {k: v for k, v in summary.items() if v is not None})
+        if args.timings is not None:
+            write_json(args.timings, timings)
 
 
 if __name__ == "__main__":

@@ -12,11 +12,12 @@ from stages.params import Params
 from tests.conftest import ROOT
 
 DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+PROJECT_PACKAGES = ("stages.", "mnist_pipeline.")
 STAGES = DVC["stages"]
 
 
 def project_imports(module: Path) -> set[Path]:
-    """Every stages/*.py file `module` imports, transitively."""
+    """Every project module (stages/, mnist_pipeline/) `module` imports, transitively."""
     seen: set[Path] = set()
     todo = [module]
     while todo:
@@ -31,7 +32,7 @@ def project_imports(module: Path) -> set[Path]:
             elif isinstance(node, ast.Import):
                 names = [a.name for a in node.names]
             for name in names:
-                if name.startswith("stages."):
+                if name.startswith(PROJECT_PACKAGES):
                     target = ROOT / (name.replace(".", "/") + ".py")
                     if target.is_file():
                         todo.append(target)
@@ -55,8 +56,9 @@ def test_stage_cmd_deps_and_params(name: str) -> None:
     needed = {str(p.relative_to(ROOT)) for p in project_imports(ROOT / f"stages/{name}.py")}
     missing = needed - deps
     assert not missing, f"{name} imports {sorted(missing)} but does not list them under deps"
-    stale = {d for d in deps if d.startswith("stages/")} - needed
+    stale = {d for d in deps if d.startswith(("stages/", "mnist_pipeline/"))} - needed
     assert not stale, f"{name} lists {sorted(stale)} under deps but does not import them"
+    assert "compute-env.txt" in deps, "the compute libraries' versions are an input"
     sections = {p.split(".")[0] for p in stage.get("params", [])}
     assert name in sections, "a stage reads its own params section"
     assert sections <= set(Params.model_fields)
@@ -73,3 +75,32 @@ def test_outputs_are_not_written_by_two_stages() -> None:
         for kind in ("outs", "metrics", "plots"):
             outs += [o if isinstance(o, str) else next(iter(o)) for o in stage.get(kind, [])]
     assert len(outs) == len(set(outs))
+
+
+def test_compute_env_is_the_locked_versions() -> None:
+    """compute-env.txt is what `mnist_pipeline.environment` makes of uv.lock: a new version of a
+    compute library in the lock re-runs the pipeline only if the file is regenerated."""
+    from mnist_pipeline import environment
+
+    assert (ROOT / "compute-env.txt").read_text() == environment.compute_env_text(
+        ROOT / "uv.lock"
+    ), "regenerate: uv run python -m mnist_pipeline.environment --write compute-env.txt"
+
+
+def test_measurements_and_provenance_are_not_hashed_outputs() -> None:
+    """Timings and run records change from run to run: no stage may declare them as outputs,
+    or dvc.lock would move on every run; `dvc metrics show` reads the measurements."""
+    declared = set()
+    for stage in STAGES.values():
+        for kind in ("outs", "metrics", "plots"):
+            declared |= {o if isinstance(o, str) else next(iter(o)) for o in stage.get(kind, [])}
+    written = {}
+    for name, stage in STAGES.items():
+        args = stage["cmd"].split()
+        for flag in ("--timings", "--provenance"):
+            if flag in args:
+                written[f"{name} {flag}"] = args[args.index(flag) + 1]
+    assert {f"{s} --provenance" for s in STAGES} <= set(written)
+    assert not set(written.values()) & declared
+    timings = {v for k, v in written.items() if k.endswith("--timings")}
+    assert timings == set(DVC["metrics"])

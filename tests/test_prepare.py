@@ -55,25 +55,29 @@ def test_val_split_comes_from_train_file(prepared: Path) -> None:
 def test_main_writes_outputs_and_reuses_downloads(
     tmp_path: Path, params_file: Path, mirror_env: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    argv = [
-        "--params",
-        str(params_file),
-        "--raw-dir",
-        str(tmp_path / "raw"),
-        "--out",
-        str(tmp_path / "prepared"),
-    ]
-    assert cli.run(prepare.main, argv) == 0
+    def argv(out: Path) -> list[str]:
+        return [
+            *("--params", str(params_file), "--raw-dir", str(tmp_path / "raw")),
+            *("--out", str(out), "--provenance", str(out.parent / "provenance.json")),
+        ]
+
+    assert cli.run(prepare.main, argv(tmp_path / "prepared")) == 0
     assert sorted(p.name for p in (tmp_path / "prepared").iterdir()) == [
         "meta.json",
         "test.safetensors",
         "train.safetensors",
         "val.safetensors",
     ]
-    # Second run: verified raw files are reused, even with the mirror gone.
+    record = json.loads((tmp_path / "provenance.json").read_text())
+    assert record["stage"] == "prepare" and record["mirrors"] == [str(mirror_env)]
+    assert {Path(p).name for p in record["inputs_md5"]} == {name for name, _ in mnist.FILES}
+    # Second run, into another folder: verified raw files are reused, even with the mirror
+    # gone, and every prepared file comes out byte for byte the same.
     monkeypatch.setenv("MNIST_MIRROR", str(tmp_path / "gone"))
-    assert cli.run(prepare.main, argv) == 0
+    assert cli.run(prepare.main, argv(tmp_path / "elsewhere" / "again")) == 0
     assert not list(tmp_path.glob(".prepared*")), "no temporary folder left behind"
+    for f in (tmp_path / "prepared").iterdir():
+        assert f.read_bytes() == (tmp_path / "elsewhere" / "again" / f.name).read_bytes(), f.name
 
 
 def test_main_without_mirror_fails_cleanly(

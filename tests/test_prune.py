@@ -164,8 +164,10 @@ def _run_main(tmp_path: Path, trained_model: Path, prepared: Path, raw: dict) ->
             "--data", str(prepared),
             "--out", str(out),
             "--metrics", str(metrics),
+            "--timings", str(tmp_path / "timings.json"),
         ]
     )  # fmt: skip
+    assert json.loads((tmp_path / "timings.json").read_text())["finetune_time_s"] > 0
     return json.loads(metrics.read_text())
 
 

@@ -41,6 +41,10 @@ def _run_train(
         str(tmp / out / "model.pt"),
         "--metrics",
         str(tmp / out / "train.json"),
+        "--timings",
+        str(tmp / out / "timings.json"),
+        "--provenance",
+        str(tmp / out / "provenance.json"),
     ]
     return subprocess.run(
         cmd,
@@ -57,7 +61,8 @@ def test_training_learns(trained_model: Path, prepared: Path) -> None:
     test = load_split(prepared, "test")
     acc = (predict_logits(net, test.images).argmax(1) == test.labels).float().mean()
     assert acc >= 0.9
-    assert {"mean", "std", "fingerprint", "device", "precision"} <= set(meta)
+    # What determines the weights' meaning only: where and when they were made is provenance.
+    assert set(meta) == {"mean", "std", "precision"}
 
 
 def test_killed_training_resumes_at_next_epoch_with_the_same_result(
@@ -78,7 +83,9 @@ def test_killed_training_resumes_at_next_epoch_with_the_same_result(
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resuming from" in resumed.stderr
     summary = json.loads((tmp_path / "run" / "train.json").read_text())
-    assert summary["resumed_from_epoch"] == 1 and summary["epochs"] == 3
+    record = json.loads((tmp_path / "run" / "provenance.json").read_text())
+    assert record["resumed_from_epoch"] == 1 and summary["epochs"] == 3
+    assert json.loads((tmp_path / "run" / "timings.json").read_text())["fit_time_s"] > 0
 
     # Curves continue: one row per epoch, steps increasing, nothing restarted or repeated.
     rows = (tmp_path / "run/live/plots/metrics/val/acc.tsv").read_text().splitlines()[1:]
@@ -91,10 +98,31 @@ def test_killed_training_resumes_at_next_epoch_with_the_same_result(
     b, _ = load_model(tmp_path / "fresh" / "model.pt")
     for (name, wa), wb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         torch.testing.assert_close(wa, wb, rtol=0, atol=0, msg=f"{name} differs")
+    # Not only the same weights: the same bytes, in another folder, after a kill and a resume.
+    assert _outputs(tmp_path / "run") == _outputs(tmp_path / "fresh")
+
+    # Run again on the finished checkpoint (`dvc repro -f train`): nothing is trained, and
+    # every output comes out byte for byte as before, so nothing downstream needs to re-run.
+    before = _outputs(tmp_path / "fresh")
+    (tmp_path / "fresh" / "model.pt").unlink()
+    (tmp_path / "fresh" / "train.json").unlink()
+    again = _run_train(tmp_path, params, "fresh")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "resuming from" in again.stderr
+    assert _outputs(tmp_path / "fresh") == before
+
+
+def _outputs(run: Path) -> dict[str, bytes]:
+    """The files DVC hashes for `train` (model, results, curves), by path inside the run."""
+    files = [run / "model.pt", run / "train.json", *sorted((run / "live").rglob("*.*"))]
+    return {f.relative_to(run).as_posix(): f.read_bytes() for f in files if f.is_file()}
 
 
 def test_resume_only_with_matching_fingerprint(
-    tmp_path: Path, prepared: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path,
+    prepared: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     params = parse_params(tiny_params_dict()).train
     params = params.model_copy(update={"max_epochs": 1})
@@ -106,6 +134,16 @@ def test_resume_only_with_matching_fingerprint(
     assert train.fingerprint(other, prepared) != fp
     # Params that do not change the weights do not block resuming.
     assert train.fingerprint(params.model_copy(update={"progress_bar": False}), prepared) == fp
+    # The thread count does (it changes the last bits of each step), as what it resolves to.
+    default = torch.get_num_threads()
+    assert train.fingerprint(params.model_copy(update={"num_threads": default}), prepared) == fp
+    assert (
+        train.fingerprint(params.model_copy(update={"num_threads": default + 1}), prepared) != fp
+    )
+    # So does another version of a compute library.
+    monkeypatch.setattr(train.environment, "installed_versions", lambda: {"torch": "0.0-other"})
+    assert train.fingerprint(params, prepared) != fp
+    monkeypatch.undo()
     with caplog.at_level("WARNING"):
         assert train.find_resumable(tmp_path / "ckpt", train.fingerprint(other, prepared)) is None
     assert "starting fresh" in caplog.text

@@ -24,19 +24,21 @@ def test_default_remote_is_shared_by_every_clone_of_this_user() -> None:
     assert not Path(url).is_relative_to(ROOT)
 
 
-def test_prefect_yaml_deploys_the_flow_nightly_one_run_at_a_time() -> None:
+def test_prefect_yaml_deploys_the_flows_on_schedules_one_run_at_a_time() -> None:
     from prefect.client.schemas.schedules import CronSchedule
     from prefect.flows import load_flow_from_entrypoint
 
     spec = yaml.safe_load((ROOT / "prefect.yaml").read_text())
-    (dep,) = spec["deployments"]
-    flow = load_flow_from_entrypoint(str(ROOT / dep["entrypoint"]))
-    assert flow.name == "mnist-pipeline"
-    flow.validate_parameters(dep["parameters"])  # raises on a parameter the flow lacks
-    (sched,) = dep["schedules"]
-    CronSchedule(cron=sched["cron"], timezone=sched["timezone"])
-    assert dep["concurrency_limit"]["limit"] == 1
-    assert deploy.work_pools(ROOT / "prefect.yaml") == [dep["work_pool"]["name"]]
+    flows = {}
+    for dep in spec["deployments"]:
+        flow = load_flow_from_entrypoint(str(ROOT / dep["entrypoint"]))
+        flows[dep["name"]] = flow.name
+        flow.validate_parameters(dep["parameters"])  # raises on a parameter the flow lacks
+        (sched,) = dep["schedules"]
+        CronSchedule(cron=sched["cron"], timezone=sched["timezone"])
+        assert dep["concurrency_limit"]["limit"] == 1
+    assert flows == {"nightly-retrain": "mnist-pipeline", "weekly-audit": "mnist-pipeline-audit"}
+    assert deploy.work_pools(ROOT / "prefect.yaml") == ["mnist-process"]
 
 
 @pytest.mark.parametrize("url", [None, "http://127.0.0.1:9/api"])

@@ -63,6 +63,8 @@ def test_report_artifacts(finished_run: FlowRun) -> None:
     assert "Δ previous run" in summary and "Δ HEAD" in summary
     assert str(finished_run.remote) in summary
     assert "lenet5@v0.1.0" in summary
+    # Each stage's run record: host, commit, precision (not hashed into dvc.lock).
+    assert "## Provenance" in summary and "| train |" in summary and "32-true" in summary
     if "export" in dvc_repo.stage_order(finished_run.repo):
         assert "models/lenet5.onnx" in summary
     table = json.loads(by_key[PER_CLASS_KEY].data)
@@ -124,7 +126,8 @@ def test_killed_training_resumes_on_retry_with_the_same_result(
     (train_run,) = _stage_runs(str(state.state_details.flow_run_id), ["train"])
     assert train_run.run_count == 2  # killed once, retried once
     summary = json.loads((repo / "metrics/train.json").read_text())
-    assert summary["resumed_from_epoch"] == k  # the retry started at epoch k+1, not at 1
+    record = json.loads((repo / "provenance/train.json").read_text())
+    assert record["resumed_from_epoch"] == k  # the retry started at epoch k+1, not at 1
     assert summary["epochs"] == tiny_params_dict()["train"]["max_epochs"]
 
     # The DVCLive curves continue across the kill: one row per epoch, the same rows (steps and
@@ -141,11 +144,9 @@ def test_killed_training_resumes_on_retry_with_the_same_result(
     b, _ = load_model(finished_run.repo / "models/lenet5.pt")
     for (name, wa), wb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         torch.testing.assert_close(wa, wb, rtol=0, atol=0, msg=f"{name} differs")
-    fresh_summary = json.loads((finished_run.repo / "metrics/train.json").read_text())
-    assert summary["val_acc"] == fresh_summary["val_acc"]
-    assert (repo / "metrics/evaluate.json").read_text() == (
-        finished_run.repo / "metrics/evaluate.json"
-    ).read_text()
+    # Byte for byte: the model file, its results and the evaluation.
+    for rel in ("models/lenet5.pt", "metrics/train.json", "metrics/evaluate.json"):
+        assert (repo / rel).read_bytes() == (finished_run.repo / rel).read_bytes(), rel
 
 
 def test_invalid_override_fails_before_anything_runs(tmp_path: Path) -> None:
@@ -198,3 +199,26 @@ def test_pushed_model_version_pulls_into_another_clone(
     dvc(clone, "pull")
     assert (clone / "models/lenet5.pt").read_bytes() == (repo / "models/lenet5.pt").read_bytes()
     assert json.loads(dvc(clone, "status", "--json").stdout) == {}
+
+
+def test_audit_flow_rebuilds_the_registered_version_and_publishes_the_comparison(
+    finished_run: FlowRun,
+) -> None:
+    """The audit as a Prefect flow, on the version the run registered (its snapshot commit
+    holds that run's dvc.lock); `prepare` alone, to keep it quick."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    from pipelines.flow import AUDIT_KEY, audit
+
+    tag = finished_run.result["registered"]
+    state = audit(root=str(finished_run.repo), rev=tag, stages=["prepare"], return_state=True)
+    assert state.is_completed(), state.message
+    assert state.result()["same"] and state.result()["outputs"] == 2
+    with get_client(sync_client=True) as client:
+        (artifact,) = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[str(state.state_details.flow_run_id)])
+            )
+        )
+    assert artifact.key == AUDIT_KEY and "| prepare | data/prepared |" in artifact.data

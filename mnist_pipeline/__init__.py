@@ -1,0 +1,1 @@
+"""The pipeline's shared code: what the stages, the flows and the benchmarks import."""

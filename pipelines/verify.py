@@ -1,0 +1,291 @@
+"""Audit a commit: rebuild its pipeline in a fresh clone and compare every output with `dvc.lock`.
+
+    uv run python -m pipelines.verify                  # HEAD, every stage
+    uv run python -m pipelines.verify --stages train   # train and what it needs
+    uv run python -m pipelines.verify --rev main --keep /tmp/audit
+
+It clones the commit into a temporary folder (nothing of this working tree comes along: no
+DVC cache, no checkpoints, no uncommitted change), runs `dvc repro` there, and prints for
+each output the hash the commit's `dvc.lock` records, the rebuilt hash, and whether they are
+the same. Exit status 0 only when every output is the same, 1 when one differs or the run
+fails, 2 for a usage error. Where it can, it says why an output differs: the commit's
+`dvc.lock` was stale, an upstream output differed, or the run's provenance differs from the
+committed one (resolved precision, CPU, library versions), or the environment is not the
+locked one.
+
+The raw MNIST files come from `MNIST_MIRROR` when it is set, else from this working tree's
+verified downloads (`data/raw`), else from the official mirrors; they are checksum-verified
+either way. The Prefect flow `audit` (`pipelines.flow`) runs the same, for a scheduled audit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mnist_pipeline import environment, provenance
+from pipelines import dvc_repo
+
+SAME, DIFFERENT, MISSING = "same", "different", "missing"
+RAW_DATA = Path("data/raw")  # the prepare stage's verified downloads, reused as a mirror
+# Provenance facts whose difference explains a different output.
+_EXPLAINING = ("precision", "device", "cpu", "libraries")
+
+
+@dataclass(frozen=True)
+class Output:
+    stage: str
+    path: str
+    committed: str | None
+    rebuilt: str | None
+
+    @property
+    def verdict(self) -> str:
+        if self.committed is None or self.rebuilt is None:
+            return MISSING
+        return SAME if self.committed == self.rebuilt else DIFFERENT
+
+
+@dataclass
+class Audit:
+    commit: str
+    outputs: list[Output] = field(default_factory=list)
+    reasons: list[str] = field(default_factory=list)  # why outputs differ, where known
+    notes: list[str] = field(default_factory=list)  # worth knowing, whatever the verdict
+    failed: str | None = None  # the rebuild itself failed
+
+    @property
+    def ok(self) -> bool:
+        return self.failed is None and all(o.verdict == SAME for o in self.outputs)
+
+
+def git(root: Path, *args: str) -> str:
+    done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise ValueError(f"git {' '.join(args)} in {root}: {done.stderr.strip()}")
+    return done.stdout.strip()
+
+
+def lock_entries(lock: dict[str, Any], key: str) -> dict[str, dict[str, str]]:
+    """{stage: {path: md5}} of a parsed `dvc.lock`'s `outs` or `deps`; params under `deps` as
+    `params.yaml:key`."""
+    out: dict[str, dict[str, str]] = {}
+    for stage, entry in (lock.get("stages") or {}).items():
+        items = {e["path"]: str(e.get("md5") or e.get("hash")) for e in entry.get(key, [])}
+        if key == "deps":
+            for file, values in (entry.get("params") or {}).items():
+                items |= {f"{file}:{k}": repr(v) for k, v in values.items()}
+        out[stage] = items
+    return out
+
+
+def compare(committed: dict[str, Any], rebuilt: dict[str, Any], stages: list[str]) -> list[Output]:
+    """Per output of `stages`, the committed and the rebuilt hash."""
+    a, b = lock_entries(committed, "outs"), lock_entries(rebuilt, "outs")
+    rows = []
+    for stage in stages:
+        for path in sorted(a.get(stage, {}).keys() | b.get(stage, {}).keys()):
+            rows.append(
+                Output(stage, path, a.get(stage, {}).get(path), b.get(stage, {}).get(path))
+            )
+    return rows
+
+
+def explain(
+    committed: dict[str, Any],
+    rebuilt: dict[str, Any],
+    outputs: list[Output],
+    provenances: dict[str, tuple[dict | None, dict | None]],
+) -> list[str]:
+    """Why the differing outputs differ, as far as the two locks and the provenance tell."""
+    reasons = []
+    bad_stages = [s for s in dict.fromkeys(o.stage for o in outputs if o.verdict != SAME)]
+    deps_a, deps_b = lock_entries(committed, "deps"), lock_entries(rebuilt, "deps")
+    produced = {p for o in outputs for p in [o.path]}
+    for stage in bad_stages:
+        a, b = deps_a.get(stage, {}), deps_b.get(stage, {})
+        changed = sorted(p for p in a.keys() | b.keys() if a.get(p) != b.get(p))
+        upstream = [p for p in changed if p in produced]
+        inputs = [p for p in changed if p not in produced]
+        if inputs:
+            reasons.append(
+                f"{stage}: the committed dvc.lock is stale: these inputs differ from what it "
+                f"records: {', '.join(inputs)} (commit the dvc.lock of a run of this commit)"
+            )
+        if upstream:
+            reasons.append(
+                f"{stage}: follows from a different upstream output: {', '.join(upstream)}"
+            )
+        before, after = provenances.get(stage, (None, None))
+        if before and after:
+            for key in _EXPLAINING:
+                diff = _differences(before.get(key), after.get(key))
+                if diff:
+                    reasons.append(f"{stage}: the committed run had another {key}: {diff}")
+    return reasons
+
+
+def _differences(a: Any, b: Any) -> str:
+    """`key: committed -> rebuilt` for what differs between two provenance values."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        keys = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+        return ", ".join(f"{k} {a.get(k)!r} -> {b.get(k)!r}" for k in keys)
+    return "" if a == b else f"{a!r} -> {b!r}"
+
+
+def environment_notes(clone: Path) -> list[str]:
+    """Where this interpreter's compute libraries are not the versions the commit locks."""
+    env_file = clone / "compute-env.txt"
+    if not env_file.is_file():
+        return []
+    locked: dict[str, set[str]] = {}
+    for line in env_file.read_text().splitlines():
+        spec = line.split(";")[0].strip()
+        if spec and not spec.startswith("#") and "==" in spec:
+            name, _, version = spec.partition("==")
+            locked.setdefault(name, set()).add(version)
+    installed = environment.installed_versions(tuple(locked))
+    off = [
+        f"{n} {installed.get(n)} (locked {'/'.join(sorted(v))})"
+        for n, v in locked.items()
+        if installed.get(n) not in v
+    ]
+    if not off:
+        return []
+    return [f"this environment is not the locked one: {', '.join(off)}; `uv sync --locked`"]
+
+
+def source_notes(root: Path) -> list[str]:
+    changed = provenance.git_state(root).get("changed") or []
+    if not changed:
+        return []
+    return [
+        f"the working tree has uncommitted changes ({', '.join(changed[:5])}"
+        f"{', ...' if len(changed) > 5 else ''}): the audit rebuilds the commit, not them"
+    ]
+
+
+def mirror_env(root: Path) -> dict[str, str]:
+    """MNIST_MIRROR for the rebuild: the one set, else this tree's verified downloads."""
+    from stages.mnist import FILES, MIRROR_ENV
+
+    if os.environ.get(MIRROR_ENV):
+        return {}
+    raw = root / RAW_DATA
+    if all((raw / name).is_file() for name, _ in FILES):
+        return {MIRROR_ENV: str(raw.resolve())}
+    return {}
+
+
+def verify(
+    root: Path,
+    rev: str = "HEAD",
+    stages: list[str] | None = None,
+    keep: Path | None = None,
+    timeout_s: float | None = None,
+    echo: Callable[[str], None] = print,
+) -> Audit:
+    """Clone `rev` of `root`, rebuild `stages` (default all) there, compare with its dvc.lock."""
+    root = root.resolve()
+    commit = git(root, "rev-parse", "--verify", f"{rev}^{{commit}}")
+    audit = Audit(commit, notes=source_notes(root) if rev == "HEAD" else [])
+    work = Path(tempfile.mkdtemp(prefix="mnist-verify-")) if keep is None else keep
+    clone = work / "repo"
+    try:
+        echo(f"cloning {commit[:12]} into {clone}")
+        git(root, "clone", "--quiet", "--no-checkout", str(root), str(clone))
+        git(clone, "checkout", "--quiet", commit)
+        committed = (
+            yaml.safe_load((clone / "dvc.lock").read_text())
+            if (clone / "dvc.lock").is_file()
+            else {}
+        )
+        order = dvc_repo.stage_order(clone, stages)
+        before = {s: _read_provenance(clone, s) for s in order}
+        audit.notes += environment_notes(clone)
+        env = mirror_env(root)
+        echo(f"running `dvc repro {' '.join(stages or [])}` ({' -> '.join(order)})")
+        done = dvc_repo.run(clone, ["repro", *(stages or [])], timeout_s, echo, extra_env=env)
+        if not done.ok:
+            audit.failed = f"`dvc repro` failed (exit {done.returncode}):\n{done.tail[-3000:]}"
+            return audit
+        rebuilt = yaml.safe_load((clone / "dvc.lock").read_text())
+        audit.outputs = compare(committed, rebuilt, order)
+        after = {s: _read_provenance(clone, s) for s in order}
+        provs = {s: (before[s], after[s]) for s in order}
+        audit.reasons = explain(committed, rebuilt, audit.outputs, provs)
+        return audit
+    finally:
+        if keep is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _read_provenance(root: Path, stage: str) -> dict | None:
+    path = dvc_repo.provenance_file(root, stage)
+    return provenance.read(path) if path else None
+
+
+def report(audit: Audit) -> str:
+    """The audit as text: a table of outputs, then the verdict and the reasons."""
+    lines = [f"audit of commit {audit.commit}"]
+    if audit.outputs:
+        width = max(len(o.path) for o in audit.outputs)
+        lines.append(
+            f"{'stage':<9} {'output':<{width}}  {'committed':<36} {'rebuilt':<36} verdict"
+        )
+        for o in audit.outputs:
+            lines.append(
+                f"{o.stage:<9} {o.path:<{width}}  {o.committed or '-':<36} "
+                f"{o.rebuilt or '-':<36} {o.verdict}"
+            )
+    if audit.failed:
+        lines.append(f"FAILED: {audit.failed}")
+    else:
+        bad = [o for o in audit.outputs if o.verdict != SAME]
+        lines.append(
+            f"{len(audit.outputs) - len(bad)} of {len(audit.outputs)} outputs are the same"
+            + ("" if bad else ": the commit reproduces byte for byte")
+        )
+    lines += [f"why: {r}" for r in audit.reasons]
+    lines += [f"note: {n}" for n in audit.notes]
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m pipelines.verify",
+        description=__doc__.splitlines()[0],
+        epilog="Exit status: 0 every output is the same, 1 one differs or the run failed, "
+        "2 usage error.",
+    )
+    p.add_argument("--root", type=Path, default=Path("."), help="the repository (default: here)")
+    p.add_argument("--rev", default="HEAD", help="the commit to audit (default: HEAD)")
+    p.add_argument("--stages", nargs="+", default=None, help="only these stages (and upstream)")
+    p.add_argument("--keep", type=Path, default=None, help="rebuild here and keep the folder")
+    p.add_argument("--timeout-s", type=float, default=None, help="stop the rebuild after this")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        audit = verify(args.root, args.rev, args.stages, args.keep, args.timeout_s)
+    except ValueError as err:  # not a git repo, unknown revision or stage
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(report(audit))
+    return 0 if audit.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
