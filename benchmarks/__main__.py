@@ -24,7 +24,7 @@ from rich.console import Console
 
 from benchmarks import inference, machine, orchestration, report, training
 from benchmarks.training import PLAIN, PROJECT, SEED, Setup, Variant
-from stages.params import TrainParams, load_params
+from mnist_pipeline.params import TrainParams, load_params
 
 SKIPPABLE = ("seed", "plain", "training", "inference", "orchestration")
 # --quick: the test fixtures' tiny recipe, on synthetic digits.
@@ -70,14 +70,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def quick_data(workdir: Path) -> tuple[Path, Path]:
     """Synthetic raw files and their prepared splits, through the project's own writers."""
-    from stages import mnist
-    from stages.dataset import make_splits, save_splits
-    from tests.synthetic import write_mirror
+    from mnist_pipeline import mnist_files
+    from mnist_pipeline.dataset import make_splits, save_splits
+    from mnist_pipeline.synthetic import write_mirror
 
     raw = workdir / "raw"
     write_mirror(raw)
     splits, norm = make_splits(
-        mnist.load_raw({name: raw / name for name, _ in mnist.FILES}), val_size=100, seed=0
+        mnist_files.load_raw({name: raw / name for name, _ in mnist_files.FILES}),
+        val_size=100,
+        seed=0,
     )
     save_splits(workdir / "prepared", splits, norm)
     return raw, workdir / "prepared"

@@ -15,7 +15,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback
 
-from stages.model import predict_logits
+from mnist_pipeline.model import predict_logits
 
 
 class Stopwatch:

@@ -7,9 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from stages.dataset import load_normalization, load_split
-from stages.model import load_model
-from stages.params import ExportParams
+from mnist_pipeline.dataset import load_normalization, load_split
+from mnist_pipeline.model import load_model
+from mnist_pipeline.params import ExportParams
 
 MODELS = {
     "dense": ("lenet5.pt", "lenet5.onnx"),

@@ -16,12 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-GIT_ID = {
-    "GIT_AUTHOR_NAME": "benchmark",
-    "GIT_AUTHOR_EMAIL": "benchmark@localhost",
-    "GIT_COMMITTER_NAME": "benchmark",
-    "GIT_COMMITTER_EMAIL": "benchmark@localhost",
-}
+from mnist_pipeline.scratch_repo import copy_repo
 
 
 def dvc_cmd(*args: str) -> list[str]:
@@ -91,26 +86,6 @@ def noop(root: Path, reps: int, timeout_s: float = 600) -> dict[str, Any]:
     if no_flow:
         out["flow"] = f"skipped: {no_flow}"
     return out
-
-
-def copy_repo(root: Path, dest: Path) -> Path:
-    """The files git tracks, and untracked ones it does not ignore, in a fresh git repo: the
-    pipeline as a new clone sees it, with an empty DVC cache."""
-    listed = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=root,
-        capture_output=True,
-        check=True,
-    ).stdout.decode()
-    for rel in filter(None, listed.split("\0")):
-        src = root / rel
-        if src.is_file():
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest / rel)
-    env = {**os.environ, **GIT_ID}
-    for args in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-q", "-m", "copy"]):
-        subprocess.run(["git", *args], cwd=dest, env=env, capture_output=True, check=True)
-    return dest
 
 
 def full_runs(

@@ -17,12 +17,12 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.clocks import EpochLog, Stopwatch, accuracy, summary
-from stages.datamodule import TensorBatches
-from stages.dataset import Split, load_split
-from stages.model import LeNet5
-from stages.module import build_optimizer, build_scheduler
-from stages.params import TrainParams
-from stages.train import resolve_precision
+from mnist_pipeline.datamodule import TensorBatches
+from mnist_pipeline.dataset import Split, load_split
+from mnist_pipeline.lightning_module import build_optimizer, build_scheduler
+from mnist_pipeline.model import LeNet5
+from mnist_pipeline.params import TrainParams
+from mnist_pipeline.training import resolve_precision
 
 
 def device_for(accelerator: str) -> torch.device:

@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.clocks import EpochTimer, Stopwatch, accuracy, summary
+from mnist_pipeline.dataset import Split, load_split, split_sizes
+from mnist_pipeline.params import TrainParams
 from stages import train
-from stages.dataset import Split, load_split, split_sizes
-from stages.params import TrainParams
 
 
 def run(params: TrainParams, data_dir: Path, workdir: Path, target: float) -> dict[str, Any]:

@@ -21,8 +21,8 @@ from torchvision import transforms
 from torchvision.datasets import MNIST
 
 from benchmarks.clocks import EpochTimer, Stopwatch, accuracy, summary
-from stages import mnist
-from stages.model import LeNet5
+from mnist_pipeline import mnist_files
+from mnist_pipeline.model import LeNet5
 
 BATCH_SIZE, NUM_WORKERS, LR = 64, 4, 1e-3
 
@@ -31,7 +31,7 @@ def torchvision_root(mirror: Path, root: Path) -> Path:
     """Unpack the four mirror files into torchvision's layout, `<root>/MNIST/raw/`."""
     raw = root / "MNIST" / "raw"
     raw.mkdir(parents=True, exist_ok=True)
-    for name, _ in mnist.FILES:
+    for name, _ in mnist_files.FILES:
         dst = raw / name.removesuffix(".gz")
         if not dst.is_file():
             tmp = dst.with_suffix(".tmp")

@@ -160,7 +160,7 @@ def ratios(summary: dict[str, Any]) -> dict[str, float]:
 
 def _run_child(spec: dict[str, Any]) -> dict[str, Any]:
     from benchmarks import memory, plain_loop, project_path, seed_recipe
-    from stages.params import TrainParams
+    from mnist_pipeline.params import TrainParams
 
     v, s = spec["variant"], spec["setup"]
     workdir, target = Path(s["workdir"]), float(s["target_acc"])

@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.write is None:
         sys.stdout.write(text)
     else:
-        from stages.io import write_bytes
+        from mnist_pipeline.atomic import write_bytes
 
         write_bytes(args.write, text.encode())
     return 0

@@ -25,7 +25,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from mnist_pipeline import environment
-from stages.io import write_json
+from mnist_pipeline.atomic import write_json
 
 # A dirty tree lists at most this many changed paths.
 _MAX_CHANGED = 20

@@ -27,6 +27,8 @@ from typing import Any
 
 import yaml
 
+from mnist_pipeline.errors import UsageError
+
 log = logging.getLogger(__name__)
 
 # DVC's own message when it restores a stage's outputs from its run cache instead of running it.
@@ -62,7 +64,7 @@ def stage_order(root: Path, targets: list[str] | None = None) -> list[str]:
             by_name = {_address(root, s): s for s in stages}
             unknown = sorted(set(targets) - set(by_name))
             if unknown:
-                raise ValueError(
+                raise UsageError(
                     f"no such stage: {', '.join(unknown)} (stages: {sorted(by_name)})"
                 )
             keep = {by_name[t] for t in targets}

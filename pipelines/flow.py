@@ -7,7 +7,7 @@ DVC owns the stage graph, the cache and `dvc.lock`; this flow adds retries, logs
 versioned artifacts around it:
 
 1. `check-params`: apply the `-S` overrides to `params.yaml` and validate the whole file
-   (`stages.params.load_params`); an invalid value stops the run before anything runs.
+   (`mnist_pipeline.params.load_params`); an invalid value stops the run before anything runs.
 2. One task per stage, in the order of DVC's graph (read from `dvc.yaml`, never listed here),
    named after the stage: `dvc repro --single-item <stage>` in a subprocess, or nothing when
    `dvc status` says the stage is up to date (state "Skipped"; "Cached" when DVC restored the
@@ -36,12 +36,11 @@ from prefect.runtime import task_run as current_task_run
 from prefect.states import Completed, State
 from prefect.tasks import exponential_backoff
 
-from mnist_pipeline import provenance
+from mnist_pipeline import errors, provenance
 from pipelines import dvc_repo, overrides, registry, report, verify
 from pipelines.registry import Bump
 from pipelines.report import StageRun
 from pipelines.retry import StepFailed, retry_condition
-from stages.params import ParamsError
 
 MODEL_NAME = "lenet5"
 EVALUATE, EXPORT = "evaluate", "export"
@@ -263,7 +262,9 @@ def pipeline(
     if register_model:  # a typo here should not cost a whole training run to find out
         declared = dvc_repo.artifacts(repo)
         if declared and model_name not in declared:
-            raise ValueError(f"{model_name!r} is not in dvc.yaml's artifacts: {sorted(declared)}")
+            raise errors.UsageError(
+                f"{model_name!r} is not in dvc.yaml's artifacts: {sorted(declared)}"
+            )
     changes = check_params(repo, list(overrides or []))
     stages = dvc_repo.stage_order(repo, targets)
     logger.info("stages, in order: %s", " -> ".join(stages))
@@ -371,30 +372,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
+def run_from_args(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    try:
-        pipeline(
-            root=args.root,
-            overrides=args.overrides,
-            targets=args.targets or None,
-            force=args.force,
-            push=args.push,
-            register_model=args.register,
-            model_name=args.model_name,
-            bump=args.bump,
-            min_test_acc=args.min_test_acc,
-            retries=args.retries,
-            retry_delay_s=args.retry_delay_s,
-            stage_timeout_s=args.stage_timeout_s,
-        )
-    except (ParamsError, ValueError) as err:  # bad params, stage or model name: fix and rerun
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except StepFailed as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    return 0
+    pipeline(
+        root=args.root,
+        overrides=args.overrides,
+        targets=args.targets or None,
+        force=args.force,
+        push=args.push,
+        register_model=args.register,
+        model_name=args.model_name,
+        bump=args.bump,
+        min_test_acc=args.min_test_acc,
+        retries=args.retries,
+        retry_delay_s=args.retry_delay_s,
+        stage_timeout_s=args.stage_timeout_s,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Exit 0 when the run succeeded, 2 for bad params, stage or model names, 1 when a step
+    failed."""
+    return errors.run(run_from_args, argv)
 
 
 if __name__ == "__main__":

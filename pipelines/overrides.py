@@ -4,8 +4,8 @@
 override grammar, which DVC uses; DVC's own code applies them, so the result is what
 `dvc exp run -S` would write). Like `dvc exp run -S`, the new values are written to
 `params.yaml`, so `dvc.lock` records them and `git diff params.yaml` shows what the run used.
-The whole file is validated with `stages.params.load_params` first: an invalid value leaves
-`params.yaml` untouched and nothing runs.
+The whole file is validated with `mnist_pipeline.params.load_params` first: an invalid value
+leaves `params.yaml` untouched and nothing runs.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ from typing import Any
 
 import yaml
 
-from stages.io import atomic_path
-from stages.params import Params, ParamsError, load_params, parse_params
+from mnist_pipeline.atomic import atomic_path
+from mnist_pipeline.errors import ParamsError
+from mnist_pipeline.params import Params, load_params, parse_params
 
 PARAMS_FILE = "params.yaml"
 

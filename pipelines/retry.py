@@ -3,8 +3,8 @@
 A stage killed by a signal (the OOM killer's SIGKILL, exit 137 through a shell), a stage that
 ran past its timeout, DVC's repo lock held by another process, and network errors are
 transient: the same command can succeed a moment later, and `train` resumes from its last
-checkpoint. A params validation error (exit 2, see `stages.cli`) or any other error fails at
-once: running it again would fail the same way.
+checkpoint. A params validation error (exit 2, see `mnist_pipeline.errors`) or any other
+error fails at once: running it again would fail the same way.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ import re
 import signal
 from dataclasses import dataclass
 from typing import Any
+
+from mnist_pipeline.errors import PARAMS_ERROR_EXIT, StageError
 
 # `dvc repro` reports a stage's exit status as "... failed to run: <cmd>, exited with <n>".
 _STAGE_EXIT = re.compile(r"exited with (-?\d+)")
@@ -25,7 +27,6 @@ NETWORK = re.compile(
     r"|ConnectTimeout|ReadTimeout|ConnectionError",
 )
 OUT_OF_MEMORY = re.compile(r"out of memory|MemoryError|Cannot allocate memory", re.IGNORECASE)
-PARAMS_ERROR_EXIT = 2  # stages.cli: a params validation error
 # Only the end of the output decides: earlier lines may show problems that were overcome.
 _LAST_LINES = 40
 
@@ -72,7 +73,7 @@ def _signal_name(num: int) -> str:
         return f"signal {num}"
 
 
-class StepFailed(RuntimeError):
+class StepFailed(StageError):
     """A `dvc` command failed; `transient` says whether retrying it can help."""
 
     def __init__(self, step: str, returncode: int | None, output: str) -> None:

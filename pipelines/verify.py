@@ -33,7 +33,8 @@ from typing import Any
 
 import yaml
 
-from mnist_pipeline import environment, provenance
+from mnist_pipeline import environment, errors, provenance
+from mnist_pipeline.errors import StageError, UsageError
 from pipelines import dvc_repo
 
 SAME, DIFFERENT, MISSING = "same", "different", "missing"
@@ -72,7 +73,7 @@ class Audit:
 def git(root: Path, *args: str) -> str:
     done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
     if done.returncode != 0:
-        raise ValueError(f"git {' '.join(args)} in {root}: {done.stderr.strip()}")
+        raise UsageError(f"git {' '.join(args)} in {root}: {done.stderr.strip()}")
     return done.stdout.strip()
 
 
@@ -177,7 +178,7 @@ def source_notes(root: Path) -> list[str]:
 
 def mirror_env(root: Path) -> dict[str, str]:
     """MNIST_MIRROR for the rebuild: the one set, else this tree's verified downloads."""
-    from stages.mnist import FILES, MIRROR_ENV
+    from mnist_pipeline.mnist_files import FILES, MIRROR_ENV
 
     if os.environ.get(MIRROR_ENV):
         return {}
@@ -276,15 +277,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
+def run_from_args(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    try:
-        audit = verify(args.root, args.rev, args.stages, args.keep, args.timeout_s)
-    except ValueError as err:  # not a git repo, unknown revision or stage
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    audit = verify(args.root, args.rev, args.stages, args.keep, args.timeout_s)
     print(report(audit))
-    return 0 if audit.ok else 1
+    if not audit.ok:
+        raise StageError("the rebuilt outputs are not those of the commit's dvc.lock")
+
+
+def main(argv: list[str] | None = None) -> int:
+    return errors.run(run_from_args, argv)
 
 
 if __name__ == "__main__":

@@ -27,12 +27,11 @@ from torchmetrics.functional.classification import (
     multiclass_recall,
 )
 
-from mnist_pipeline import provenance
-from stages import cli
-from stages.dataset import Split, load_split
-from stages.io import write_json, write_png
-from stages.model import load_model, predict_logits
-from stages.params import EvaluateParams, load_params
+from mnist_pipeline import errors, logs, provenance
+from mnist_pipeline.atomic import write_json, write_png
+from mnist_pipeline.dataset import Split, load_split
+from mnist_pipeline.model import load_model, predict_logits
+from mnist_pipeline.params import EvaluateParams, load_params
 
 log = logging.getLogger(__name__)
 NUM_CLASSES = 10
@@ -153,7 +152,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    cli.setup_logging()
+    logs.setup_logging()
     params = load_params(args.params).evaluate
     inputs = [args.model, args.data / "test.safetensors"]
     with provenance.record(args.provenance, "evaluate", inputs, [params]):
@@ -183,4 +182,4 @@ def run(
 
 
 if __name__ == "__main__":
-    sys.exit(cli.run(main))
+    sys.exit(errors.run(main))

@@ -36,12 +36,11 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from mnist_pipeline import provenance
-from stages import cli
-from stages.dataset import Normalization, load_normalization, load_split
-from stages.io import atomic_path, write_json
-from stages.model import LeNet5, load_model, widths_of
-from stages.params import ExportParams, load_params
+from mnist_pipeline import errors, logs, provenance
+from mnist_pipeline.atomic import atomic_path, write_json
+from mnist_pipeline.dataset import Normalization, load_normalization, load_split
+from mnist_pipeline.model import LeNet5, load_model, widths_of
+from mnist_pipeline.params import ExportParams, load_params
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +129,7 @@ def export_onnx(model: RawPixelsLeNet5, path: Path, params: ExportParams, props:
     onnx.checker.check_model(proto, full_check=True)
     opset = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
     if opset != params.opset:
-        raise cli.StageError(f"exported opset {opset}, but export.opset is {params.opset}")
+        raise errors.StageError(f"exported opset {opset}, but export.opset is {params.opset}")
     onnx.save(proto, path)
 
 
@@ -191,7 +190,7 @@ def check_parity(
         result["ort_test_acc"],
     )
     if not diff <= params.atol or mismatches:  # `not <=` also catches NaN
-        raise cli.StageError(
+        raise errors.StageError(
             f"{name}: ONNX Runtime does not match PyTorch on the test set: max |logit diff| "
             f"{diff:.3g} (allowed {params.atol:g}), {mismatches} predictions differ"
         )
@@ -292,7 +291,7 @@ def check_not_slower(speedup: dict[str, float], max_slowdown: float) -> None:
     than the fraction `max_slowdown`."""
     worst = min(speedup["ort_latency_speedup"], speedup["ort_throughput_speedup"])
     if worst < 1 / (1 + max_slowdown):
-        raise cli.StageError(
+        raise errors.StageError(
             f"the pruned ONNX model is slower than the dense one in ONNX Runtime "
             f"({speedup}; allowed slowdown {max_slowdown:.0%})"
         )
@@ -317,10 +316,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def _normalization(meta: dict[str, Any], path: Path, data_norm: Normalization) -> Normalization:
     """The statistics stored with the model, which must be those of the prepared data."""
     if "mean" not in meta or "std" not in meta:
-        raise cli.StageError(f"{path} has no normalization (mean, std) in its metadata")
+        raise errors.StageError(f"{path} has no normalization (mean, std) in its metadata")
     norm = Normalization(mean=float(meta["mean"]), std=float(meta["std"]))
     if norm != data_norm:
-        raise cli.StageError(
+        raise errors.StageError(
             f"{path} was trained with normalization {norm}, the prepared data has {data_norm}"
         )
     return norm
@@ -328,7 +327,7 @@ def _normalization(meta: dict[str, Any], path: Path, data_norm: Normalization) -
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    cli.setup_logging()
+    logs.setup_logging()
     for noisy in ("onnxscript", "onnx_ir"):  # the exporter's graph passes log each step
         logging.getLogger(noisy).setLevel(logging.WARNING)
     params = load_params(args.params).export
@@ -383,4 +382,4 @@ def run(params: ExportParams, args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(cli.run(main))
+    sys.exit(errors.run(main))

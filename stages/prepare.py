@@ -1,7 +1,7 @@
 """Download MNIST, verify it, carve a seeded validation split and normalize every split once.
 
 Stage `prepare`: (mirrors) -> data/raw (the four verified .gz files, reused when present),
-data/prepared (see `stages.dataset` for the layout), provenance/prepare.json.
+data/prepared (see `mnist_pipeline.dataset` for the layout), provenance/prepare.json.
 Params: `prepare` section of params.yaml; the `MNIST_MIRROR` environment variable overrides
 `prepare.mirror`.
 """
@@ -13,24 +13,23 @@ import logging
 import sys
 from pathlib import Path
 
-from mnist_pipeline import provenance
-from stages import cli, mnist
-from stages.dataset import make_splits, save_splits
-from stages.io import atomic_dir
-from stages.params import PrepareParams, load_params
+from mnist_pipeline import errors, logs, mnist_files, provenance
+from mnist_pipeline.atomic import atomic_dir
+from mnist_pipeline.dataset import make_splits, save_splits
+from mnist_pipeline.params import PrepareParams, load_params
 
 log = logging.getLogger(__name__)
 
 
 def prepare(params: PrepareParams, raw_dir: Path, out_dir: Path) -> dict:
     """Fetch and verify the raw files, then write the prepared splits atomically."""
-    mirrors = mnist.resolve_mirrors(params.mirror)
-    files = mnist.fetch_all(mirrors, raw_dir, params.retries, params.timeout_s)
-    raw = mnist.load_raw(files)
+    mirrors = mnist_files.resolve_mirrors(params.mirror)
+    files = mnist_files.fetch_all(mirrors, raw_dir, params.retries, params.timeout_s)
+    raw = mnist_files.load_raw(files)
     splits, norm = make_splits(raw, params.val_size, params.split_seed)
     meta = {
         "split_seed": params.split_seed,
-        "sources": dict(mnist.expected_files()),
+        "sources": dict(mnist_files.expected_files()),
     }
     with atomic_dir(out_dir) as tmp:
         save_splits(tmp, splits, norm, meta)
@@ -56,12 +55,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    cli.setup_logging()
+    logs.setup_logging()
     params = load_params(args.params).prepare
     with provenance.record(args.provenance, "prepare", [args.raw_dir], [params]) as run:
         prepare(params, args.raw_dir, args.out)
-        run.facts["mirrors"] = [m.base for m in mnist.resolve_mirrors(params.mirror)]
+        run.facts["mirrors"] = [m.base for m in mnist_files.resolve_mirrors(params.mirror)]
 
 
 if __name__ == "__main__":
-    sys.exit(cli.run(main))
+    sys.exit(errors.run(main))

@@ -34,14 +34,20 @@ import torch_pruning as tp
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
-from mnist_pipeline import provenance
-from stages import cli
-from stages.datamodule import MNISTDataModule
-from stages.dataset import Split, load_split
-from stages.io import write_json
-from stages.model import LeNet5, count_params, load_model, predict_logits, save_model, widths_of
-from stages.module import LitLeNet5
-from stages.params import (
+from mnist_pipeline import errors, logs, provenance
+from mnist_pipeline.atomic import write_json
+from mnist_pipeline.datamodule import MNISTDataModule
+from mnist_pipeline.dataset import Split, load_split
+from mnist_pipeline.lightning_module import LitLeNet5
+from mnist_pipeline.model import (
+    LeNet5,
+    count_params,
+    load_model,
+    predict_logits,
+    save_model,
+    widths_of,
+)
+from mnist_pipeline.params import (
     OptimizerParams,
     PruneParams,
     SchedulerParams,
@@ -49,7 +55,7 @@ from stages.params import (
     TrainParams,
     load_params,
 )
-from stages.train import make_datamodule, make_trainer, resolve_precision
+from mnist_pipeline.training import make_datamodule, make_trainer, resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +165,7 @@ def structured_step(
     net.zero_grad(set_to_none=True)
     w = widths_of(net)
     if min(w.conv1, w.conv2, w.fc1, w.fc2) < 1:
-        raise cli.StageError(f"pruning emptied a layer ({w}): lower prune.structured.ratio")
+        raise errors.StageError(f"pruning emptied a layer ({w}): lower prune.structured.ratio")
 
 
 def unstructured_step(net: nn.Module, target_sparsity: float) -> None:
@@ -361,7 +367,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    cli.setup_logging()
+    logs.setup_logging()
     all_params = load_params(args.params)
     inputs = [args.model, args.data]
     sections = [all_params.prune, all_params.train]
@@ -417,4 +423,4 @@ def run(
 
 
 if __name__ == "__main__":
-    sys.exit(cli.run(main))
+    sys.exit(errors.run(main))

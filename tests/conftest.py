@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stages.params import Params, parse_params
-from tests.synthetic import write_mirror
+from mnist_pipeline.params import Params, parse_params
+from mnist_pipeline.synthetic import write_mirror
 
 ROOT = Path(__file__).resolve().parents[1]
 

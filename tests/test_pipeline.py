@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from mnist_pipeline.scratch_repo import copy_repo, dvc, git
+from mnist_pipeline.scratch_repo import env as pipeline_env
 from tests.conftest import ROOT, tiny_params_dict
-from tests.pipeline_repo import copy_repo, dvc, git
-from tests.pipeline_repo import env as pipeline_env
 
 
 def _ran(output: str) -> set[str]:
@@ -26,8 +26,7 @@ def test_dvc_repro_is_byte_identical_in_another_clone_and_reruns_only_what_chang
 ) -> None:
     repo = tmp_path / "repo"
     repo.mkdir()
-    copy_repo(repo)
-    (repo / "params.yaml").write_text(yaml.safe_dump(tiny_params_dict(), sort_keys=False))
+    copy_repo(ROOT, repo, replace={"params.yaml": yaml.safe_dump(tiny_params_dict())})
     env = {
         "MNIST_MIRROR": str(synthetic_mirror),
         "MNIST_MD5SUMS": str(synthetic_mirror / "MD5SUMS"),

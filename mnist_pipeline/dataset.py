@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from stages.cli import StageError
-from stages.io import write_json, write_safetensors
+from mnist_pipeline.atomic import write_json, write_safetensors
+from mnist_pipeline.errors import StageError
 
 SPLITS = ("train", "val", "test")
 
@@ -82,7 +82,7 @@ def make_splits(
 def save_splits(
     out_dir: Path, splits: dict[str, Split], norm: Normalization, extra: dict | None = None
 ) -> None:
-    """Write into `out_dir`, which the caller makes atomic (see `stages.io.atomic_dir`)."""
+    """Write into `out_dir`, which the caller makes atomic (`atomic.atomic_dir`)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     meta = {"mean": norm.mean, "std": norm.std, "sizes": {k: len(v) for k, v in splits.items()}}
     meta.update(extra or {})

@@ -9,7 +9,6 @@ params, so nothing here touches this checkout's `dvc.lock`, cache or remote.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -20,14 +19,8 @@ from typing import Any
 import pytest
 import yaml
 
+from mnist_pipeline.scratch_repo import GIT_IDENTITY, copy_repo
 from tests.conftest import ROOT, tiny_params_dict
-
-GIT_IDENTITY = {
-    "GIT_AUTHOR_NAME": "test",
-    "GIT_AUTHOR_EMAIL": "test@localhost",
-    "GIT_COMMITTER_NAME": "test",
-    "GIT_COMMITTER_EMAIL": "test@localhost",
-}
 
 
 def run(cmd: list[str], cwd: Path, **kw: Any) -> subprocess.CompletedProcess:
@@ -54,23 +47,9 @@ def cached_outputs() -> list[str]:
 
 
 def make_repo(dest: Path, remote: Path, params: dict | None = None) -> Path:
-    """A git + DVC copy of this checkout in `dest`, pushing to `remote`."""
-    files = run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], ROOT
-    ).stdout.split("\0")
-    skip = [p.rstrip("/") for p in cached_outputs()]
-    for rel in filter(None, files):
-        if any(rel == s or rel.startswith(f"{s}/") for s in skip):
-            continue
-        src = ROOT / rel
-        if src.is_file():
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest / rel)
-    params = params or tiny_params_dict()
-    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    run(["git", "init", "-q", "-b", "main"], dest)
-    run(["git", "add", "-A"], dest)
-    run(["git", "commit", "-q", "-m", "copy"], dest)
+    """A git + DVC copy of this checkout in `dest` with tiny params, pushing to `remote`."""
+    text = yaml.safe_dump(params or tiny_params_dict(), sort_keys=False)
+    copy_repo(ROOT, dest, skip=cached_outputs(), replace={"params.yaml": text})
     set_remote(dest, remote)
     return dest
 

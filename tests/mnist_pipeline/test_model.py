@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from stages.model import (
+from mnist_pipeline.model import (
     LeNet5,
     Widths,
     count_params,

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
-from stages.model import LeNet5, Widths
-from stages.params import OptimizerParams, SchedulerParams
+from mnist_pipeline.model import LeNet5, Widths
+from mnist_pipeline.params import OptimizerParams, SchedulerParams
 
 
 def build_optimizer(params: OptimizerParams, model: torch.nn.Module) -> torch.optim.Optimizer:

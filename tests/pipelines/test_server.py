@@ -17,7 +17,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.flows.conftest import GIT_IDENTITY, make_repo
+from mnist_pipeline.scratch_repo import GIT_IDENTITY
+from tests.pipelines.conftest import make_repo
 
 pytestmark = pytest.mark.slow
 

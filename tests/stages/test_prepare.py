@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from stages import cli, mnist, prepare
-from stages.dataset import load_normalization, load_split, split_indices
-from tests.synthetic import make_images
+from mnist_pipeline import errors, mnist_files
+from mnist_pipeline.dataset import load_normalization, load_split, split_indices
+from mnist_pipeline.synthetic import make_images
+from stages import prepare
 
 
 def test_split_is_seeded_disjoint_and_complete() -> None:
@@ -61,7 +62,7 @@ def test_main_writes_outputs_and_reuses_downloads(
             *("--out", str(out), "--provenance", str(out.parent / "provenance.json")),
         ]
 
-    assert cli.run(prepare.main, argv(tmp_path / "prepared")) == 0
+    assert errors.run(prepare.main, argv(tmp_path / "prepared")) == 0
     assert sorted(p.name for p in (tmp_path / "prepared").iterdir()) == [
         "meta.json",
         "test.safetensors",
@@ -70,11 +71,11 @@ def test_main_writes_outputs_and_reuses_downloads(
     ]
     record = json.loads((tmp_path / "provenance.json").read_text())
     assert record["stage"] == "prepare" and record["mirrors"] == [str(mirror_env)]
-    assert {Path(p).name for p in record["inputs_md5"]} == {name for name, _ in mnist.FILES}
+    assert {Path(p).name for p in record["inputs_md5"]} == {name for name, _ in mnist_files.FILES}
     # Second run, into another folder: verified raw files are reused, even with the mirror
     # gone, and every prepared file comes out byte for byte the same.
     monkeypatch.setenv("MNIST_MIRROR", str(tmp_path / "gone"))
-    assert cli.run(prepare.main, argv(tmp_path / "elsewhere" / "again")) == 0
+    assert errors.run(prepare.main, argv(tmp_path / "elsewhere" / "again")) == 0
     assert not list(tmp_path.glob(".prepared*")), "no temporary folder left behind"
     for f in (tmp_path / "prepared").iterdir():
         assert f.read_bytes() == (tmp_path / "elsewhere" / "again" / f.name).read_bytes(), f.name
@@ -90,7 +91,7 @@ def test_main_without_mirror_fails_cleanly(
     monkeypatch.setenv("MNIST_MIRROR", str(tmp_path / "nowhere"))
     out = tmp_path / "prepared"
     argv = ["--params", str(params_file), "--raw-dir", str(tmp_path / "raw"), "--out", str(out)]
-    assert cli.run(prepare.main, argv) == 1
+    assert errors.run(prepare.main, argv) == 1
     err = capsys.readouterr().err
-    assert mnist.FILES[0][0] in err and "Set MNIST_MIRROR" in err
+    assert mnist_files.FILES[0][0] in err and "Set MNIST_MIRROR" in err
     assert not out.exists()

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
-from stages.dataset import Split, load_split
+from mnist_pipeline.dataset import Split, load_split
 
 
 class EpochShuffle:

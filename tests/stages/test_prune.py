@@ -12,10 +12,10 @@ import pytest
 import torch
 import yaml
 
+from mnist_pipeline.dataset import load_split
+from mnist_pipeline.model import LeNet5, Widths, count_params, load_model, save_model, widths_of
+from mnist_pipeline.params import Params, parse_params
 from stages import prune
-from stages.dataset import load_split
-from stages.model import LeNet5, Widths, count_params, load_model, save_model, widths_of
-from stages.params import Params, parse_params
 from tests.conftest import ROOT, tiny_params_dict
 
 # torch-pruning's count for LeNet5() on one 28x28 digit: conv and linear MACs plus one op per
@@ -99,7 +99,7 @@ def test_pruned_model_loads_without_torch_pruning(tmp_path: Path, tiny_params: P
     code = (
         "import sys, torch; sys.modules['torch_pruning'] = None  # importing it now fails\n"
         "from pathlib import Path\n"
-        "from stages.model import load_model, widths_of\n"
+        "from mnist_pipeline.model import load_model, widths_of\n"
         f"net, meta = load_model(Path({str(tmp_path / 'p.pt')!r}))\n"
         f"y = net(torch.load({str(tmp_path / 'x.pt')!r}))\n"
         f"torch.save(y, {str(tmp_path / 'y.pt')!r})\n"

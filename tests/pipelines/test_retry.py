@@ -7,8 +7,8 @@ import errno
 import pytest
 from prefect.states import Completed, Failed
 
+from mnist_pipeline.params import ParamsError
 from pipelines.retry import StepFailed, classify, is_transient, retry_condition
-from stages.params import ParamsError
 
 CMD = "python -m stages.train --data data/prepared"
 

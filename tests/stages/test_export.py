@@ -12,10 +12,11 @@ import pytest
 import torch
 import yaml
 
-from stages import cli, export, prune
-from stages.dataset import load_normalization, load_split
-from stages.model import load_model, predict_logits, save_model
-from stages.params import ExportParams, parse_params
+from mnist_pipeline import errors
+from mnist_pipeline.dataset import load_normalization, load_split
+from mnist_pipeline.model import load_model, predict_logits, save_model
+from mnist_pipeline.params import ExportParams, parse_params
+from stages import export, prune
 from tests.conftest import tiny_params_dict
 
 
@@ -158,7 +159,7 @@ def test_stage_fails_and_writes_nothing_when_parity_breaks(
 
     monkeypatch.setattr(export, "ort_logits", off_by_a_bit)
     argv = _argv(tmp_path, params_file, trained_model, pruned_model, prepared)
-    assert cli.run(export.main, argv) == 1
+    assert errors.run(export.main, argv) == 1
     err = capsys.readouterr().err
     assert "dense: ONNX Runtime does not match PyTorch" in err and "allowed 0.0001" in err
     assert not list(tmp_path.glob("*.onnx")) and not (tmp_path / "export.json").exists()
@@ -173,7 +174,7 @@ def test_slower_pruned_model_fails_the_check() -> None:
     export.check_not_slower(faster, max_slowdown=0.0)
     slower = export.speedups({"dense": t, "pruned": {**t, "ort_latency_ms": 1.3}})
     export.check_not_slower(slower, max_slowdown=0.5)  # within the tolerance
-    with pytest.raises(cli.StageError, match="slower than the dense one"):
+    with pytest.raises(errors.StageError, match="slower than the dense one"):
         export.check_not_slower(slower, max_slowdown=0.1)
 
 
@@ -183,5 +184,5 @@ def test_model_without_normalization_is_refused(
     net, _ = load_model(trained_model)
     save_model(net, tmp_path / "bare.pt", meta={})
     argv = _argv(tmp_path, params_file, tmp_path / "bare.pt", tmp_path / "bare.pt", prepared)
-    with pytest.raises(cli.StageError, match="no normalization"):
+    with pytest.raises(errors.StageError, match="no normalization"):
         export.main(argv)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stages import mnist
+from mnist_pipeline import mnist_files
 
 
 def make_images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -28,11 +28,13 @@ def make_images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 def write_mirror(folder: Path, n_train: int = 600, n_test: int = 200) -> Path:
     """Write the four .gz files and an MD5SUMS file for them; return the MD5SUMS path."""
     folder.mkdir(parents=True, exist_ok=True)
-    (tri, _), (trl, _), (tei, _), (tel, _) = mnist.FILES
+    (tri, _), (trl, _), (tei, _), (tel, _) = mnist_files.FILES
     train_x, train_y = make_images(n_train, seed=1)
     test_x, test_y = make_images(n_test, seed=2)
     for name, arr in ((tri, train_x), (trl, train_y), (tei, test_x), (tel, test_y)):
-        mnist.write_idx(folder / name, arr)
+        mnist_files.write_idx(folder / name, arr)
     sums = folder / "MD5SUMS"
-    sums.write_text("".join(f"{mnist.md5sum(folder / n)}  {n}\n" for n, _ in mnist.FILES))
+    sums.write_text(
+        "".join(f"{mnist_files.md5sum(folder / n)}  {n}\n" for n, _ in mnist_files.FILES)
+    )
     return sums

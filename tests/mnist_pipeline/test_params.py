@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stages import cli, evaluate
-from stages.params import ParamsError, load_params, parse_params
+from mnist_pipeline import errors
+from mnist_pipeline.params import ParamsError, load_params, parse_params
+from stages import evaluate
 from tests.conftest import ROOT, tiny_params_dict
 
 
@@ -102,7 +103,7 @@ def test_stage_with_bad_params_exits_2_and_touches_no_output(
         "--plots",
         str(tmp_path / "plots"),
     ]
-    assert cli.run(evaluate.main, argv) == 2
+    assert errors.run(evaluate.main, argv) == 2
     assert "evaluate.batch_size" in capsys.readouterr().err
     assert metrics.read_text() == '{"test": {"acc": 0.5}}'
     assert not (tmp_path / "plots").exists()

@@ -13,10 +13,12 @@ import pytest
 import torch
 import yaml
 
+from mnist_pipeline import checkpoints, training
+from mnist_pipeline.dataset import load_split
+from mnist_pipeline.errors import ParamsError
+from mnist_pipeline.model import load_model, predict_logits, save_model
+from mnist_pipeline.params import parse_params
 from stages import train
-from stages.dataset import load_split
-from stages.model import load_model, predict_logits
-from stages.params import ParamsError, parse_params
 from tests.conftest import ROOT, tiny_params_dict
 
 
@@ -72,14 +74,14 @@ def test_killed_training_resumes_at_next_epoch_with_the_same_result(
     params = tiny_params_dict()
     params["train"]["max_epochs"] = 3
 
-    killed = _run_train(tmp_path, params, "run", {train.FAIL_ENV: "1"})
+    killed = _run_train(tmp_path, params, "run", {checkpoints.FAIL_ENV: "1"})
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert not (tmp_path / "run" / "model.pt").exists()
     ckpt = torch.load(tmp_path / "run" / "ckpt" / "last.ckpt", weights_only=False)
     assert ckpt["epoch"] == 0  # one epoch done, killed halfway through the second
 
     # The retry keeps the env var (as a Prefect retry would): a resumed run is not killed again.
-    resumed = _run_train(tmp_path, params, "run", {train.FAIL_ENV: "1"})
+    resumed = _run_train(tmp_path, params, "run", {checkpoints.FAIL_ENV: "1"})
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resuming from" in resumed.stderr
     summary = json.loads((tmp_path / "run" / "train.json").read_text())
@@ -128,7 +130,7 @@ def test_resume_only_with_matching_fingerprint(
     params = params.model_copy(update={"max_epochs": 1})
     train.train(params, prepared, tmp_path / "ckpt", tmp_path / "live")
     fp = train.fingerprint(params, prepared)
-    assert train.find_resumable(tmp_path / "ckpt", fp) == tmp_path / "ckpt" / "last.ckpt"
+    assert checkpoints.find_resumable(tmp_path / "ckpt", fp) == tmp_path / "ckpt" / "last.ckpt"
 
     other = params.model_copy(update={"seed": params.seed + 1})
     assert train.fingerprint(other, prepared) != fp
@@ -141,24 +143,18 @@ def test_resume_only_with_matching_fingerprint(
         train.fingerprint(params.model_copy(update={"num_threads": default + 1}), prepared) != fp
     )
     # So does another version of a compute library.
-    monkeypatch.setattr(train.environment, "installed_versions", lambda: {"torch": "0.0-other"})
+    other_env = {"torch": "0.0-other"}
+    monkeypatch.setattr(checkpoints.environment, "installed_versions", lambda: other_env)
     assert train.fingerprint(params, prepared) != fp
     monkeypatch.undo()
     with caplog.at_level("WARNING"):
-        assert train.find_resumable(tmp_path / "ckpt", train.fingerprint(other, prepared)) is None
+        other_fp = train.fingerprint(other, prepared)
+        assert checkpoints.find_resumable(tmp_path / "ckpt", other_fp) is None
     assert "starting fresh" in caplog.text
 
     (tmp_path / "ckpt" / "last.ckpt").write_bytes(b"cut short by a kill")
-    assert train.find_resumable(tmp_path / "ckpt", fp) is None
+    assert checkpoints.find_resumable(tmp_path / "ckpt", fp) is None
     assert "unreadable" in caplog.text
-
-
-def test_precision_auto_follows_native_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(train, "cpu_has_bf16", lambda: False)
-    assert train.resolve_precision("auto", "cpu") == "32-true"
-    monkeypatch.setattr(train, "cpu_has_bf16", lambda: True)
-    assert train.resolve_precision("auto", "cpu") == "bf16-mixed"
-    assert train.resolve_precision("32-true", "cpu") == "32-true"
 
 
 def test_ddp_on_two_cpu_processes(tmp_path: Path, prepared: Path) -> None:
@@ -188,7 +184,7 @@ def test_tuned_batch_size_grows_stays_within_the_split_and_survives_resume(
     assert ckpt["MNISTDataModule"] == {"batch_size": summary["batch_size"]}
 
     # Run again: it resumes from the finished checkpoint, with that batch size and no tuning.
-    monkeypatch.setattr(train, "tune_batch_size", lambda *a: pytest.fail("tuned on resume"))
+    monkeypatch.setattr(training, "tune_batch_size", lambda *a: pytest.fail("tuned on resume"))
     _, again = train.train(params, prepared, tmp_path / "ckpt", tmp_path / "live")
     assert again["resumed_from_epoch"] == 2
     assert again["batch_size"] == summary["batch_size"]
@@ -206,7 +202,7 @@ def test_compiled_training_saves_a_plain_model(tmp_path: Path, prepared: Path) -
     params = parse_params(tiny_params_dict()).train
     params = params.model_copy(update={"max_epochs": 1, "compile": True})
     net, _ = train.train(params, prepared, tmp_path / "ckpt", tmp_path / "live")
-    train.save_model(net, tmp_path / "m.pt")
+    save_model(net, tmp_path / "m.pt")
     back, _ = load_model(tmp_path / "m.pt")  # parameter names as without compile
     test = load_split(prepared, "test")
     assert (predict_logits(back, test.images).argmax(1) == test.labels).float().mean() >= 0.5

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from mnist_pipeline.params import ParamsError
 from pipelines.overrides import apply
-from stages.params import ParamsError
 from tests.conftest import tiny_params_dict
 
 

@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from stages import export, predict
-from stages.dataset import load_normalization, load_split
-from stages.model import load_model
-from stages.params import parse_params
+from mnist_pipeline import predict
+from mnist_pipeline.dataset import load_normalization, load_split
+from mnist_pipeline.model import load_model
+from mnist_pipeline.params import parse_params
+from stages import export
 from tests.conftest import ROOT, tiny_params_dict
 
 
@@ -183,7 +184,7 @@ def test_runs_as_a_module_without_importing_torch(onnx_model: Path, tmp_path: Pa
         "import sys, runpy\n"
         f"sys.argv = ['mnist-predict', '--model', {str(onnx_model)!r}, {str(img)!r}]\n"
         "try:\n"
-        "    runpy.run_module('stages.predict', run_name='__main__')\n"
+        "    runpy.run_module('mnist_pipeline.predict', run_name='__main__')\n"
         "except SystemExit as e:\n"
         "    assert e.code == 0, e.code\n"
         "assert 'torch' not in sys.modules, 'predict must not import torch'\n"

@@ -14,8 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from stages.cli import StageError
-from stages.io import write_torch
+from mnist_pipeline.atomic import write_torch
+from mnist_pipeline.errors import StageError
 
 
 @dataclass(frozen=True)

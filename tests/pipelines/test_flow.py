@@ -11,12 +11,12 @@ import pytest
 import torch
 import yaml
 
+from mnist_pipeline.checkpoints import FAIL_ENV
+from mnist_pipeline.model import load_model
+from mnist_pipeline.params import ParamsError
 from pipelines import dvc_repo
-from stages.model import load_model
-from stages.params import ParamsError
-from stages.train import FAIL_ENV
 from tests.conftest import tiny_params_dict
-from tests.flows.conftest import (
+from tests.pipelines.conftest import (
     FlowRun,
     dvc,
     make_repo,

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from mnist_pipeline.scratch_repo import GIT_IDENTITY
 from pipelines.registry import register
-from tests.flows.conftest import GIT_IDENTITY, run
+from tests.pipelines.conftest import run
 
 
 @pytest.fixture

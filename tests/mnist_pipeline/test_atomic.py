@@ -14,8 +14,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from stages import io
-from stages.model import LeNet5, load_model, save_model
+from mnist_pipeline import atomic
+from mnist_pipeline.model import LeNet5, load_model, save_model
 from tests.conftest import ROOT
 
 
@@ -29,8 +29,8 @@ def _same_bytes_in_two_places(tmp_path: Path, write, name_a: str, name_b: str) -
 
 
 def test_json_is_canonical(tmp_path: Path) -> None:
-    io.write_json(tmp_path / "a.json", {"b": 1, "a": {"y": 2.5, "x": [1, 2]}})
-    io.write_json(tmp_path / "sub" / "b.json", {"a": {"x": [1, 2], "y": 2.5}, "b": 1})
+    atomic.write_json(tmp_path / "a.json", {"b": 1, "a": {"y": 2.5, "x": [1, 2]}})
+    atomic.write_json(tmp_path / "sub" / "b.json", {"a": {"x": [1, 2], "y": 2.5}, "b": 1})
     assert (tmp_path / "a.json").read_bytes() == (tmp_path / "sub" / "b.json").read_bytes()
     assert (tmp_path / "a.json").read_text().endswith("}\n")
 
@@ -52,10 +52,10 @@ def test_safetensors_header_is_canonical(tmp_path: Path) -> None:
     tensors = {"labels": torch.arange(5), "images": torch.rand(5, 1, 2, 2)}
     meta = {"std": "0.3", "mean": "0.1", "z": "last", "a": "first"}
     # The library orders the metadata by a hash map seeded per call: many tries, one result.
-    variants = {io.safetensors_bytes(tensors, meta) for _ in range(20)}
+    variants = {atomic.safetensors_bytes(tensors, meta) for _ in range(20)}
     assert len(variants) == 1
     _same_bytes_in_two_places(
-        tmp_path, lambda p: io.write_safetensors(p, tensors, meta), "x.safetensors", "y.st"
+        tmp_path, lambda p: atomic.write_safetensors(p, tensors, meta), "x.safetensors", "y.st"
     )
     back = load_file(str(tmp_path / "one" / "x.safetensors"))
     assert torch.equal(back["images"], tensors["images"])
@@ -64,8 +64,8 @@ def test_safetensors_header_is_canonical(tmp_path: Path) -> None:
 
 def test_safetensors_bytes_are_the_same_in_another_process(tmp_path: Path) -> None:
     code = (
-        "import sys, torch; from stages import io; "
-        "sys.stdout.buffer.write(io.safetensors_bytes({'t': torch.ones(3)}, "
+        "import sys, torch; from mnist_pipeline import atomic; "
+        "sys.stdout.buffer.write(atomic.safetensors_bytes({'t': torch.ones(3)}, "
         "{'b': '2', 'a': '1', 'c': '3'}))"
     )
     runs = {
@@ -79,7 +79,7 @@ def test_png_has_no_software_stamp(tmp_path: Path) -> None:
     fig, ax = plt.subplots(figsize=(2, 2))
     ax.plot([0, 1], [1, 0])
     data = _same_bytes_in_two_places(
-        tmp_path, lambda p: io.write_png(p, fig, dpi=50), "a.png", "b.png"
+        tmp_path, lambda p: atomic.write_png(p, fig, dpi=50), "a.png", "b.png"
     )
     plt.close(fig)
     assert data.startswith(b"\x89PNG") and b"matplotlib" not in data.lower()
@@ -87,9 +87,9 @@ def test_png_has_no_software_stamp(tmp_path: Path) -> None:
 
 def test_a_failed_write_leaves_the_old_file(tmp_path: Path) -> None:
     target = tmp_path / "out.json"
-    io.write_json(target, {"old": True})
-    with pytest.raises(TypeError), io.atomic_path(target) as tmp:
+    atomic.write_json(target, {"old": True})
+    with pytest.raises(TypeError), atomic.atomic_path(target) as tmp:
         tmp.write_text("half")
         raise TypeError("interrupted")
-    assert target.read_text() == io.json_text({"old": True})
+    assert target.read_text() == atomic.json_text({"old": True})
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from torchvision.datasets import MNIST
 
-from stages.cli import StageError
+from mnist_pipeline.errors import StageError
 
 log = logging.getLogger(__name__)
 

@@ -14,9 +14,7 @@ from typing import Any, Literal, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-
-class ParamsError(ValueError):
-    """`params.yaml` is missing, unreadable or invalid; the message names the key."""
+from mnist_pipeline.errors import ParamsError
 
 
 class _Section(BaseModel):

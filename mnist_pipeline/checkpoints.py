@@ -1,0 +1,127 @@
+"""Fingerprinted checkpoints: a killed or retried fit resumes only from its own kind of run.
+
+Every checkpoint carries a fingerprint of what determines the weights (the params, the
+prepared data, the training code, the compute libraries, the CPU's kernels and thread count)
+and the metrics of the epoch it ends. A run resumes from `last.ckpt` only when the
+fingerprints match; otherwise it starts fresh and says why. A run that resumes a finished
+checkpoint trains nothing and reports that checkpoint's metrics.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import signal
+from collections.abc import Iterable
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pydantic import BaseModel
+from pytorch_lightning.callbacks import Callback
+
+from mnist_pipeline import environment
+
+log = logging.getLogger(__name__)
+
+LAST = "last.ckpt"
+METRICS_KEY = "callback_metrics"  # in each checkpoint: the metrics of the epoch it ends
+FAIL_ENV = "MNIST_FAIL_AFTER_EPOCH"  # test hook: see `KillAfterEpoch`
+# Left out of the fingerprint: the progress bar changes nothing, and the thread count goes in
+# as the number of threads it resolves to (0 means one per core, which varies by machine).
+NOT_IN_FINGERPRINT = {"progress_bar", "num_threads"}
+
+
+def fingerprint(
+    params: BaseModel, num_threads: int, files: Iterable[Path], code: Iterable[ModuleType]
+) -> str:
+    """A hash of what determines the weights: `params` (all of them, but the fields above),
+    the bytes of `files` (the data) and of the `code` modules' sources, the installed versions
+    of the compute libraries, and PyTorch's CPU kernel level and thread count (each changes the
+    last bits of every step, and so the weights)."""
+    h = hashlib.sha256()
+    h.update(json.dumps(params.model_dump(exclude=NOT_IN_FINGERPRINT), sort_keys=True).encode())
+    h.update(json.dumps(environment.installed_versions(), sort_keys=True).encode())
+    threads = num_threads or torch.get_num_threads()
+    h.update(f"{torch.backends.cpu.get_cpu_capability()} threads={threads}".encode())
+    for path in files:
+        with path.open("rb") as f:
+            h.update(hashlib.file_digest(f, "sha256").digest())
+    for mod in code:
+        h.update(Path(str(mod.__file__)).read_bytes())
+    return h.hexdigest()
+
+
+def saved(ckpt: Path, key: str) -> Any:
+    """One entry of a checkpoint (None if the file or the entry is missing)."""
+    if not ckpt.is_file():
+        return None
+    return torch.load(ckpt, map_location="cpu", weights_only=False).get(key)
+
+
+def find_resumable(ckpt_dir: Path, fp: str) -> Path | None:
+    """`last.ckpt` if it exists, loads and matches `fp`; otherwise None, with the reason logged."""
+    last = ckpt_dir / LAST
+    if not last.is_file():
+        log.info("no checkpoint in %s: starting from scratch", ckpt_dir)
+        return None
+    try:
+        fp_saved = saved(last, "fingerprint")
+    except Exception as err:  # a checkpoint cut short by a kill is not worth dying for
+        log.warning("checkpoint %s is unreadable (%s): starting fresh", last, err)
+        return None
+    if fp_saved != fp:
+        log.warning(
+            "checkpoint %s was made with other params, data or code (fingerprint %s, now %s): "
+            "starting fresh",
+            last,
+            str(fp_saved)[:12],
+            fp[:12],
+        )
+        return None
+    log.info("resuming from %s (fingerprint %s)", last, fp[:12])
+    return last
+
+
+def epochs_done(ckpt: Path | None) -> int | None:
+    """How many epochs a checkpoint has finished (None: no checkpoint)."""
+    return None if ckpt is None else int(saved(ckpt, "epoch")) + 1
+
+
+class Fingerprint(Callback):
+    """Stores the fingerprint and the epoch's metrics in every checkpoint: a later run can tell
+    whether it may resume, and one that resumes a finished run still has its results."""
+
+    def __init__(self, fp: str) -> None:
+        self.fp = fp
+
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        checkpoint["fingerprint"] = self.fp
+        checkpoint[METRICS_KEY] = {k: float(v) for k, v in trainer.callback_metrics.items()}
+
+
+class KillAfterEpoch(Callback):
+    """Test hook: SIGKILL this process halfway through epoch `k` (0-based), once k are saved."""
+
+    def __init__(self, epochs_done: int) -> None:
+        self.k = epochs_done
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if trainer.current_epoch == self.k and batch_idx == trainer.num_training_batches // 2:
+            log.error("%s=%d: killing the training process now", FAIL_ENV, self.k)
+            logging.shutdown()
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def fail_after_epoch() -> int | None:
+    """The epoch `MNIST_FAIL_AFTER_EPOCH` asks to be killed after (tests of resuming)."""
+    value = os.environ.get(FAIL_ENV)
+    return int(value) if value else None
