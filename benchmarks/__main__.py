@@ -11,6 +11,7 @@ Prints tables and writes every number, with the machine, to a JSON file (--out).
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import shutil
 import sys
@@ -19,12 +20,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
 from rich.console import Console
 
 from benchmarks import inference, machine, orchestration, report, training
 from benchmarks.training import PLAIN, PROJECT, SEED, Setup, Variant
-from mnist_pipeline.params import TrainParams, load_params
+from mnist_pipeline.params import load_params
+from pipelines import overrides
 
 SKIPPABLE = ("seed", "plain", "training", "inference", "orchestration")
 # --quick: the test fixtures' tiny recipe, on synthetic digits.
@@ -85,7 +86,11 @@ def quick_data(workdir: Path) -> tuple[Path, Path]:
     return raw, workdir / "prepared"
 
 
-def make_variants(args: argparse.Namespace, train: dict[str, Any]) -> list[Variant]:
+def make_variants(args: argparse.Namespace, quick: list[str]) -> list[Variant]:
+    """The project's defaults (params.yaml, with `quick` overrides), the baselines, and each
+    `--variant NAME:KEY=VALUE,...`: `train` keys in the syntax of `dvc exp run -S`, applied and
+    validated by the flow's own code, so a bad override fails before any run."""
+    train = overrides.overridden(args.params, quick)[0].train.model_dump(mode="json")
     variants = [Variant(PROJECT, "project", train)]
     if "plain" not in args.skip:
         variants.insert(0, Variant(PLAIN, "plain", train))
@@ -93,10 +98,9 @@ def make_variants(args: argparse.Namespace, train: dict[str, Any]) -> list[Varia
         variants.insert(0, Variant(SEED, "seed", train))
     for spec in args.variant:
         name, _, sets = spec.partition(":")
-        overridden = training.apply_overrides(train, [s for s in sets.split(",") if s])
-        variants.append(Variant(name, "project", overridden))
-    for v in variants:
-        TrainParams.model_validate(v.train)  # a bad override fails before any run
+        keys = [s if s.startswith("train.") else f"train.{s}" for s in sets.split(",") if s]
+        params, _ = overrides.overridden(args.params, [*quick, *keys])
+        variants.append(Variant(name, "project", params.train.model_dump(mode="json")))
     return variants
 
 
@@ -105,10 +109,8 @@ def run_training(
 ) -> dict[str, Any]:
     from benchmarks.seed_recipe import torchvision_root
 
-    train = yaml.safe_load(args.params.read_text())["train"]
-    if args.quick:
-        train.update(QUICK_TRAIN)
-    variants = make_variants(args, train)
+    quick = [f"train.{k}={json.dumps(v)}" for k, v in QUICK_TRAIN.items()] if args.quick else []
+    variants = make_variants(args, quick)
     setup = Setup(
         data_dir=data,
         torchvision_root=torchvision_root(raw, workdir / "torchvision"),

@@ -15,8 +15,6 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback
 
-from mnist_pipeline.model import predict_logits
-
 
 class Stopwatch:
     """Seconds since it was made, less the time spent inside `leave_out()`."""
@@ -56,12 +54,6 @@ class EpochLog:
         """Stopwatch time at the end of the first epoch whose test accuracy reached `target`."""
         hits = (t for t, a in zip(self.ends, self.test_acc, strict=True) if a >= target)
         return next(hits, None)
-
-
-def accuracy(net: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
-    """Top-1 accuracy of `net` on normalized images, in eval mode and batches of 4096."""
-    pred = predict_logits(net, images).argmax(dim=1)
-    return float((pred == labels.cpu()).float().mean())
 
 
 class EpochTimer(Callback):

@@ -5,7 +5,6 @@ as a user would run it, and the two take turns within each repetition."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -58,12 +57,6 @@ def not_up_to_date(root: Path) -> str | None:
     return None
 
 
-def flow_available() -> str | None:
-    if importlib.util.find_spec("pipelines.flow") is None:
-        return "pipelines/flow.py not found"
-    return None
-
-
 def _medians(times: dict[str, list[float]]) -> dict[str, Any]:
     out: dict[str, Any] = {k: round(statistics.median(v), 3) for k, v in times.items() if v}
     out["repetitions"] = max((len(v) for v in times.values()), default=0)
@@ -76,16 +69,11 @@ def noop(root: Path, reps: int, timeout_s: float = 600) -> dict[str, Any]:
     reason = not_up_to_date(root)
     if reason:
         return {"skipped": reason}
-    no_flow = flow_available()
     times: dict[str, list[float]] = {"dvc_repro_noop_s": [], "flow_noop_s": []}
     for _ in range(reps):
         times["dvc_repro_noop_s"].append(timed(dvc_cmd("repro"), root, timeout_s))
-        if not no_flow:
-            times["flow_noop_s"].append(timed(flow_cmd(root), root, timeout_s))
-    out = _medians(times)
-    if no_flow:
-        out["flow"] = f"skipped: {no_flow}"
-    return out
+        times["flow_noop_s"].append(timed(flow_cmd(root), root, timeout_s))
+    return _medians(times)
 
 
 def full_runs(
@@ -93,15 +81,12 @@ def full_runs(
 ) -> dict[str, Any]:
     """Every stage from scratch, by `dvc repro` and by the flow, each in a fresh copy; then
     the no-op cost in the copy `dvc repro` just brought up to date."""
-    no_flow = flow_available()
     env = {**os.environ, "MNIST_MIRROR": str(mirror.resolve())}
     times: dict[str, list[float]] = {"dvc_repro_full_s": [], "flow_full_s": []}
     noop_times: dict[str, list[float]] = {"dvc_repro_noop_s": [], "flow_noop_s": []}
     for rep in range(reps):
         kinds = ["dvc", "flow"] if rep % 2 == 0 else ["flow", "dvc"]
         for kind in kinds:
-            if kind == "flow" and no_flow:
-                continue
             dest = copy_repo(root, workdir / f"repo-{kind}-{rep}")
             cmd = dvc_cmd("repro") if kind == "dvc" else flow_cmd(dest)
             times[f"{'dvc_repro' if kind == 'dvc' else 'flow'}_full_s"].append(
@@ -109,10 +94,6 @@ def full_runs(
             )
             if kind == "dvc":
                 noop_times["dvc_repro_noop_s"].append(timed(dvc_cmd("repro"), dest, 600, env))
-                if not no_flow:
-                    noop_times["flow_noop_s"].append(timed(flow_cmd(dest), dest, 600, env))
+                noop_times["flow_noop_s"].append(timed(flow_cmd(dest), dest, 600, env))
             shutil.rmtree(dest, ignore_errors=True)
-    out = {**_medians(times), "noop_in_fresh_copy": _medians(noop_times)}
-    if no_flow:
-        out["flow"] = f"skipped: {no_flow}"
-    return out
+    return {**_medians(times), "noop_in_fresh_copy": _medians(noop_times)}

@@ -16,11 +16,11 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
-from benchmarks.clocks import EpochLog, Stopwatch, accuracy, summary
+from benchmarks.clocks import EpochLog, Stopwatch, summary
 from mnist_pipeline.datamodule import TensorBatches
 from mnist_pipeline.dataset import Split, load_split
 from mnist_pipeline.lightning_module import build_optimizer, build_scheduler
-from mnist_pipeline.model import LeNet5
+from mnist_pipeline.model import LeNet5, accuracy
 from mnist_pipeline.params import TrainParams
 from mnist_pipeline.training import resolve_precision
 

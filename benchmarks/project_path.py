@@ -6,8 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from benchmarks.clocks import EpochTimer, Stopwatch, accuracy, summary
+from benchmarks.clocks import EpochTimer, Stopwatch, summary
 from mnist_pipeline.dataset import Split, load_split, split_sizes
+from mnist_pipeline.model import accuracy
 from mnist_pipeline.params import TrainParams
 from stages import train
 
@@ -16,12 +17,12 @@ def run(params: TrainParams, data_dir: Path, workdir: Path, target: float) -> di
     watch = Stopwatch()
     test: list[Split] = []
 
-    def test_acc(net: Any) -> float:
+    def acc_on_test(net: Any) -> float:
         if not test:
             test.append(load_split(data_dir, "test"))
         return accuracy(net, test[0].images, test[0].labels)
 
-    timer = EpochTimer(watch, test_acc)
+    timer = EpochTimer(watch, acc_on_test)
     _, run_summary = train.train(
         params, data_dir, workdir / "ckpt", workdir / "live", extra_callbacks=[timer]
     )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 from pathlib import Path
@@ -10,6 +9,8 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+
+from mnist_pipeline.atomic import write_json
 
 
 def _f(x: Any, fmt: str = ".2f") -> str:
@@ -139,10 +140,7 @@ def show(results: dict[str, Any], console: Console | None = None) -> None:
 
 
 def write(results: dict[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(results, indent=2, allow_nan=False) + "\n")
-    tmp.replace(path)
+    write_json(path, results)
 
 
 def markdown(results: dict[str, Any]) -> str:

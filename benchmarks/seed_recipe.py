@@ -20,9 +20,9 @@ from torch.utils.data import DataLoader
 from torchvision import transforms
 from torchvision.datasets import MNIST
 
-from benchmarks.clocks import EpochTimer, Stopwatch, accuracy, summary
+from benchmarks.clocks import EpochTimer, Stopwatch, summary
 from mnist_pipeline import mnist_files
-from mnist_pipeline.model import LeNet5
+from mnist_pipeline.model import LeNet5, accuracy
 
 BATCH_SIZE, NUM_WORKERS, LR = 64, 4, 1e-3
 

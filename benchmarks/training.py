@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
+from mnist_pipeline.atomic import write_json
 
 SEED, PLAIN, PROJECT = "seed recipe", "plain loop", "project"
 Kind = Literal["seed", "plain", "project"]
@@ -44,22 +44,6 @@ class Setup:
     timeout_s: float
 
 
-def apply_overrides(section: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """`key=value` pairs (dotted keys inside the `train` section, YAML values) applied to a copy
-    of `section`; validation is `TrainParams`' job."""
-    out = json.loads(json.dumps(section))
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"override {item!r} is not KEY=VALUE")
-        *parents, leaf = key.removeprefix("train.").split(".")
-        node = out
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = yaml.safe_load(value)
-    return out
-
-
 def run_once(variant: Variant, setup: Setup, rep: int, in_process: bool) -> dict[str, Any]:
     """One training run of `variant`, in a fresh process unless `in_process` (--quick, where
     only the plumbing is tested: peak memory is then the whole session's)."""
@@ -70,7 +54,7 @@ def run_once(variant: Variant, setup: Setup, rep: int, in_process: bool) -> dict
     spec = {"variant": asdict(variant), "setup": {**fields, "workdir": str(run_dir)}}
     if in_process:
         return _run_child(spec)
-    (run_dir / "spec.json").write_text(json.dumps(spec, indent=2))
+    write_json(run_dir / "spec.json", spec)
     log = run_dir / "log.txt"
     with log.open("w") as out:
         done = subprocess.run(
@@ -202,9 +186,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("spec", type=Path, help="spec.json written by `run_once`")
     args = p.parse_args(argv)
     result = _run_child(json.loads(args.spec.read_text()))
-    tmp = args.spec.with_name("result.json.tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    tmp.replace(args.spec.with_name("result.json"))
+    write_json(args.spec.with_name("result.json"), result)
 
 
 if __name__ == "__main__":

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from mnist_pipeline.atomic import write_torch
 from mnist_pipeline.errors import StageError
+
+if TYPE_CHECKING:
+    from mnist_pipeline.dataset import Normalization
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,24 @@ class LeNet5(nn.Module):
         return self.classifier(self.features(x))
 
 
+class RawPixelsLeNet5(nn.Module):
+    """A `LeNet5` that takes raw 0-255 pixels of any dtype and normalizes them itself."""
+
+    def __init__(self, net: LeNet5, norm: Normalization) -> None:
+        super().__init__()
+        self.net = net
+        self.mean, self.std = norm.mean, norm.std
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        # The arithmetic of `Normalization.apply`, which made the training tensors.
+        x = (pixels.float() / 255.0 - self.mean) / self.std  # (N, 1, 28, 28)
+        return self.net(x)  # (N, 10)
+
+
+# The raw-pixel input types a `RawPixelsLeNet5` is exported with (`export.input_dtype`).
+RAW_PIXEL_DTYPES = {"float32": torch.float32, "uint8": torch.uint8}
+
+
 def count_params(net: nn.Module) -> int:
     return sum(p.numel() for p in net.parameters())
 
@@ -85,7 +106,8 @@ def load_model(path: Path) -> tuple[LeNet5, dict[str, Any]]:
 
 @torch.inference_mode()
 def predict_logits(net: nn.Module, images: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
-    """Logits (N, 10) for normalized images (N, 1, 28, 28), in batches, on the net's device."""
+    """Logits (N, 10) in batches on the net's device, back on the CPU: for normalized images
+    (N, 1, 28, 28) with a `LeNet5`, for raw pixels with a `RawPixelsLeNet5`."""
     device = next(net.parameters()).device
     was_training = net.training
     net.eval()
@@ -95,3 +117,9 @@ def predict_logits(net: nn.Module, images: torch.Tensor, batch_size: int = 4096)
     ]
     net.train(was_training)
     return torch.cat(out)
+
+
+def accuracy(net: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
+    """Top-1 accuracy of `net` on normalized images (eval mode, in batches)."""
+    preds = predict_logits(net, images).argmax(dim=1)
+    return float((preds == labels.cpu()).float().mean())

@@ -22,15 +22,43 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
+# The descriptions below are the only ones: `python -m mnist_pipeline.params_docs --write`
+# turns them, with the allowed values the types give, into params.yaml's comments and the
+# README's params table, and a test fails when those drift.
+
+
 class PrepareParams(_Section):
-    # Where to fetch the four MNIST .gz files from: an http(s):// or file:// URL or a local
-    # folder. null means the official mirrors. The MNIST_MIRROR environment variable wins.
-    # Not a result-changing value (files are checksum-verified), so dvc.yaml does not track it.
-    mirror: str | None = None
-    val_size: int = Field(ge=1, le=30_000)
-    split_seed: int = Field(ge=0)
-    retries: int = Field(default=3, ge=1, le=10)
-    timeout_s: float = Field(default=60.0, gt=0)
+    """The `prepare` section: where the MNIST files come from, and the validation split."""
+
+    mirror: str | None = Field(
+        default=None,
+        description=(
+            "Where to fetch the four MNIST .gz files from: an http(s):// or file:// URL or a "
+            "local folder; null means the official mirrors. The MNIST_MIRROR environment "
+            "variable wins over it. Not tracked by DVC: the files are checksum-verified, so "
+            "where they come from changes no result."
+        ),
+    )
+    val_size: int = Field(
+        ge=1,
+        le=30_000,
+        description="Images carved from the training set as the seeded validation split.",
+    )
+    split_seed: int = Field(ge=0, description="Seed of the validation split.")
+    retries: int = Field(
+        default=3,
+        ge=1,
+        le=10,
+        description=(
+            "Attempts per file at each network mirror, with exponential backoff and jitter "
+            "between them (a local folder is read once). Not tracked by DVC."
+        ),
+    )
+    timeout_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="Seconds a download may wait for the server. Not tracked by DVC.",
+    )
 
 
 OptimizerName = Literal["adam", "adamw", "sgd"]
@@ -40,47 +68,123 @@ Accelerator = Literal["auto", "cpu", "gpu", "cuda", "mps"]
 
 
 class OptimizerParams(_Section):
-    name: OptimizerName
-    lr: float = Field(gt=0, le=10)
-    weight_decay: float = Field(ge=0, le=1)
-    momentum: float = Field(ge=0, lt=1)  # SGD only
-    nesterov: bool  # SGD only
+    """An optimizer and its settings (training's, or fine-tuning's after pruning)."""
+
+    name: OptimizerName = Field(description="The torch.optim optimizer.")
+    lr: float = Field(
+        gt=0, le=10, description="Learning rate; with the onecycle schedule, its peak."
+    )
+    weight_decay: float = Field(
+        ge=0, le=1, description="Weight decay (decoupled from the gradient in adamw)."
+    )
+    momentum: float = Field(ge=0, lt=1, description="SGD only: momentum.")
+    nesterov: bool = Field(description="SGD only: Nesterov momentum (needs momentum > 0).")
 
 
 class SchedulerParams(_Section):
-    name: SchedulerName
-    # onecycle: fraction of the steps spent warming up to `optimizer.lr`.
-    pct_start: float = Field(gt=0, lt=1)
-    # step: multiply the learning rate by `gamma` every `step_size` epochs.
-    step_size: int = Field(ge=1)
-    gamma: float = Field(gt=0, le=1)
+    """A learning-rate schedule over the epochs of one fit."""
+
+    name: SchedulerName = Field(
+        description=(
+            "How the learning rate moves: none keeps `optimizer.lr`; step decays it every "
+            "`step_size` epochs; onecycle warms up to it and anneals, and cosine anneals it to "
+            "zero, both updated every batch."
+        )
+    )
+    pct_start: float = Field(
+        gt=0,
+        lt=1,
+        description="onecycle only: fraction of the steps spent warming up to `optimizer.lr`.",
+    )
+    step_size: int = Field(ge=1, description="step only: epochs between two decays.")
+    gamma: float = Field(
+        gt=0, le=1, description="step only: factor applied to the learning rate at each decay."
+    )
 
 
 class TrainParams(_Section):
-    seed: int = Field(ge=0)
-    max_epochs: int = Field(ge=1, le=1000)
-    batch_size: int = Field(ge=1, le=65_536)
-    eval_batch_size: int = Field(ge=1, le=65_536)
-    optimizer: OptimizerParams
-    scheduler: SchedulerParams
-    accelerator: Accelerator
-    devices: int | Literal["auto"]
-    strategy: Literal["auto", "ddp", "ddp_spawn", "ddp_find_unused_parameters_true"]
-    # auto: bf16-mixed on a GPU that supports it, 32-true elsewhere.
-    precision: Precision
-    channels_last: bool
-    # Validate every n epochs; the last epoch is always validated.
-    val_every_n_epochs: int = Field(ge=1)
-    # CPU threads for intra-op parallelism; 0 keeps torch's default (one per physical core).
-    num_threads: int = Field(default=0, ge=0, le=1024)
-    progress_bar: bool = True
-    # torch.compile the network: pays a compile (about 12 s on 2 CPU cores) before the first
-    # step, so it only pays off in long runs. Off by default (see README, Speed).
-    compile: bool = False
-    # Before training, grow the batch size (powers of 2 from `batch_size`, at most the training
-    # split) while it fits in memory, with Lightning's tuner. The lr is not rescaled. Not under
-    # DDP; a resumed run keeps the batch size its checkpoint was trained with.
-    tune_batch_size: bool = False
+    """The `train` section: how LeNet-5 is trained."""
+
+    seed: int = Field(
+        ge=0,
+        description=(
+            "Seed of the weight initialisation and of the shuffling, which is seeded per epoch "
+            "so that a resumed run ends with the same weights."
+        ),
+    )
+    max_epochs: int = Field(ge=1, le=1000, description="Epochs to train.")
+    batch_size: int = Field(
+        ge=1,
+        le=65_536,
+        description="Training batch size, per process under DDP.",
+    )
+    eval_batch_size: int = Field(
+        ge=1, le=65_536, description="Batch size of the validation passes, per process."
+    )
+    optimizer: OptimizerParams = Field(description="The optimizer of the training run.")
+    scheduler: SchedulerParams = Field(
+        description="The learning-rate schedule of the training run."
+    )
+    accelerator: Accelerator = Field(
+        description="Lightning's accelerator; auto trains on a GPU when there is one."
+    )
+    devices: int | Literal["auto"] = Field(
+        description="Devices to train on (processes under DDP); auto lets Lightning choose."
+    )
+    strategy: Literal["auto", "ddp", "ddp_spawn", "ddp_find_unused_parameters_true"] = Field(
+        description=(
+            "Lightning's strategy; ddp with `devices: N` trains on N processes (gloo on CPU, "
+            "NCCL on GPUs)."
+        )
+    )
+    precision: Precision = Field(
+        description=(
+            "Lightning's precision. auto: bf16-mixed where the hardware computes bf16 "
+            "natively (a GPU that supports it, or a CPU with AVX512-BF16 or AMX), 32-true "
+            "elsewhere; the resolved precision is recorded with the model."
+        )
+    )
+    channels_last: bool = Field(
+        description=(
+            "Channels-last memory format for the network and the images: faster convolutions "
+            "and pooling on CPU (see README, Speed)."
+        )
+    )
+    val_every_n_epochs: int = Field(
+        ge=1, description="Validate every n epochs; the last epoch is always validated."
+    )
+    num_threads: int = Field(
+        default=0,
+        ge=0,
+        le=1024,
+        description=(
+            "CPU threads; 0 keeps torch's default (one per core). It changes the last bits of "
+            "every step, and so the trained weights; a checkpoint resumes only under the "
+            "thread count it was made with."
+        ),
+    )
+    progress_bar: bool = Field(
+        default=True,
+        description=(
+            "Show Lightning's progress bar (on a terminal only); changes nothing in the results."
+        ),
+    )
+    compile: bool = Field(
+        default=False,
+        description=(
+            "torch.compile the network: a one-time compile cost before the first step, so it "
+            "pays off only in long runs (see README, Speed)."
+        ),
+    )
+    tune_batch_size: bool = Field(
+        default=False,
+        description=(
+            "Before training, grow the batch size (powers of 2 from `batch_size`, at most the "
+            "training split) while it fits in memory, with Lightning's tuner. The lr is not "
+            "rescaled. Needs `strategy: auto`; a resumed run keeps the batch size its "
+            "checkpoint was trained with."
+        ),
+    )
 
     @model_validator(mode="after")
     def _tuning_is_single_process(self) -> TrainParams:
@@ -93,85 +197,190 @@ class TrainParams(_Section):
 
 
 class EvaluateParams(_Section):
-    batch_size: int = Field(ge=1, le=65_536)
-    # How many misclassified test digits the gallery image shows.
-    n_misclassified: int = Field(ge=0, le=400)
+    """The `evaluate` section: test-set inference."""
+
+    batch_size: int = Field(ge=1, le=65_536, description="Inference batch size.")
+    n_misclassified: int = Field(
+        ge=0, le=400, description="Misclassified test digits shown in `misclassified.png`."
+    )
 
 
 PruneMethod = Literal["structured", "unstructured"]
-# l1 / l2: norm of each channel's weights across its dependency group; lamp: layer-adaptive
-# magnitude; taylor: |weight * gradient| of the loss on training batches.
 ImportanceName = Literal["l1", "l2", "lamp", "taylor"]
 
 
 class StructuredPruneParams(_Section):
-    # Fraction of each prunable layer's channels (conv) or neurons (fc) removed, reached over
-    # `prune.rounds`; the 10 outputs are never pruned.
-    ratio: float = Field(gt=0, lt=1)
-    importance: ImportanceName
-    # true: rank channels of all layers together, so layers lose different fractions.
-    global_pruning: bool
-    # taylor only: training batches whose gradients score the channels.
-    taylor_batches: int = Field(ge=1, le=10_000)
+    """Settings of `method: structured` (torch-pruning)."""
+
+    ratio: float = Field(
+        gt=0,
+        lt=1,
+        description=(
+            "Fraction of each prunable layer's channels (conv) or neurons (fc) removed, "
+            "reached over `prune.rounds`; the 10 outputs are never pruned."
+        ),
+    )
+    importance: ImportanceName = Field(
+        description=(
+            "How channels are ranked. l1 / l2: norm of each channel's weights across its "
+            "dependency group; lamp: layer-adaptive magnitude; taylor: |weight * gradient| of "
+            "the loss on training batches."
+        )
+    )
+    global_pruning: bool = Field(
+        description=(
+            "true: rank the channels of all layers together, so layers lose different "
+            "fractions; false: every layer loses `ratio`."
+        )
+    )
+    taylor_batches: int = Field(
+        ge=1,
+        le=10_000,
+        description="taylor only: training batches whose gradients score the channels.",
+    )
 
 
 class UnstructuredPruneParams(_Section):
-    # Fraction of all conv and linear weights set to zero, ranked globally by magnitude.
-    sparsity: float = Field(gt=0, lt=1)
+    """Settings of `method: unstructured` (torch.nn.utils.prune)."""
+
+    sparsity: float = Field(
+        gt=0,
+        lt=1,
+        description=(
+            "Fraction of all conv and linear weights set to zero, ranked globally by magnitude."
+        ),
+    )
 
 
 class FinetuneParams(_Section):
-    # Epochs after each pruning round; the rest of the Trainer set-up comes from `train`.
-    epochs: int = Field(ge=0, le=1000)
-    optimizer: OptimizerParams
-    scheduler: SchedulerParams
+    """Fine-tuning after each pruning round; the rest of the Trainer set-up is `train`'s."""
+
+    epochs: int = Field(
+        ge=0,
+        le=1000,
+        description=(
+            "Epochs of fine-tuning after each round (0: none); batch size, accelerator and "
+            "precision come from `train`."
+        ),
+    )
+    optimizer: OptimizerParams = Field(description="The optimizer of each fine-tuning.")
+    scheduler: SchedulerParams = Field(
+        description="The learning-rate schedule of each fine-tuning."
+    )
 
 
 class DistillParams(_Section):
-    # Weight of the dense teacher's softened outputs in the fine-tuning loss; 0 turns it off.
-    alpha: float = Field(ge=0, le=1)
-    temperature: float = Field(gt=0, le=100)
+    """Distillation from the dense model while fine-tuning the pruned one."""
+
+    alpha: float = Field(
+        ge=0,
+        le=1,
+        description=(
+            "Weight of the dense teacher's softened outputs in the fine-tuning loss; 0 turns "
+            "distillation off."
+        ),
+    )
+    temperature: float = Field(
+        gt=0,
+        le=100,
+        description="Softmax temperature of the teacher's and the student's outputs.",
+    )
 
 
 class PruneParams(_Section):
-    method: PruneMethod
-    seed: int = Field(ge=0)
-    # Prune and fine-tune in this many steps, each removing an equal share of the target.
-    rounds: int = Field(ge=1, le=100)
-    structured: StructuredPruneParams
-    unstructured: UnstructuredPruneParams
-    finetune: FinetuneParams
-    distill: DistillParams
+    """The `prune` section: how the trained model is made smaller."""
+
+    method: PruneMethod = Field(
+        description=(
+            "structured removes whole conv channels and fc neurons (a smaller, faster model); "
+            "unstructured zeroes single weights (the same shapes, smaller only once compressed)."
+        )
+    )
+    seed: int = Field(ge=0, description="Seed of the fine-tuning (round r uses seed + r).")
+    rounds: int = Field(
+        ge=1,
+        le=100,
+        description=(
+            "Prune and fine-tune in this many steps, each removing an equal share of the target."
+        ),
+    )
+    structured: StructuredPruneParams = Field(description="Settings of `method: structured`.")
+    unstructured: UnstructuredPruneParams = Field(
+        description="Settings of `method: unstructured`."
+    )
+    finetune: FinetuneParams = Field(description="Fine-tuning after each pruning round.")
+    distill: DistillParams = Field(
+        description="Distillation from the dense model while fine-tuning."
+    )
 
 
 class ExportParams(_Section):
-    # ONNX opset the files are written at: the oldest runtime that can load them.
-    opset: int = Field(ge=18, le=23)
-    # true: torch.export-based exporter; false: the legacy TorchScript one.
-    dynamo: bool
-    # The graph's input type; either way it takes raw 0-255 pixels.
-    input_dtype: Literal["float32", "uint8"]
-    # Largest allowed |ONNX Runtime logit - PyTorch logit| on the test set.
-    atol: float = Field(gt=0, le=1.0)
-    batch_size: int = Field(ge=1, le=65_536)
-    # Timing: batch-1 latency is the median of `latency_runs`; throughput at `throughput_batch`.
-    warmup_runs: int = Field(ge=0, le=100_000)
-    latency_runs: int = Field(ge=1, le=1_000_000)
-    throughput_batch: int = Field(ge=1, le=65_536)
-    throughput_runs: int = Field(ge=1, le=100_000)
-    # Threads for both runtimes while timing; 0 keeps each runtime's default.
-    num_threads: int = Field(ge=0, le=1024)
-    # The stage fails if the pruned model's ONNX Runtime latency exceeds the dense one's by
-    # more than this fraction (timing noise on a shared machine).
-    max_slowdown: float = Field(ge=0, le=10)
+    """The `export` section: the ONNX files, their parity check and their timing."""
+
+    opset: int = Field(
+        ge=18,
+        le=23,
+        description=(
+            "ONNX opset the files are written at; it sets the oldest ONNX Runtime that loads them."
+        ),
+    )
+    dynamo: bool = Field(
+        description="true: the torch.export-based exporter; false: the legacy TorchScript one."
+    )
+    input_dtype: Literal["float32", "uint8"] = Field(
+        description="The graph's input type; either way it takes raw 0-255 pixels."
+    )
+    atol: float = Field(
+        gt=0,
+        le=1.0,
+        description=(
+            "Largest allowed |ONNX Runtime logit - PyTorch logit| on the test set; beyond it, "
+            "or on any other prediction, the stage fails."
+        ),
+    )
+    batch_size: int = Field(ge=1, le=65_536, description="Batch size of the parity check.")
+    warmup_runs: int = Field(ge=0, le=100_000, description="Untimed runs before each timing.")
+    latency_runs: int = Field(
+        ge=1, le=1_000_000, description="Batch-1 runs; their median is the latency."
+    )
+    throughput_batch: int = Field(
+        ge=1, le=65_536, description="Batch size of the throughput timing."
+    )
+    throughput_runs: int = Field(ge=1, le=100_000, description="Runs of the throughput timing.")
+    num_threads: int = Field(
+        ge=0,
+        le=1024,
+        description=(
+            "Threads for both runtimes while timing; 0 keeps each runtime's default. One "
+            "thread keeps timings stable on a shared machine and comparable across runtimes."
+        ),
+    )
+    max_slowdown: float = Field(
+        ge=0,
+        le=10,
+        description=(
+            "The stage fails if the pruned model's ONNX Runtime latency exceeds the dense "
+            "one's by more than this fraction (timing noise on a shared machine)."
+        ),
+    )
 
 
 class Params(_Section):
-    prepare: PrepareParams
-    train: TrainParams
-    evaluate: EvaluateParams
-    prune: PruneParams
-    export: ExportParams
+    """The whole `params.yaml`: one section per stage."""
+
+    prepare: PrepareParams = Field(
+        description="Stage `prepare`: fetch and verify MNIST, split and normalize it."
+    )
+    train: TrainParams = Field(description="Stage `train`: fit LeNet-5 with Lightning.")
+    evaluate: EvaluateParams = Field(
+        description="Stage `evaluate`: metrics, plots and images on the test set."
+    )
+    prune: PruneParams = Field(
+        description="Stage `prune`: remove channels (or zero weights), then fine-tune."
+    )
+    export: ExportParams = Field(
+        description="Stage `export`: ONNX files, checked against PyTorch, and timed."
+    )
 
 
 def _allowed(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str] | None:

@@ -1,6 +1,7 @@
 """Classify images of handwritten digits with an exported ONNX model.
 
     mnist-predict --model models/lenet5_pruned.onnx digit.png other.jpg [--json]
+    python -m mnist_pipeline.predict ...
 
 Each image (PNG, JPEG, ... of any size and colour mode) is turned into what the model was
 trained on, the way MNIST was made: grayscale, a light digit on a dark background (the
@@ -27,11 +28,12 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from mnist_pipeline import onnx_runtime
+
 Polarity = Literal["auto", "light-on-dark", "dark-on-light"]
 FIELD, BOX = 28, 20  # MNIST: digits fitted into 20x20, centred in a 28x28 field
 # Pixels at or below this (out of 255, after the background is removed) are not ink.
 INK_THRESHOLD = 32
-ONNX_DTYPES = {"tensor(float)": np.float32, "tensor(uint8)": np.uint8}
 
 
 class ImageError(ValueError):
@@ -98,8 +100,8 @@ def center_mnist(x: np.ndarray) -> np.ndarray:
         raise ImageError("no digit found: the image is blank")
     ys, xs = np.indices(digit.shape)
     cy, cx = (ys * digit).sum() / total, (xs * digit).sum() / total
-    # MNIST's digits have their centre of mass at pixel (14, 14) (measured over the test set:
-    # 13.99 and 14.00 on average), half a pixel past the middle of the grid.
+    # MNIST's digits have their centre of mass at pixel (14, 14), half a pixel past the
+    # middle of the grid (the test set's mean is there).
     centre = FIELD / 2
     top = int(np.clip(round(centre - cy), 0, FIELD - digit.shape[0]))
     left = int(np.clip(round(centre - cx), 0, FIELD - digit.shape[1]))
@@ -131,20 +133,13 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def load_session(path: Path) -> ort.InferenceSession:
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-
-
 def classify(
     sess: ort.InferenceSession, digits: list[np.ndarray], files: list[str]
 ) -> list[Prediction]:
     """Run the model once on all digits (each uint8 (28, 28))."""
-    inp = sess.get_inputs()[0]
-    dtype = ONNX_DTYPES.get(inp.type)
-    if dtype is None:
-        raise ValueError(f"the model's input has type {inp.type}; expected float or uint8")
-    batch = np.stack(digits)[:, None].astype(dtype)  # (N, 1, 28, 28), raw 0-255
-    probs = softmax(sess.run(None, {inp.name: batch})[0].astype(np.float64))  # (N, 10)
+    batch = np.stack(digits)[:, None].astype(onnx_runtime.input_dtype(sess))  # (N, 1, 28, 28)
+    logits = onnx_runtime.logits(sess, batch, batch_size=len(batch))  # (N, 10), raw 0-255 in
+    probs = softmax(logits.astype(np.float64))
     return [
         Prediction(f, int(p.argmax()), float(p.max()), [round(float(v), 6) for v in p])
         for f, p in zip(files, probs, strict=True)
@@ -175,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: model {args.model} not found", file=sys.stderr)
         return 2
     try:
-        sess = load_session(args.model)
+        sess = onnx_runtime.session(args.model)
     except Exception as err:  # onnxruntime raises its own exception types
         print(f"error: cannot load model {args.model}: {err}", file=sys.stderr)
         return 2

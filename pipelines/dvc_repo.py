@@ -103,7 +103,7 @@ def metrics(root: Path) -> dict[str, dict[str, Any]]:
     with open_repo(root) as repo:
         shown = repo.metrics.show()
     files = next(iter(shown.values()), {}).get("data", {})
-    return {path: _flatten(entry.get("data", {})) for path, entry in files.items()}
+    return {path: flatten(entry.get("data", {})) for path, entry in files.items()}
 
 
 def metrics_diff(root: Path, a_rev: str = "HEAD") -> dict[str, dict[str, dict[str, Any]]]:
@@ -149,12 +149,13 @@ def provenance_file(root: Path, stage: str) -> Path | None:
     return root / args[args.index("--provenance") + 1] if "--provenance" in args else None
 
 
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dicts as one level of dotted keys: {"test": {"acc": 1}} -> {"test.acc": 1}."""
     out: dict[str, Any] = {}
     for k, v in d.items():
         key = f"{prefix}{k}"
         if isinstance(v, dict):
-            out.update(_flatten(v, f"{key}."))
+            out.update(flatten(v, f"{key}."))
         else:
             out[key] = v
     return out

@@ -17,9 +17,10 @@ from typing import Any
 
 import yaml
 
-from mnist_pipeline.atomic import atomic_path
+from mnist_pipeline.atomic import write_bytes
 from mnist_pipeline.errors import ParamsError
 from mnist_pipeline.params import Params, load_params, parse_params
+from pipelines.dvc_repo import flatten
 
 PARAMS_FILE = "params.yaml"
 
@@ -35,13 +36,11 @@ def _strip_file(override: str) -> str:
     return rest
 
 
-def apply(params_path: Path, overrides: list[str]) -> tuple[Params, dict[str, Any]]:
-    """Validate `params_path` with `overrides` applied, then write it; return (params, changes).
-
-    `changes` maps each changed key to (old, new). With no overrides only validation happens.
-    """
+def overridden(params_path: Path, overrides: list[str]) -> tuple[Params, str]:
+    """`params_path` with `overrides` applied and validated, without touching the file:
+    (params, the new file's text). Raises `ParamsError` naming the bad override or key."""
     if not overrides:
-        return load_params(params_path), {}
+        return load_params(params_path), params_path.read_text()
     from dvc.exceptions import InvalidArgumentError
     from dvc.utils.hydra import apply_overrides
 
@@ -55,24 +54,23 @@ def apply(params_path: Path, overrides: list[str]) -> tuple[Params, dict[str, An
             cause = err.__cause__ or err
             raise ParamsError(f"invalid override in {overrides}: {cause}") from None
         text = candidate.read_text()
-    # Raises ParamsError naming the bad key.
     params = parse_params(yaml.safe_load(text), f"{params_path} with overrides {overrides}")
+    return params, text
+
+
+def apply(params_path: Path, overrides: list[str]) -> tuple[Params, dict[str, Any]]:
+    """Validate `params_path` with `overrides` applied, then write it; return (params, changes).
+
+    `changes` maps each changed key to (old, new). With no overrides only validation happens.
+    """
+    params, text = overridden(params_path, overrides)
+    if not overrides:
+        return params, {}
     changes = _changed(yaml.safe_load(params_path.read_text()) or {}, yaml.safe_load(text))
-    with atomic_path(params_path) as out:
-        out.write_text(text)
+    write_bytes(params_path, text.encode())
     return params, changes
 
 
 def _changed(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
-    a, b = _flat(old), _flat(new)
+    a, b = flatten(old), flatten(new)
     return {k: (a.get(k), b.get(k)) for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)}
-
-
-def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out

@@ -52,6 +52,18 @@ def worktree_tree(root: Path) -> str:
         return git(root, "write-tree", env=env)
 
 
+def latest_version(root: Path, name: str) -> str | None:
+    """The highest registered version of `name` (`v1.2.0`), by GTO; None when it has none."""
+    from gto import api
+    from gto.exceptions import ArtifactNotFound
+
+    try:
+        found = api.find_latest_version(str(root), name)
+    except ArtifactNotFound:
+        return None
+    return found.version if found is not None else None
+
+
 def register(root: Path, name: str, bump: Bump, message: str) -> Registration:
     """Tag the run's commit as the next version of `name`, computed by GTO from existing tags.
 
@@ -73,7 +85,7 @@ def register(root: Path, name: str, bump: Bump, message: str) -> Registration:
         if is_snapshot
         else head
     )
-    if git(root, "tag", "--list", f"{name}@v*"):
+    if latest_version(root, name) is not None:
         kwargs: dict[str, object] = {f"bump_{bump}": True}
     else:
         kwargs = {"version": FIRST_VERSION[bump]}

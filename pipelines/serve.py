@@ -24,23 +24,17 @@ HOW_TO_START = (
 )
 
 
-def api_problem(timeout_s: float = 5.0) -> str | None:
+def api_problem() -> str | None:
     """Why the configured Prefect API cannot hold a schedule, or None if it can."""
-    import httpx
-    from prefect.settings import PREFECT_API_KEY, PREFECT_API_URL
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL
 
     url = PREFECT_API_URL.value()
-    if not url:
+    if not url:  # the client would start a temporary server: no place for a schedule
         return "PREFECT_API_URL is not set: there is no Prefect server to keep the schedule."
-    key = PREFECT_API_KEY.value()
-    headers = {"Authorization": f"Bearer {key.get_secret_value()}"} if key else {}
-    try:
-        resp = httpx.get(f"{url.rstrip('/')}/health", headers=headers, timeout=timeout_s)
-    except httpx.HTTPError as err:
-        return f"cannot reach the Prefect API at {url}: {err!r}"
-    if resp.status_code != 200:
-        return f"the Prefect API at {url} answered {resp.status_code} to /health"
-    return None
+    with get_client(sync_client=True) as client:
+        err = client.api_healthcheck()
+    return None if err is None else f"cannot reach the Prefect API at {url}: {err!r}"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -21,11 +21,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import statistics
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -34,34 +31,25 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
-from torch import nn
 
-from mnist_pipeline import errors, logs, provenance
+from mnist_pipeline import errors, inference_speed, logs, onnx_runtime, provenance
 from mnist_pipeline.atomic import atomic_path, write_json
 from mnist_pipeline.dataset import Normalization, load_normalization, load_split
-from mnist_pipeline.model import LeNet5, load_model, widths_of
+from mnist_pipeline.model import (
+    RAW_PIXEL_DTYPES,
+    LeNet5,
+    RawPixelsLeNet5,
+    load_model,
+    predict_logits,
+    widths_of,
+)
+from mnist_pipeline.onnx_runtime import INPUT_NAME, OUTPUT_NAME
 from mnist_pipeline.params import ExportParams, load_params
 
 log = logging.getLogger(__name__)
 
-INPUT_NAME, OUTPUT_NAME = "pixels", "logits"
-TORCH_DTYPES = {"float32": torch.float32, "uint8": torch.uint8}
 # Batch of the example input: not 0 or 1, which torch.export would specialize.
 EXAMPLE_BATCH = 2
-
-
-class RawPixelsLeNet5(nn.Module):
-    """A `LeNet5` that takes raw 0-255 pixels of any dtype and normalizes them itself."""
-
-    def __init__(self, net: LeNet5, norm: Normalization) -> None:
-        super().__init__()
-        self.net = net
-        self.mean, self.std = norm.mean, norm.std
-
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        # The arithmetic of `Normalization.apply`, which made the training tensors.
-        x = (pixels.float() / 255.0 - self.mean) / self.std  # (N, 1, 28, 28)
-        return self.net(x)  # (N, 10)
 
 
 def input_contract(params: ExportParams, norm: Normalization) -> str:
@@ -96,7 +84,7 @@ def metadata(params: ExportParams, norm: Normalization, net: LeNet5) -> dict[str
 def export_onnx(model: RawPixelsLeNet5, path: Path, params: ExportParams, props: dict) -> None:
     """Write `model` to `path` as ONNX at the pinned opset, with a dynamic batch axis."""
     model = model.eval()
-    example = torch.zeros(EXAMPLE_BATCH, 1, 28, 28, dtype=TORCH_DTYPES[params.input_dtype])
+    example = torch.zeros(EXAMPLE_BATCH, 1, 28, 28, dtype=RAW_PIXEL_DTYPES[params.input_dtype])
     with tempfile.TemporaryDirectory(prefix="onnx-export-") as tmp:
         raw = Path(tmp) / "model.onnx"
         # The batch axis is dynamic either way; each exporter spells it its own way.
@@ -133,30 +121,6 @@ def export_onnx(model: RawPixelsLeNet5, path: Path, params: ExportParams, props:
     onnx.save(proto, path)
 
 
-def ort_session(path: Path, num_threads: int = 0) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = num_threads
-    opts.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-
-def ort_logits(sess: ort.InferenceSession, pixels: np.ndarray, batch_size: int) -> np.ndarray:
-    return np.concatenate(
-        [
-            sess.run([OUTPUT_NAME], {INPUT_NAME: pixels[i : i + batch_size]})[0]
-            for i in range(0, len(pixels), batch_size)
-        ]
-    )
-
-
-@torch.inference_mode()
-def torch_logits(model: nn.Module, pixels: torch.Tensor, batch_size: int) -> torch.Tensor:
-    model.eval()
-    return torch.cat(
-        [model(pixels[i : i + batch_size]) for i in range(0, len(pixels), batch_size)]
-    )
-
-
 def check_parity(
     model: RawPixelsLeNet5,
     sess: ort.InferenceSession,
@@ -167,9 +131,9 @@ def check_parity(
 ) -> dict[str, float]:
     """Compare ONNX Runtime with PyTorch on the same raw pixels; raise `StageError` if they
     differ by more than `params.atol` or disagree on any prediction."""
-    x = pixels.to(TORCH_DTYPES[params.input_dtype])
-    ref = torch_logits(model, x, params.batch_size).numpy()
-    got = ort_logits(sess, x.numpy(), params.batch_size)
+    x = pixels.to(RAW_PIXEL_DTYPES[params.input_dtype])
+    ref = predict_logits(model, x, params.batch_size).numpy()
+    got = onnx_runtime.logits(sess, x.numpy(), params.batch_size)
     diff = float(np.abs(got - ref).max())
     ref_pred, got_pred = ref.argmax(axis=1), got.argmax(axis=1)
     mismatches = int((ref_pred != got_pred).sum())
@@ -195,95 +159,6 @@ def check_parity(
             f"{diff:.3g} (allowed {params.atol:g}), {mismatches} predictions differ"
         )
     return result
-
-
-def median_times(fns: dict[str, Callable[[], Any]], warmup: int, runs: int) -> dict[str, float]:
-    """Median seconds per call of each function, interleaved run by run so that the load of
-    a shared machine weighs on all of them alike."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(runs):
-        for k, fn in fns.items():
-            t = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t)
-    return {k: statistics.median(v) for k, v in times.items()}
-
-
-def benchmark(
-    models: dict[str, tuple[RawPixelsLeNet5, ort.InferenceSession]],
-    pixels: torch.Tensor,
-    params: ExportParams,
-) -> dict[str, dict[str, float]]:
-    """Batch-1 latency (ms, median) and batch-`throughput_batch` throughput (images/s) of
-    each model in ONNX Runtime and in PyTorch eager."""
-    x = pixels.to(TORCH_DTYPES[params.input_dtype])
-    one, many = x[:1], x[: params.throughput_batch]
-    if len(many) < params.throughput_batch:
-        many = many.repeat(-(-params.throughput_batch // len(many)), 1, 1, 1)
-        many = many[: params.throughput_batch]
-    one_np, many_np = one.numpy(), many.numpy()
-
-    def ort_fn(sess: ort.InferenceSession, a: np.ndarray) -> Callable[[], Any]:
-        return lambda: sess.run([OUTPUT_NAME], {INPUT_NAME: a})
-
-    def torch_fn(model: nn.Module, t: torch.Tensor) -> Callable[[], Any]:
-        def run() -> Any:
-            with torch.inference_mode():
-                return model(t)
-
-        return run
-
-    threads = torch.get_num_threads()
-    if params.num_threads:
-        torch.set_num_threads(params.num_threads)
-    try:
-        lat = median_times(
-            {
-                f"{name}/{rt}": ort_fn(s, one_np) if rt == "ort" else torch_fn(m.eval(), one)
-                for name, (m, s) in models.items()
-                for rt in ("ort", "torch")
-            },
-            params.warmup_runs,
-            params.latency_runs,
-        )
-        thr = median_times(
-            {
-                f"{name}/{rt}": ort_fn(s, many_np) if rt == "ort" else torch_fn(m.eval(), many)
-                for name, (m, s) in models.items()
-                for rt in ("ort", "torch")
-            },
-            max(1, params.warmup_runs // 10),
-            params.throughput_runs,
-        )
-    finally:
-        torch.set_num_threads(threads)
-    out: dict[str, dict[str, float]] = {}
-    for name in models:
-        out[name] = {}
-        for rt in ("ort", "torch"):
-            out[name][f"{rt}_latency_ms"] = round(lat[f"{name}/{rt}"] * 1e3, 4)
-            out[name][f"{rt}_throughput_ips"] = round(
-                params.throughput_batch / thr[f"{name}/{rt}"], 1
-            )
-    return out
-
-
-def speedups(timings: dict[str, dict[str, float]]) -> dict[str, float]:
-    """How much faster the pruned model runs than the dense one (above 1: faster)."""
-    d, p = timings["dense"], timings["pruned"]
-    return {
-        f"{rt}_{what}_speedup": round(
-            d[f"{rt}_latency_ms"] / p[f"{rt}_latency_ms"]
-            if what == "latency"
-            else p[f"{rt}_throughput_ips"] / d[f"{rt}_throughput_ips"],
-            3,
-        )
-        for rt in ("ort", "torch")
-        for what in ("latency", "throughput")
-    }
 
 
 def check_not_slower(speedup: dict[str, float], max_slowdown: float) -> None:
@@ -357,20 +232,22 @@ def run(params: ExportParams, args: argparse.Namespace) -> None:
         # Checked before it replaces `dst`, so a failed check leaves no file behind.
         with atomic_path(dst) as tmp:
             export_onnx(model, tmp, params, metadata(params, norm, net))
-            parity = check_parity(model, ort_session(tmp), pixels, test.labels, params, name)
+            parity = check_parity(
+                model, onnx_runtime.session(tmp), pixels, test.labels, params, name
+            )
         # The raw-pixel path against the tensors the model was trained and evaluated on.
-        prepared = torch_logits(net, test.images, params.batch_size)
-        raw = torch_logits(model, pixels, params.batch_size)
+        prepared = predict_logits(net, test.images, params.batch_size)
+        raw = predict_logits(model, pixels, params.batch_size)
         parity["raw_vs_prepared_max_abs_diff"] = float((raw - prepared).abs().max())
         metrics[name] = {"onnx_bytes": dst.stat().st_size, **parity}
-        models[name] = (model, ort_session(dst, params.num_threads))
+        models[name] = (model, onnx_runtime.session(dst, params.num_threads))
     metrics["opset"] = params.opset
     write_json(args.metrics, metrics)
 
-    timings: dict[str, Any] = benchmark(models, pixels, params)
+    timings: dict[str, Any] = inference_speed.benchmark(models, pixels, params)
     for name, t in timings.items():
         log.info("%s: %s", name, t)
-    timings["pruned_vs_dense"] = speedups(timings)
+    timings["pruned_vs_dense"] = inference_speed.speedups(timings)
     if args.timings is not None:
         write_json(args.timings, timings)
     log.info("pruned vs dense: %s", timings["pruned_vs_dense"])

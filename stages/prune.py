@@ -41,9 +41,9 @@ from mnist_pipeline.dataset import Split, load_split
 from mnist_pipeline.lightning_module import LitLeNet5
 from mnist_pipeline.model import (
     LeNet5,
+    accuracy,
     count_params,
     load_model,
-    predict_logits,
     save_model,
     widths_of,
 )
@@ -89,11 +89,6 @@ def file_sizes(path: Path) -> dict[str, int]:
     """Bytes on disk, and gzip-compressed: zeros only pay off once compressed."""
     data = path.read_bytes()
     return {"file_bytes": len(data), "gzip_bytes": len(gzip.compress(data, 9, mtime=0))}
-
-
-def test_accuracy(net: nn.Module, test: Split) -> float:
-    preds = predict_logits(net, test.images).argmax(dim=1)
-    return float((preds == test.labels).float().mean())
 
 
 def model_stats(net: nn.Module) -> dict[str, Any]:
@@ -308,11 +303,11 @@ def prune_and_finetune(
             structured_step(pruner, net, params.structured, train)
         else:
             unstructured_step(net, params.unstructured.sparsity * r / params.rounds)
-        acc_pruned = test_accuracy(net, test)
+        acc_pruned = accuracy(net, test.images, test.labels)
         fit = {}
         if params.finetune.epochs > 0:
             fit = finetune(net, teacher, params, train_params, data, params.seed + r)
-        acc_tuned = test_accuracy(net, test)
+        acc_tuned = accuracy(net, test.images, test.labels)
         report[f"round{r}"] = {
             **model_stats(net),
             "test_acc_pruned": round(acc_pruned, 5),
@@ -394,7 +389,7 @@ def run(
     dense_stats = {
         **model_stats(dense),
         **file_sizes(model_path),
-        "test_acc": round(test_accuracy(dense, test), 5),
+        "test_acc": round(accuracy(dense, test.images, test.labels), 5),
     }
     pruned, report = prune_and_finetune(dense, params, train_params, data, test)
     timings = {"finetune_time_s": report.pop("finetune_time_s")}
@@ -403,7 +398,7 @@ def run(
     pruned_stats = {
         **model_stats(pruned),
         **file_sizes(out),
-        "test_acc": round(test_accuracy(pruned, test), 5),
+        "test_acc": round(accuracy(pruned, test.images, test.labels), 5),
     }
     metrics = summarize(dense_stats, pruned_stats, report)
     write_json(metrics_path, metrics)

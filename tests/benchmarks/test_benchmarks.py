@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from benchmarks import __main__ as bench
-from benchmarks import orchestration, training
+from benchmarks import orchestration
 from benchmarks.clocks import EpochLog
+from mnist_pipeline.errors import ParamsError
 
 VARIANTS = ("seed recipe", "plain loop", "project")
 
@@ -28,11 +29,18 @@ def test_epoch_log_times_epochs_and_finds_the_target() -> None:
     assert log.time_to(0.999) is None
 
 
-def test_overrides_reach_nested_train_params() -> None:
-    train = {"batch_size": 128, "optimizer": {"lr": 4.0e-3, "name": "adamw"}}
-    out = training.apply_overrides(train, ["batch_size=512", "train.optimizer.lr=8.0e-3"])
-    assert out == {"batch_size": 512, "optimizer": {"lr": 8.0e-3, "name": "adamw"}}
-    assert train["batch_size"] == 128  # the input is left alone
+def test_variants_use_the_override_syntax_of_dvc_exp_run(tmp_path: Path) -> None:
+    make_variants, parse_args = bench.make_variants, bench.parse_args
+
+    args = parse_args(["--variant", "big:batch_size=512,optimizer.lr=8.0e-3", "--skip", "seed"])
+    plain, project, big = make_variants(args, quick=["train.max_epochs=1"])
+    assert [v.name for v in (plain, project, big)] == ["plain loop", "project", "big"]
+    assert project.train["max_epochs"] == 1 and big.train["max_epochs"] == 1
+    assert big.train["batch_size"] == 512 and big.train["optimizer"]["lr"] == 8.0e-3
+    assert project.train["optimizer"]["lr"] != 8.0e-3  # the defaults are left alone
+    bad = parse_args(["--variant", "typo:optimizer.lrr=1.0"])
+    with pytest.raises(ParamsError, match=r"optimizer\.lrr"):
+        make_variants(bad, quick=[])
 
 
 def test_orchestration_skips_what_is_no_dvc_pipeline(tmp_path: Path) -> None:

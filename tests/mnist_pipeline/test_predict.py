@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mnist_pipeline import predict
+from mnist_pipeline import onnx_runtime, predict
 from mnist_pipeline.dataset import load_normalization, load_split
-from mnist_pipeline.model import load_model
+from mnist_pipeline.model import RawPixelsLeNet5, load_model
 from mnist_pipeline.params import parse_params
 from stages import export
 from tests.conftest import ROOT, tiny_params_dict
@@ -27,7 +27,7 @@ def onnx_model(tmp_path_factory: pytest.TempPathFactory, trained_model: Path) ->
     norm = export.Normalization(mean=meta["mean"], std=meta["std"])
     path = tmp_path_factory.mktemp("onnx") / "lenet5.onnx"
     export.export_onnx(
-        export.RawPixelsLeNet5(net, norm), path, params, export.metadata(params, norm, net)
+        RawPixelsLeNet5(net, norm), path, params, export.metadata(params, norm, net)
     )
     return path
 
@@ -111,7 +111,7 @@ def test_cli_classifies_good_files_and_reports_bad_ones(
     digits: list[np.ndarray],
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    sess = predict.load_session(onnx_model)
+    sess = onnx_runtime.session(onnx_model)
     files: list[Path] = []
     expected: dict[str, int] = {}
     for i, d in enumerate(digits):

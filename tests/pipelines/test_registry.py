@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from mnist_pipeline.scratch_repo import GIT_IDENTITY
-from pipelines.registry import register
+from pipelines.registry import latest_version, register
 from tests.pipelines.conftest import run
 
 
@@ -23,7 +23,9 @@ def repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def test_versions_follow_existing_tags(repo: Path) -> None:
+    assert latest_version(repo, "lenet5") is None
     first = register(repo, "lenet5", "minor", "first model")
+    assert latest_version(repo, "lenet5") == "v0.1.0"
     assert (first.tag, first.snapshot, first.created) == ("lenet5@v0.1.0", False, True)
     assert run(["git", "cat-file", "-t", first.tag], repo).stdout.strip() == "tag"  # annotated
     assert first.commit == run(["git", "rev-parse", "HEAD"], repo).stdout.strip()
@@ -31,6 +33,7 @@ def test_versions_follow_existing_tags(repo: Path) -> None:
     (repo / "dvc.lock").write_text("model: b\n")  # a new run, not committed
     second = register(repo, "lenet5", "minor", "second model")
     assert (second.tag, second.snapshot) == ("lenet5@v0.2.0", True)
+    assert latest_version(repo, "lenet5") == "v0.2.0"
     # The snapshot holds the run's dvc.lock; the branch and the files were not touched.
     assert run(["git", "show", f"{second.tag}:dvc.lock"], repo).stdout == "model: b\n"
     assert run(["git", "rev-parse", "HEAD"], repo).stdout.strip() == first.commit

@@ -12,9 +12,9 @@ import pytest
 import torch
 import yaml
 
-from mnist_pipeline import errors
+from mnist_pipeline import errors, inference_speed, onnx_runtime
 from mnist_pipeline.dataset import load_normalization, load_split
-from mnist_pipeline.model import load_model, predict_logits, save_model
+from mnist_pipeline.model import RawPixelsLeNet5, load_model, predict_logits, save_model
 from mnist_pipeline.params import ExportParams, parse_params
 from stages import export, prune
 from tests.conftest import tiny_params_dict
@@ -111,9 +111,11 @@ def test_ort_equals_pytorch_at_other_batch_sizes(
 ) -> None:
     # The export example had batch 2: the batch axis must really be dynamic.
     net, _ = load_model(pruned_model)
-    model = export.RawPixelsLeNet5(net, load_normalization(prepared))
+    model = RawPixelsLeNet5(net, load_normalization(prepared))
     pixels = torch.randint(0, 256, (batch, 1, 28, 28)).float()
-    got = export.ort_session(exported / "lenet5_pruned.onnx").run(None, {"pixels": pixels.numpy()})
+    got = onnx_runtime.session(exported / "lenet5_pruned.onnx").run(
+        None, {"pixels": pixels.numpy()}
+    )
     with torch.inference_mode():
         ref = model(pixels).numpy()
     assert got[0].shape == (batch, 10)
@@ -131,14 +133,14 @@ def test_uint8_and_float32_raw_pixels_match_pytorch_on_normalized_input(
     test = load_split(prepared, "test")
     pixels = norm.invert(test.images)  # (N, 1, 28, 28) uint8, the original digits
     expected = predict_logits(net, test.images)  # the model as trained, normalized input
-    model = export.RawPixelsLeNet5(net, norm)
+    model = RawPixelsLeNet5(net, norm)
     for dtype, np_dtype in (("uint8", np.uint8), ("float32", np.float32)):
         params = _params(input_dtype=dtype, dynamo=dynamo)
         path = tmp_path / f"{dtype}.onnx"
         export.export_onnx(model, path, params, export.metadata(params, norm, net))
-        sess = export.ort_session(path)
+        sess = onnx_runtime.session(path)
         assert sess.get_inputs()[0].type == f"tensor({'float' if dtype == 'float32' else dtype})"
-        got = export.ort_logits(sess, pixels.numpy().astype(np_dtype), 64)
+        got = onnx_runtime.logits(sess, pixels.numpy().astype(np_dtype), 64)
         assert np.array_equal(got.argmax(1), expected.argmax(1).numpy())
         assert np.abs(got - expected.numpy()).max() <= 1e-4
 
@@ -152,12 +154,12 @@ def test_stage_fails_and_writes_nothing_when_parity_breaks(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    real = export.ort_logits
+    real = onnx_runtime.logits
 
     def off_by_a_bit(*args: object) -> np.ndarray:
         return real(*args) + 1e-3  # as a wrong exporter or runtime would
 
-    monkeypatch.setattr(export, "ort_logits", off_by_a_bit)
+    monkeypatch.setattr(onnx_runtime, "logits", off_by_a_bit)
     argv = _argv(tmp_path, params_file, trained_model, pruned_model, prepared)
     assert errors.run(export.main, argv) == 1
     err = capsys.readouterr().err
@@ -169,10 +171,10 @@ def test_stage_fails_and_writes_nothing_when_parity_breaks(
 def test_slower_pruned_model_fails_the_check() -> None:
     t = {"ort_latency_ms": 1.0, "ort_throughput_ips": 1000.0}
     t |= {"torch_latency_ms": 1.0, "torch_throughput_ips": 1000.0}
-    faster = export.speedups({"dense": t, "pruned": {**t, "ort_throughput_ips": 1500.0}})
+    faster = inference_speed.speedups({"dense": t, "pruned": {**t, "ort_throughput_ips": 1500.0}})
     assert faster["ort_throughput_speedup"] == 1.5
     export.check_not_slower(faster, max_slowdown=0.0)
-    slower = export.speedups({"dense": t, "pruned": {**t, "ort_latency_ms": 1.3}})
+    slower = inference_speed.speedups({"dense": t, "pruned": {**t, "ort_latency_ms": 1.3}})
     export.check_not_slower(slower, max_slowdown=0.5)  # within the tolerance
     with pytest.raises(errors.StageError, match="slower than the dense one"):
         export.check_not_slower(slower, max_slowdown=0.1)

@@ -1,0 +1,338 @@
+"""params.yaml's comments and the README's params table, generated from the params schema.
+
+Each param is described once, in `mnist_pipeline.params` (`Field(description=...)`); its
+allowed values come from its type (Literal choices, bounds, bool). This module writes both
+from there: params.yaml keeps every value's text as written, only its comments are
+regenerated; the README table is the block between the params-table markers.
+
+    python -m mnist_pipeline.params_docs --write   # rewrite both files
+    python -m mnist_pipeline.params_docs --check   # exit 1 naming the file and keys that drifted
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import sys
+import textwrap
+import types
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin
+
+import annotated_types as at
+import yaml
+from pydantic import BaseModel
+from pydantic.fields import FieldInfo
+
+from mnist_pipeline.atomic import write_bytes
+from mnist_pipeline.params import Params
+
+log = logging.getLogger(__name__)
+
+COMMAND = "uv run python -m mnist_pipeline.params_docs --write"
+WIDTH = 99
+TABLE_START = "<!-- params-table:start -->"
+TABLE_END = "<!-- params-table:end -->"
+_ROW = re.compile(r"\| `([^`]+)` \|")
+HEADER = f"""\
+# Params of every stage, validated as a whole by mnist_pipeline/params.py before any work.
+# Write floats with a dot and a digit (1.0e-3): YAML reads 1e-3 as a string.
+# The comments are generated from the schema in mnist_pipeline/params.py: change a value
+# here, a description there, then run `{COMMAND}`.
+"""
+HEADER_KEY = "<header>"
+END_KEY = "<end of file>"
+
+
+def _number(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+# (constraint, its attribute, how it reads after the type, how it reads before it)
+_BOUNDS = (
+    (at.Ge, "ge", ">=", "<="),
+    (at.Gt, "gt", ">", "<"),
+    (at.Le, "le", "<=", None),
+    (at.Lt, "lt", "<", None),
+)
+
+
+def _number_text(name: str, metadata: list[Any]) -> str:
+    """`int`, `int >= 1`, `float > 0` or `0 < float <= 1`, from pydantic's bound constraints."""
+    low = high = None
+    for m in metadata:
+        for cls, attr, after, before in _BOUNDS:
+            if isinstance(m, cls):
+                bound = (after, before, _number(getattr(m, attr)))
+                low, high = (bound, high) if before else (low, bound)
+    if low and high:
+        return f"{low[2]} {low[1]} {name} {high[0]} {high[2]}"
+    if low or high:
+        after, _, value = low or high
+        return f"{name} {after} {value}"
+    return name
+
+
+def _type_text(ann: Any, metadata: list[Any]) -> str:
+    """One member of a type: `int >= 1`, `0 < float < 1`, `true | false`, `string`, ..."""
+    if get_origin(ann) is Literal:
+        return " | ".join(str(a) for a in get_args(ann))
+    if ann is bool:
+        return "true | false"
+    if ann is type(None):
+        return "null"
+    if ann is str:
+        return "string"
+    if ann in (int, float):
+        return _number_text(ann.__name__, metadata)
+    raise TypeError(f"no allowed-values text for the type {ann!r}")
+
+
+def allowed(field: FieldInfo) -> str:
+    """The allowed values of a leaf field, from its type: what params.yaml and README print."""
+    ann = field.annotation
+    if get_origin(ann) is Literal:
+        return "one of: " + _type_text(ann, [])
+    if get_origin(ann) in (Union, types.UnionType):
+        return " | ".join(_type_text(a, field.metadata) for a in get_args(ann))
+    return _type_text(ann, field.metadata)
+
+
+def _section(field: FieldInfo) -> type[BaseModel] | None:
+    ann = field.annotation
+    return ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+
+
+def fields(model: type[BaseModel] = Params, prefix: str = "") -> Iterator[tuple[str, FieldInfo]]:
+    """(dotted key, field) for every key of the schema, sections before their keys."""
+    for name, field in model.model_fields.items():
+        key = f"{prefix}{name}"
+        yield key, field
+        section = _section(field)
+        if section is not None:
+            yield from fields(section, f"{key}.")
+
+
+def table_rows() -> list[tuple[str, str, str]]:
+    """(key, allowed, meaning) for every leaf key, in schema order."""
+    return [
+        (key, allowed(field), field.description or "")
+        for key, field in fields()
+        if _section(field) is None
+    ]
+
+
+# --- params.yaml ---------------------------------------------------------------------------
+
+
+def _value_texts(text: str) -> dict[str, str | dict]:
+    """Each key's value exactly as written in `text` (nested dicts for sections)."""
+    root = yaml.compose(text, Loader=yaml.SafeLoader)
+    if not isinstance(root, yaml.MappingNode):
+        raise ValueError("params file: expected a mapping of sections")
+
+    def walk(node: yaml.MappingNode, prefix: str) -> dict[str, str | dict]:
+        out: dict[str, str | dict] = {}
+        for key_node, value in node.value:
+            key = f"{prefix}{key_node.value}"
+            if isinstance(value, yaml.MappingNode) and not value.flow_style:
+                out[key_node.value] = walk(value, f"{key}.")
+            elif value.start_mark.line != value.end_mark.line:
+                raise ValueError(f"params file: {key}: write the value on one line")
+            else:
+                out[key_node.value] = text[value.start_mark.index : value.end_mark.index]
+        return out
+
+    return walk(root, "")
+
+
+def _comment(text: str, indent: str) -> list[str]:
+    return [
+        f"{indent}# {line}"
+        for line in textwrap.wrap(
+            text,
+            WIDTH - len(indent) - 2,
+            break_long_words=False,
+            break_on_hyphens=False,
+        )
+    ]
+
+
+def render_params_yaml(text: str) -> str:
+    """`text` (a params.yaml) with its comments regenerated from the schema, values untouched.
+
+    Keys are written in schema order; a key the file leaves out (one with a default) stays out.
+    """
+    values = _value_texts(text)
+    out = [HEADER.rstrip("\n")]
+
+    def walk(
+        model: type[BaseModel], written: dict[str, str | dict], prefix: str, depth: int
+    ) -> None:
+        unknown = sorted(set(written) - set(model.model_fields))
+        if unknown:
+            keys = ", ".join(prefix + k for k in unknown)
+            raise ValueError(f"params file: {keys}: not in the schema (mnist_pipeline/params.py)")
+        indent = "  " * depth
+        first, after_section = True, False
+        for name, field in model.model_fields.items():
+            if name not in written:
+                continue
+            value = written[name]
+            section = _section(field)
+            # A blank line around each section keeps the nesting visible.
+            if depth == 0 or (not first and (section or after_section)):
+                out.append("")
+            first, after_section = False, section is not None
+            out.extend(_comment(field.description or "", indent))
+            if (section is not None) != isinstance(value, dict):
+                want = "keys" if section is not None else "a value"
+                raise ValueError(f"params file: {prefix}{name}: expected {want}")
+            if isinstance(value, dict):
+                out.append(f"{indent}{name}:")
+                walk(section, value, f"{prefix}{name}.", depth + 1)
+            else:
+                out.append(f"{indent}# {allowed(field)}")
+                out.append(f"{indent}{name}: {value}".rstrip())
+
+    walk(Params, values, "", 0)
+    return "\n".join(out) + "\n"
+
+
+def _yaml_blocks(text: str) -> dict[str, list[str]]:
+    """Each key's line with the comment lines above it, by dotted key; the header apart."""
+    blocks: dict[str, list[str]] = {}
+    pending: list[str] = []
+    stack: list[tuple[int, str]] = []
+    for line in text.splitlines():
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            pending.append(line)
+            continue
+        if not blocks:  # the header ends at the last blank line before the first key
+            cut = max((i + 1 for i, ln in enumerate(pending) if not ln.strip()), default=0)
+            blocks[HEADER_KEY], pending = pending[:cut], pending[cut:]
+        indent = len(line) - len(line.lstrip(" "))
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        stack.append((indent, stripped.split(":", 1)[0]))
+        blocks[".".join(k for _, k in stack)] = [*pending, line]
+        pending = []
+    blocks[END_KEY] = pending
+    return blocks
+
+
+# --- README --------------------------------------------------------------------------------
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def render_table() -> str:
+    """The README's params table, markers included."""
+    lines = [TABLE_START, "| key | allowed | meaning |", "|---|---|---|"]
+    lines += [f"| `{k}` | `{_cell(a)}` | {_cell(m)} |" for k, a, m in table_rows()]
+    return "\n".join([*lines, TABLE_END])
+
+
+def _split_readme(text: str) -> tuple[str, str, str]:
+    """(before, table with markers, after); raises when the markers are missing."""
+    start, end = text.find(TABLE_START), text.find(TABLE_END)
+    if start < 0 or end < start:
+        raise ValueError(f"README: no {TABLE_START} ... {TABLE_END} block for the params table")
+    end += len(TABLE_END)
+    return text[:start], text[start:end], text[end:]
+
+
+def render_readme(text: str) -> str:
+    """`text` (the README) with the block between the params-table markers regenerated."""
+    before, _, after = _split_readme(text)
+    return before + render_table() + after
+
+
+def _table_blocks(text: str) -> dict[str, list[str]]:
+    """Each row by its key; the markers and the header row apart."""
+    blocks: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        row = _ROW.match(line)
+        blocks.setdefault(row[1] if row else HEADER_KEY, []).append(line)
+    return blocks
+
+
+# --- check and write -----------------------------------------------------------------------
+
+
+def _drifted(current: dict[str, list[str]], expected: dict[str, list[str]]) -> list[str]:
+    keys = [*expected, *(k for k in current if k not in expected)]
+    return [k for k in keys if current.get(k) != expected.get(k)] or [END_KEY]
+
+
+def drift(params_path: Path, readme_path: Path) -> list[str]:
+    """What differs from what `--write` would write: one message per file, naming the keys."""
+    problems = []
+    text = params_path.read_text()
+    expected = render_params_yaml(text)
+    if text != expected:
+        keys = _drifted(_yaml_blocks(text), _yaml_blocks(expected))
+        problems.append(f"{params_path}: comments drifted from the schema at {', '.join(keys)}")
+    readme = readme_path.read_text()
+    try:
+        table = _split_readme(readme)[1]
+    except ValueError as err:
+        problems.append(f"{readme_path}: {err}")
+    else:
+        if table != render_table():
+            keys = _drifted(_table_blocks(table), _table_blocks(render_table()))
+            problems.append(
+                f"{readme_path}: params table drifted from the schema at {', '.join(keys)}"
+            )
+    return problems
+
+
+def write(params_path: Path, readme_path: Path) -> list[Path]:
+    """Regenerate both files where they differ; returns the files written."""
+    written = []
+    for path, render in ((params_path, render_params_yaml), (readme_path, render_readme)):
+        text = path.read_text()
+        new = render(text)
+        if new != text:
+            write_bytes(path, new.encode())
+            written.append(path)
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m mnist_pipeline.params_docs", description=__doc__.splitlines()[0]
+    )
+    mode = p.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--write", action="store_true", help="rewrite both files")
+    mode.add_argument("--check", action="store_true", help="exit 1 if either file drifted")
+    p.add_argument("--params", type=Path, default=Path("params.yaml"))
+    p.add_argument("--readme", type=Path, default=Path("README.md"))
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        if args.write:
+            for path in write(args.params, args.readme):
+                log.info("wrote %s", path)
+            return 0
+        problems = drift(args.params, args.readme)
+    except (OSError, ValueError, yaml.YAMLError) as err:
+        log.error("error: %s", err)
+        return 2
+    for problem in problems:
+        log.error("%s", problem)
+    if problems:
+        log.error("regenerate: %s", COMMAND)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
