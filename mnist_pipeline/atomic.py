@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    import torch
+    import numpy as np
     from matplotlib.figure import Figure
 
 _UMASK = os.umask(0)
@@ -88,15 +88,15 @@ def write_torch(path: Path, obj: Any) -> None:
 
 
 def safetensors_bytes(
-    tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None
+    arrays: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None
 ) -> bytes:
     """A safetensors file with a canonical header: the library keeps `__metadata__` in a hash
     map, whose order changes from run to run, so the header is written again with sorted keys
     (the tensor data and its offsets are untouched; spaces pad the header, as the format
     allows)."""
-    from safetensors.torch import save
+    from safetensors.numpy import save
 
-    raw = save(dict(tensors), metadata=dict(metadata) if metadata else None)
+    raw = save(dict(arrays), metadata=dict(metadata) if metadata else None)
     (n,) = struct.unpack("<Q", raw[:8])
     header = json.loads(raw[8 : 8 + n])
     text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
@@ -105,9 +105,9 @@ def safetensors_bytes(
 
 
 def write_safetensors(
-    path: Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None
+    path: Path, arrays: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None
 ) -> None:
-    write_bytes(path, safetensors_bytes(tensors, metadata))
+    write_bytes(path, safetensors_bytes(arrays, metadata))
 
 
 def write_png(path: Path, fig: Figure, dpi: int) -> None:

@@ -3,7 +3,8 @@
 Layout of the `prepare` output folder: `train.safetensors`, `val.safetensors`,
 `test.safetensors` (tensors `images` float32 (N, 1, 28, 28), normalized with the training
 split's mean and std, and `labels` int64 (N,)) and `meta.json` (mean, std, sizes, sources).
-safetensors loads without unpickling anything.
+safetensors loads without unpickling anything. Writing needs numpy only, so `prepare` runs
+without torch; reading gives torch tensors for training and evaluation.
 """
 
 from __future__ import annotations
@@ -11,13 +12,18 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from safetensors.torch import load_file
 
 from mnist_pipeline.atomic import write_json, write_safetensors
 from mnist_pipeline.errors import StageError
+
+if TYPE_CHECKING:
+    import torch
+
+# A split as `prepare` makes it: images float32 (N, 1, 28, 28), normalized; labels int64 (N,).
+Arrays = tuple[np.ndarray, np.ndarray]
 
 SPLITS = ("train", "val", "test")
 
@@ -36,12 +42,15 @@ class Normalization:
     mean: float  # of pixel/255 over the training split
     std: float
 
-    def apply(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Raw 0-255 pixels (any dtype) to normalized float32."""
-        return (pixels.float() / 255.0 - self.mean) / self.std
+    def apply(self, pixels: np.ndarray) -> np.ndarray:
+        """Raw 0-255 pixels (any dtype) to normalized float32: the arithmetic of
+        `model.RawPixelsLeNet5`, float32 throughout."""
+        return (pixels.astype(np.float32) / 255.0 - self.mean) / self.std
 
     def invert(self, images: torch.Tensor) -> torch.Tensor:
         """Normalized images back to the exact uint8 pixels they came from."""
+        import torch
+
         return ((images * self.std + self.mean) * 255.0).round().clamp(0, 255).to(torch.uint8)
 
 
@@ -60,7 +69,7 @@ def fit_normalization(train_pixels: np.ndarray) -> Normalization:
 
 def make_splits(
     raw: dict[str, np.ndarray], val_size: int, seed: int
-) -> tuple[dict[str, Split], Normalization]:
+) -> tuple[dict[str, Arrays], Normalization]:
     """Carve the validation split from the training set and normalize all three once."""
     tr, va = split_indices(len(raw["train_labels"]), val_size, seed)
     pixels = {
@@ -70,9 +79,9 @@ def make_splits(
     }
     norm = fit_normalization(pixels["train"][0])
     splits = {
-        name: Split(
-            images=norm.apply(torch.from_numpy(imgs.copy())).unsqueeze(1).contiguous(),
-            labels=torch.from_numpy(labels.astype(np.int64)),
+        name: (
+            np.ascontiguousarray(norm.apply(imgs)[:, None]),  # (N, 1, 28, 28)
+            labels.astype(np.int64),
         )
         for name, (imgs, labels) in pixels.items()
     }
@@ -80,16 +89,20 @@ def make_splits(
 
 
 def save_splits(
-    out_dir: Path, splits: dict[str, Split], norm: Normalization, extra: dict | None = None
+    out_dir: Path, splits: dict[str, Arrays], norm: Normalization, extra: dict | None = None
 ) -> None:
     """Write into `out_dir`, which the caller makes atomic (`atomic.atomic_dir`)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    meta = {"mean": norm.mean, "std": norm.std, "sizes": {k: len(v) for k, v in splits.items()}}
+    meta = {
+        "mean": norm.mean,
+        "std": norm.std,
+        "sizes": {k: len(labels) for k, (_, labels) in splits.items()},
+    }
     meta.update(extra or {})
-    for name, split in splits.items():
+    for name, (images, labels) in splits.items():
         write_safetensors(
             out_dir / f"{name}.safetensors",
-            {"images": split.images, "labels": split.labels},
+            {"images": images, "labels": labels},
             metadata={"mean": repr(norm.mean), "std": repr(norm.std)},
         )
     write_json(out_dir / "meta.json", meta)
@@ -106,6 +119,8 @@ def split_sizes(data_dir: Path) -> dict[str, int]:
 
 
 def load_split(data_dir: Path, name: str) -> Split:
+    from safetensors.torch import load_file
+
     tensors = load_file(str(_need(data_dir / f"{name}.safetensors")))
     return Split(images=tensors["images"], labels=tensors["labels"])
 

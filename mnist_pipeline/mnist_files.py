@@ -1,6 +1,7 @@
 """The raw MNIST files: official mirrors, checksums, retried downloads and the IDX format.
 
-URLs and md5s come from torchvision's `MNIST` class, so they stay the ones torchvision checks.
+The URLs and md5s are torchvision's (`torchvision.datasets.MNIST`; a test keeps them equal),
+written here so that `prepare` starts without importing torch.
 A mirror override (the `MNIST_MIRROR` environment variable, else `prepare.mirror` in
 params.yaml) replaces the official mirrors: an http(s):// or file:// URL, or a local folder.
 """
@@ -22,7 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from torchvision.datasets import MNIST
 
 from mnist_pipeline.errors import StageError
 
@@ -32,10 +32,18 @@ MIRROR_ENV = "MNIST_MIRROR"
 # A file in `md5sum` format that replaces the official checksums: for test fixtures and for
 # datasets in the MNIST format with the same file names (Fashion-MNIST, say).
 MD5SUMS_ENV = "MNIST_MD5SUMS"
-OFFICIAL_MIRRORS: tuple[str, ...] = tuple(MNIST.mirrors)
+OFFICIAL_MIRRORS: tuple[str, ...] = (
+    "https://ossci-datasets.s3.amazonaws.com/mnist/",
+    "http://yann.lecun.com/exdb/mnist/",
+)
 # (file name, md5) of the four files, in torchvision's order: train images, train labels,
 # test images, test labels.
-FILES: tuple[tuple[str, str], ...] = tuple((name, md5) for name, md5 in MNIST.resources)
+FILES: tuple[tuple[str, str], ...] = (
+    ("train-images-idx3-ubyte.gz", "f68b3c2dcbeaaa9fbdd348bbdeb94873"),
+    ("train-labels-idx1-ubyte.gz", "d53e105ee54ea40749a09fcbcd1e9432"),
+    ("t10k-images-idx3-ubyte.gz", "9fb629c4189551a2d022fa330f9573f3"),
+    ("t10k-labels-idx1-ubyte.gz", "ec29112dd5afa0611ce80d1b7f02629c"),
+)
 HOW_TO_MIRROR = (
     f"Set {MIRROR_ENV} to a folder holding the four .gz files, or to a file:// or http(s):// "
     f"URL of one (for example `export {MIRROR_ENV}=../shared/data/mnist`), or set "

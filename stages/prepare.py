@@ -35,11 +35,11 @@ def prepare(params: PrepareParams, raw_dir: Path, out_dir: Path) -> dict:
         save_splits(tmp, splits, norm, meta)
     log.info(
         "prepared %s; normalization mean %.4f std %.4f",
-        ", ".join(f"{k} {len(v)}" for k, v in splits.items()),
+        ", ".join(f"{k} {len(labels)}" for k, (_, labels) in splits.items()),
         norm.mean,
         norm.std,
     )
-    return {"mean": norm.mean, "std": norm.std, **{k: len(v) for k, v in splits.items()}}
+    return {"mean": norm.mean, "std": norm.std, **{k: len(y) for k, (_, y) in splits.items()}}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

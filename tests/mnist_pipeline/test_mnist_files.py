@@ -40,13 +40,12 @@ def test_read_idx_rejects_bad_files(tmp_path: Path) -> None:
         mnist_files.read_idx(tmp_path / "cut.gz")
 
 
-def test_official_files_and_mirrors_come_from_torchvision() -> None:
-    names = [n for n, _ in mnist_files.FILES]
-    assert names[0] == "train-images-idx3-ubyte.gz" and len(names) == 4
-    assert (
-        dict(mnist_files.FILES)["train-images-idx3-ubyte.gz"] == "f68b3c2dcbeaaa9fbdd348bbdeb94873"
-    )
-    assert all(m.startswith("http") for m in mnist_files.OFFICIAL_MIRRORS)
+def test_official_files_and_mirrors_are_torchvisions() -> None:
+    from torchvision.datasets import MNIST
+
+    assert tuple(MNIST.resources) == mnist_files.FILES
+    assert tuple(MNIST.mirrors) == mnist_files.OFFICIAL_MIRRORS
+    assert mnist_files.FILES[0][0] == "train-images-idx3-ubyte.gz"
 
 
 def test_mirror_override_precedence() -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +15,7 @@ from mnist_pipeline import errors, mnist_files
 from mnist_pipeline.dataset import load_normalization, load_split, split_indices
 from mnist_pipeline.synthetic import make_images
 from stages import prepare
+from tests.conftest import ROOT
 
 
 def test_split_is_seeded_disjoint_and_complete() -> None:
@@ -95,3 +98,24 @@ def test_main_without_mirror_fails_cleanly(
     err = capsys.readouterr().err
     assert mnist_files.FILES[0][0] in err and "Set MNIST_MIRROR" in err
     assert not out.exists()
+
+
+def test_prepare_runs_without_torch_or_lightning(
+    tmp_path: Path, params_file: Path, mirror_env: Path
+) -> None:
+    """The stage process loads numpy, not torch, torchvision or Lightning: it starts fast."""
+    code = (
+        "import sys; from stages import prepare; "
+        f"print(prepare.prepare(prepare.load_params({str(params_file)!r}).prepare, "
+        f"__import__('pathlib').Path({str(tmp_path / 'raw')!r}), "
+        f"__import__('pathlib').Path({str(tmp_path / 'out')!r}))); "
+        "heavy = ('torch', 'torchvision', 'pytorch_lightning'); "
+        "print(sorted(m for m in heavy if m in sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary, loaded = done.stdout.strip().splitlines()[-2:]
+    assert loaded == "[]"
+    assert "'train': 500, 'val': 100, 'test': 200" in summary

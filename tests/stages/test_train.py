@@ -84,6 +84,10 @@ def test_killed_training_resumes_at_next_epoch_with_the_same_result(
     resumed = _run_train(tmp_path, params, "run", {checkpoints.FAIL_ENV: "1"})
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resuming from" in resumed.stderr
+    # The stage's own lines and Lightning's useful ones, without its advertisements and the
+    # deprecation noise from inside Lightning.
+    assert "`Trainer.fit` stopped" in resumed.stderr
+    assert "💡" not in resumed.stderr and "LeafSpec" not in resumed.stderr
     summary = json.loads((tmp_path / "run" / "train.json").read_text())
     record = json.loads((tmp_path / "run" / "provenance.json").read_text())
     assert record["resumed_from_epoch"] == 1 and summary["epochs"] == 3
