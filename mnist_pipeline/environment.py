@@ -78,7 +78,8 @@ def compute_env_text(lock: Path) -> str:
 
 def cpu_features() -> dict[str, object]:
     """The CPU and the features that choose kernels: bf16 autocast runs natively only with
-    AVX512-BF16 or AMX, and PyTorch picks its vectorized kernels by the best ISA it finds."""
+    AVX512-BF16 or AMX, int8 inference is fast with VNNI or AMX-INT8, and PyTorch picks its
+    vectorized kernels by the best ISA it finds."""
     flags: set[str] = set()
     model = platform.processor() or platform.machine()
     try:
@@ -96,7 +97,9 @@ def cpu_features() -> dict[str, object]:
         "avx2": "avx2" in flags,
         "avx512f": "avx512f" in flags,
         "avx512_bf16": "avx512_bf16" in flags,
+        "avx512_vnni": "avx512_vnni" in flags,  # int8 dot products (ONNX Runtime's int8 kernels)
         "amx": "amx_tile" in flags,
+        "amx_int8": "amx_int8" in flags,
     }
     torch = sys.modules.get("torch")  # only when the stage uses torch: prepare does not
     if torch is not None:

@@ -365,6 +365,59 @@ class ExportParams(_Section):
     )
 
 
+class QuantizeParams(_Section):
+    """The `quantize` section: INT8 models by ONNX Runtime static quantization, their contract
+    and their timing."""
+
+    method: Literal["minmax", "entropy", "percentile"] = Field(
+        description=(
+            "How calibration sets each activation's int8 range: the observed min and max, the "
+            "range that keeps the histogram's entropy, or a percentile of the values."
+        )
+    )
+    percentile: float = Field(
+        gt=90,
+        le=100,
+        description="percentile only: the percentile of the activation values kept in range.",
+    )
+    calibration_size: int = Field(
+        ge=1,
+        le=60_000,
+        description="Validation digits, drawn with `calibration_seed`, that calibrate the ranges.",
+    )
+    calibration_seed: int = Field(ge=0, description="Seed of the calibration sample.")
+    max_acc_drop: float = Field(
+        ge=0,
+        le=100,
+        description=(
+            "Test accuracy an INT8 model may lose against its float model, in points; beyond "
+            "it the stage fails and writes no model."
+        ),
+    )
+    min_agreement: float = Field(
+        gt=0,
+        le=1,
+        description=(
+            "Fraction of the test digits on which an INT8 model must predict what its float "
+            "model predicts; below it the stage fails and writes no model."
+        ),
+    )
+    batch_size: int = Field(ge=1, le=65_536, description="Batch size of the test-set checks.")
+    warmup_runs: int = Field(ge=0, le=100_000, description="Untimed runs before each timing.")
+    latency_runs: int = Field(
+        ge=1, le=1_000_000, description="Batch-1 runs; their median is the latency."
+    )
+    throughput_batch: int = Field(
+        ge=1, le=65_536, description="Batch size of the throughput timing."
+    )
+    throughput_runs: int = Field(ge=1, le=100_000, description="Runs of the throughput timing.")
+    num_threads: int = Field(
+        ge=0,
+        le=1024,
+        description="ONNX Runtime threads while timing; 0 keeps its default.",
+    )
+
+
 class Params(_Section):
     """The whole `params.yaml`: one section per stage."""
 
@@ -380,6 +433,9 @@ class Params(_Section):
     )
     export: ExportParams = Field(
         description="Stage `export`: ONNX files, checked against PyTorch, and timed."
+    )
+    quantize: QuantizeParams = Field(
+        description="Stage `quantize`: INT8 ONNX models, checked against the float ones."
     )
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -34,6 +35,9 @@ Polarity = Literal["auto", "light-on-dark", "dark-on-light"]
 FIELD, BOX = 28, 20  # MNIST: digits fitted into 20x20, centred in a 28x28 field
 # Pixels at or below this (out of 255, after the background is removed) are not ink.
 INK_THRESHOLD = 32
+# The largest image read (a 16-megapixel photo): far more than a digit needs, and its float
+# copies stay within a few hundred MB.
+MAX_PIXELS = 4096 * 4096
 
 
 class ImageError(ValueError):
@@ -110,18 +114,37 @@ def center_mnist(x: np.ndarray) -> np.ndarray:
     return np.round(field).astype(np.uint8)
 
 
-def load_digit(path: Path, polarity: Polarity = "auto") -> np.ndarray:
-    """An image file as the model's input pixels: uint8 (28, 28), 0-255, light on dark."""
+def load_digit(
+    path: Path, polarity: Polarity = "auto", max_pixels: int = MAX_PIXELS
+) -> np.ndarray:
+    """An image file as the model's input pixels: uint8 (28, 28), 0-255, light on dark.
+
+    An image that declares more than `max_pixels` pixels is refused before its data is read:
+    a small file can declare a huge canvas (a decompression bomb)."""
     try:
-        with Image.open(path) as img:
+        with warnings.catch_warnings():
+            # Pillow warns past its own, higher limit; ours below refuses such an image anyway.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)
+        with img:
+            width, height = img.size
+            if width * height > max_pixels:
+                raise ImageError(
+                    f"the image is {width}x{height} pixels, more than the {max_pixels:,} allowed "
+                    "(a decompression bomb, or a photo to scale down first)"
+                )
             img.load()
             gray = to_gray(img)
+    except ImageError:
+        raise
     except FileNotFoundError:
         raise ImageError("no such file") from None
     except IsADirectoryError:
         raise ImageError("is a directory, not an image") from None
     except UnidentifiedImageError:
         raise ImageError("not an image file Pillow can read") from None
+    except Image.DecompressionBombError as err:  # a frame or tile past Pillow's own limit
+        raise ImageError(f"refused as a decompression bomb: {err}") from None
     except (OSError, SyntaxError, ValueError) as err:  # truncated or corrupt image data
         raise ImageError(f"cannot read the image: {err}") from None
     return center_mnist(light_on_dark(gray, polarity))

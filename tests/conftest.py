@@ -34,6 +34,9 @@ def tiny_params_dict() -> dict:
     raw["export"].update(
         batch_size=64, warmup_runs=2, latency_runs=10, throughput_runs=3, max_slowdown=10.0
     )
+    raw["quantize"].update(
+        calibration_size=50, batch_size=64, warmup_runs=2, latency_runs=10, throughput_runs=3
+    )
     return raw
 
 

@@ -194,3 +194,36 @@ def test_runs_as_a_module_without_importing_torch(onnx_model: Path, tmp_path: Pa
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith(f"{img}: ")
+
+
+def _declared_size_png(path: Path, width: int, height: int) -> Path:
+    """A tiny PNG file whose header declares `width` x `height` pixels."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grayscale
+    idat = zlib.compress(b"\0" * 64)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    )
+    return path
+
+
+def test_a_decompression_bomb_is_refused_and_the_other_files_classified(
+    tmp_path: Path, onnx_model: Path, digits: list[np.ndarray], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Past Pillow's own limit, and past ours though Pillow would only warn.
+    huge = _declared_size_png(tmp_path / "huge.png", 30_000, 30_000)
+    big = _declared_size_png(tmp_path / "big.png", 10_000, 10_000)
+    assert huge.stat().st_size < 200 and big.stat().st_size < 200
+    good = _png(tmp_path / "good.png", _canonical(tmp_path, digits[0]))
+    code, out, err = _cli(["--model", onnx_model, huge, big, good], capsys)
+    assert code == 1
+    assert "huge.png: refused as a decompression bomb" in err
+    assert "big.png: the image is 10000x10000 pixels, more than the 16,777,216 allowed" in err
+    assert "Traceback" not in err and out.startswith(f"{good}: ")

@@ -10,55 +10,14 @@ import numpy as np
 import onnx
 import pytest
 import torch
-import yaml
 
 from mnist_pipeline import errors, inference_speed, onnx_runtime
 from mnist_pipeline.dataset import load_normalization, load_split
 from mnist_pipeline.model import RawPixelsLeNet5, load_model, predict_logits, save_model
 from mnist_pipeline.params import ExportParams, parse_params
-from stages import export, prune
+from stages import export
 from tests.conftest import tiny_params_dict
-
-
-@pytest.fixture(scope="module")
-def pruned_model(tmp_path_factory: pytest.TempPathFactory, trained_model: Path) -> Path:
-    """The trained model with half its channels removed (no fine-tuning: speed)."""
-    params = parse_params(tiny_params_dict()).prune.structured
-    net, meta = load_model(trained_model)
-    pruner = prune.make_structured_pruner(net, params, rounds=1)
-    prune.structured_step(pruner, net, params, train=None)
-    path = tmp_path_factory.mktemp("pruned") / "lenet5_pruned.pt"
-    save_model(prune.plain_copy(net), path, meta=meta)
-    return path
-
-
-def _argv(tmp: Path, params: Path, trained: Path, pruned: Path, data: Path) -> list[str]:
-    return [
-        "--params", str(params),
-        "--model", str(trained),
-        "--pruned", str(pruned),
-        "--data", str(data),
-        "--onnx", str(tmp / "lenet5.onnx"),
-        "--pruned-onnx", str(tmp / "lenet5_pruned.onnx"),
-        "--metrics", str(tmp / "export.json"),
-        "--timings", str(tmp / "timings.json"),
-        "--provenance", str(tmp / "provenance.json"),
-    ]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def exported(
-    tmp_path_factory: pytest.TempPathFactory,
-    trained_model: Path,
-    pruned_model: Path,
-    prepared: Path,
-) -> Path:
-    """The export stage's outputs for the synthetic models, in a folder."""
-    tmp = tmp_path_factory.mktemp("exported")
-    params = tmp / "params.yaml"
-    params.write_text(yaml.safe_dump(tiny_params_dict(), sort_keys=False))
-    export.main(_argv(tmp, params, trained_model, pruned_model, prepared))
-    return tmp
+from tests.stages.conftest import export_argv
 
 
 def _params(**kw: object) -> ExportParams:
@@ -160,7 +119,7 @@ def test_stage_fails_and_writes_nothing_when_parity_breaks(
         return real(*args) + 1e-3  # as a wrong exporter or runtime would
 
     monkeypatch.setattr(onnx_runtime, "logits", off_by_a_bit)
-    argv = _argv(tmp_path, params_file, trained_model, pruned_model, prepared)
+    argv = export_argv(tmp_path, params_file, trained_model, pruned_model, prepared)
     assert errors.run(export.main, argv) == 1
     err = capsys.readouterr().err
     assert "dense: ONNX Runtime does not match PyTorch" in err and "allowed 0.0001" in err
@@ -185,6 +144,6 @@ def test_model_without_normalization_is_refused(
 ) -> None:
     net, _ = load_model(trained_model)
     save_model(net, tmp_path / "bare.pt", meta={})
-    argv = _argv(tmp_path, params_file, tmp_path / "bare.pt", tmp_path / "bare.pt", prepared)
+    argv = export_argv(tmp_path, params_file, tmp_path / "bare.pt", tmp_path / "bare.pt", prepared)
     with pytest.raises(errors.StageError, match="no normalization"):
         export.main(argv)

@@ -1,0 +1,54 @@
+"""Fixtures the stage tests share: the synthetic models pruned and exported once per worker."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mnist_pipeline.model import load_model, save_model
+from mnist_pipeline.params import parse_params
+from stages import export, prune
+from tests.conftest import tiny_params_dict
+
+
+@pytest.fixture(scope="session")
+def pruned_model(tmp_path_factory: pytest.TempPathFactory, trained_model: Path) -> Path:
+    """The trained model with half its channels removed (no fine-tuning: speed)."""
+    params = parse_params(tiny_params_dict()).prune.structured
+    net, meta = load_model(trained_model)
+    pruner = prune.make_structured_pruner(net, params, rounds=1)
+    prune.structured_step(pruner, net, params, train=None)
+    path = tmp_path_factory.mktemp("pruned") / "lenet5_pruned.pt"
+    save_model(prune.plain_copy(net), path, meta=meta)
+    return path
+
+
+def export_argv(tmp: Path, params: Path, trained: Path, pruned: Path, data: Path) -> list[str]:
+    return [
+        "--params", str(params),
+        "--model", str(trained),
+        "--pruned", str(pruned),
+        "--data", str(data),
+        "--onnx", str(tmp / "lenet5.onnx"),
+        "--pruned-onnx", str(tmp / "lenet5_pruned.onnx"),
+        "--metrics", str(tmp / "export.json"),
+        "--timings", str(tmp / "timings.json"),
+        "--provenance", str(tmp / "provenance.json"),
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def exported(
+    tmp_path_factory: pytest.TempPathFactory,
+    trained_model: Path,
+    pruned_model: Path,
+    prepared: Path,
+) -> Path:
+    """The export stage's outputs for the synthetic models, in a folder."""
+    tmp = tmp_path_factory.mktemp("exported")
+    params = tmp / "params.yaml"
+    params.write_text(yaml.safe_dump(tiny_params_dict(), sort_keys=False))
+    export.main(export_argv(tmp, params, trained_model, pruned_model, prepared))
+    return tmp
