@@ -37,14 +37,20 @@ NOT_IN_FINGERPRINT = {"progress_bar", "num_threads"}
 
 
 def fingerprint(
-    params: BaseModel, num_threads: int, files: Iterable[Path], code: Iterable[ModuleType]
+    params: BaseModel,
+    precision: str,
+    num_threads: int,
+    files: Iterable[Path],
+    code: Iterable[ModuleType],
 ) -> str:
     """A hash of what determines the weights: `params` (all of them, but the fields above),
-    the bytes of `files` (the data) and of the `code` modules' sources, the installed versions
-    of the compute libraries, and PyTorch's CPU kernel level and thread count (each changes the
-    last bits of every step, and so the weights)."""
+    the resolved `precision` (`auto` means other arithmetic on other hardware), the bytes of
+    `files` (the data) and of the `code` modules' sources, the installed versions of the
+    compute libraries, and PyTorch's CPU kernel level and thread count (each changes the last
+    bits of every step, and so the weights)."""
     h = hashlib.sha256()
     h.update(json.dumps(params.model_dump(exclude=NOT_IN_FINGERPRINT), sort_keys=True).encode())
+    h.update(f"precision={precision}".encode())
     h.update(json.dumps(environment.installed_versions(), sort_keys=True).encode())
     threads = num_threads or torch.get_num_threads()
     h.update(f"{torch.backends.cpu.get_cpu_capability()} threads={threads}".encode())

@@ -23,7 +23,7 @@ import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal
 
 import numpy as np
 import onnxruntime as ort
@@ -50,6 +50,15 @@ class Prediction:
     digit: int
     probability: float
     probabilities: list[float]
+
+    def as_json(self) -> dict[str, object]:
+        """The fields `mnist-predict --json` prints and the server answers."""
+        return {
+            "file": self.file,
+            "digit": self.digit,
+            "probability": round(self.probability, 6),
+            "probabilities": self.probabilities,
+        }
 
 
 def to_gray(img: Image.Image) -> np.ndarray:
@@ -115,9 +124,10 @@ def center_mnist(x: np.ndarray) -> np.ndarray:
 
 
 def load_digit(
-    path: Path, polarity: Polarity = "auto", max_pixels: int = MAX_PIXELS
+    source: Path | BinaryIO, polarity: Polarity = "auto", max_pixels: int = MAX_PIXELS
 ) -> np.ndarray:
-    """An image file as the model's input pixels: uint8 (28, 28), 0-255, light on dark.
+    """An image file (a path, or an open binary file such as an upload) as the model's input
+    pixels: uint8 (28, 28), 0-255, light on dark.
 
     An image that declares more than `max_pixels` pixels is refused before its data is read:
     a small file can declare a huge canvas (a decompression bomb)."""
@@ -125,7 +135,7 @@ def load_digit(
         with warnings.catch_warnings():
             # Pillow warns past its own, higher limit; ours below refuses such an image anyway.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(path)
+            img = Image.open(source)
         with img:
             width, height = img.size
             if width * height > max_pixels:
@@ -219,14 +229,7 @@ def main(argv: list[str] | None = None) -> int:
             results.append({"file": f, "error": d})
             continue
         p = next(preds)
-        results.append(
-            {
-                "file": f,
-                "digit": p.digit,
-                "probability": round(p.probability, 6),
-                "probabilities": p.probabilities,
-            }
-        )
+        results.append(p.as_json())
         if not args.json:
             print(f"{f}: {p.digit} (p={p.probability:.3f})")
     if args.json:

@@ -308,7 +308,7 @@ def pipeline(
     }
 
 
-class AuditFailed(RuntimeError):
+class AuditFailed(errors.StageError):
     """The audited commit did not reproduce: some output's bytes differ from its dvc.lock."""
 
 

@@ -54,7 +54,8 @@ def fingerprint(params: TrainParams, data_dir: Path) -> str:
     """The resume fingerprint of a `train` run: params, data, training code, environment."""
     files = [data_dir / name for name in ("meta.json", "train.safetensors", "val.safetensors")]
     code = (*CODE_MODULES, sys.modules[__name__])
-    return checkpoints.fingerprint(params, params.num_threads, files, code)
+    precision = training.resolve_precision(params.precision, params.accelerator)
+    return checkpoints.fingerprint(params, precision, params.num_threads, files, code)
 
 
 def train(

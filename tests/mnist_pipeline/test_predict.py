@@ -13,31 +13,7 @@ import pytest
 from PIL import Image
 
 from mnist_pipeline import onnx_runtime, predict
-from mnist_pipeline.dataset import load_normalization, load_split
-from mnist_pipeline.model import RawPixelsLeNet5, load_model
-from mnist_pipeline.params import parse_params
-from stages import export
-from tests.conftest import ROOT, tiny_params_dict
-
-
-@pytest.fixture(scope="module")
-def onnx_model(tmp_path_factory: pytest.TempPathFactory, trained_model: Path) -> Path:
-    params = parse_params(tiny_params_dict()).export
-    net, meta = load_model(trained_model)
-    norm = export.Normalization(mean=meta["mean"], std=meta["std"])
-    path = tmp_path_factory.mktemp("onnx") / "lenet5.onnx"
-    export.export_onnx(
-        RawPixelsLeNet5(net, norm), path, params, export.metadata(params, norm, net)
-    )
-    return path
-
-
-@pytest.fixture(scope="module")
-def digits(prepared: Path) -> list[np.ndarray]:
-    """Four test-set digits as uint8 (28, 28) pixels, light on dark like MNIST."""
-    test = load_split(prepared, "test")
-    pixels = load_normalization(prepared).invert(test.images[:4])
-    return [p[0].numpy() for p in pixels]
+from tests.conftest import ROOT
 
 
 def _png(path: Path, pixels: np.ndarray) -> Path:

@@ -146,6 +146,12 @@ def test_resume_only_with_matching_fingerprint(
     assert (
         train.fingerprint(params.model_copy(update={"num_threads": default + 1}), prepared) != fp
     )
+    # So does what `precision: auto` resolves to on other hardware.
+    auto = params.model_copy(update={"precision": "auto", "accelerator": "cpu"})
+    monkeypatch.setattr(training, "cpu_has_bf16", lambda: True)
+    with_bf16 = train.fingerprint(auto, prepared)
+    monkeypatch.setattr(training, "cpu_has_bf16", lambda: False)
+    assert train.fingerprint(auto, prepared) != with_bf16
     # So does another version of a compute library.
     other_env = {"torch": "0.0-other"}
     monkeypatch.setattr(checkpoints.environment, "installed_versions", lambda: other_env)

@@ -1,0 +1,125 @@
+"""The model server: each endpoint, every kind of bad input (after which it still serves),
+concurrent requests, and the same answers as `mnist-predict`."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from mnist_pipeline import onnx_runtime, predict, server
+
+
+def _png_bytes(pixels: np.ndarray, fmt: str = "PNG") -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(pixels.astype(np.uint8), mode="L").save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def _declared_size_png(width: int, height: int) -> bytes:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = struct.pack(">I", zlib.crc32(kind + data))
+        return struct.pack(">I", len(data)) + kind + data + crc
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    body = chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + body
+
+
+@pytest.fixture(scope="module")
+def client(onnx_model: Path) -> TestClient:
+    app = server.create_app(onnx_model, server.Limits(max_bytes=200_000, max_files=8))
+    return TestClient(app)
+
+
+def test_health_model_card_and_docs(client: TestClient, onnx_model: Path) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    card = client.get("/model").json()
+    assert card["name"] == onnx_model.name and len(card["sha256"]) == 64
+    assert "raw grayscale pixel values 0-255" in card["input_contract"]
+    assert card["input"]["name"] == "pixels"
+    assert client.get("/docs").status_code == 200
+    assert "/predict" in client.get("/openapi.json").json()["paths"]
+
+
+def test_uploads_get_the_answers_of_mnist_predict(
+    client: TestClient, onnx_model: Path, digits: list[np.ndarray], tmp_path: Path
+) -> None:
+    files, paths = [], []
+    for i, d in enumerate(digits):
+        data = _png_bytes(255 - d) if i % 2 else _png_bytes(d, "JPEG")  # both polarities
+        files.append(("file", (f"d{i}.img", data)))
+        paths.append(tmp_path / f"d{i}.img")
+        paths[-1].write_bytes(data)
+    got = client.post("/predict", files=files).json()
+    sess = onnx_runtime.session(onnx_model)
+    want = predict.classify(sess, [predict.load_digit(p) for p in paths], [p.name for p in paths])
+    assert got == [p.as_json() for p in want]
+    assert [r["file"] for r in got] == [f"d{i}.img" for i in range(len(digits))]
+
+
+def test_json_pixels(client: TestClient, digits: list[np.ndarray], onnx_model: Path) -> None:
+    one = client.post("/predict", json={"pixels": digits[0].tolist()}).json()
+    many = client.post("/predict", json={"pixels": [d.tolist() for d in digits]}).json()
+    assert len(one) == 1 and len(many) == len(digits) and one[0]["digit"] == many[0]["digit"]
+    (ref,) = predict.classify(onnx_runtime.session(onnx_model), [digits[0]], ["pixels[0]"])
+    assert one[0] == ref.as_json()
+
+
+@pytest.mark.parametrize(
+    ("request_kwargs", "status", "message"),
+    [
+        ({"files": [("file", ("notes.txt", b"not an image"))]}, 422, "not an image file"),
+        ({"files": [("file", ("cut.png", b"\x89PNG\r\n\x1a\n" + b"\0" * 30))]}, 422, "image"),
+        ({"files": [("file", ("big.png", b"\0" * 200_001))]}, 413, "larger than the limit"),
+        ({"files": [("file", ("bomb.png", _declared_size_png(10_000, 10_000)))]}, 422, "pixels"),
+        ({"files": [("file", (f"{i}.png", b"x")) for i in range(9)]}, 413, "at most 8"),
+        ({"json": {"pixels": [[0] * 27] * 28}}, 422, "shape"),
+        ({"json": {"pixels": [[300] * 28] * 28}}, 422, "between 0 and 255"),
+        ({"json": {"pixels": "abc"}}, 422, "list of numbers"),
+        ({"json": {"image": []}}, 422, "expected a JSON object"),
+        ({"json": {"pixels": [[[0] * 28] * 28] * 9}}, 413, "at most 8"),
+        ({"content": b"hello", "headers": {"content-type": "text/plain"}}, 415, "multipart"),
+        ({"files": {"other": (None, "x")}}, 422, "no image"),
+    ],
+)
+def test_bad_input_is_a_4xx_that_names_the_problem_and_the_server_goes_on(
+    client: TestClient,
+    digits: list[np.ndarray],
+    request_kwargs: dict,
+    status: int,
+    message: str,
+) -> None:
+    bad = client.post("/predict", **request_kwargs)
+    assert bad.status_code == status, bad.text
+    assert message in bad.json()["error"]
+    good = client.post("/predict", files=[("file", ("ok.png", _png_bytes(digits[0])))])
+    assert good.status_code == 200 and good.json()[0]["file"] == "ok.png"
+
+
+def test_concurrent_requests_get_the_sequential_answers(
+    client: TestClient, digits: list[np.ndarray]
+) -> None:
+    bodies = [_png_bytes(d) for d in digits] * 4
+
+    def ask(data: bytes) -> dict:
+        return client.post("/predict", files=[("file", ("d.png", data))]).json()[0]
+
+    sequential = [ask(b) for b in bodies]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        concurrent = list(pool.map(ask, bodies))
+    assert concurrent == sequential
+
+
+def test_binds_this_machine_only_unless_told(onnx_model: Path) -> None:
+    args = server.parse_args(["--model", str(onnx_model)])
+    assert args.host == "127.0.0.1"
+    assert server.parse_args(["--model", "m", "--host", "0.0.0.0"]).host == "0.0.0.0"
+    assert server.main(["--model", "missing.onnx"]) == 2
