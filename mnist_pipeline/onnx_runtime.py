@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from mnist_pipeline.errors import UsageError
+
 INPUT_NAME, OUTPUT_NAME = "pixels", "logits"
 # The input types an exported model can have (`export.input_dtype`), by ONNX Runtime's name.
 ONNX_DTYPES: dict[str, type[np.generic]] = {"tensor(float)": np.float32, "tensor(uint8)": np.uint8}
@@ -21,6 +23,16 @@ def session(path: Path, num_threads: int = 0) -> ort.InferenceSession:
     opts.intra_op_num_threads = num_threads
     opts.inter_op_num_threads = 1
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def open_model(path: Path, num_threads: int = 0) -> ort.InferenceSession:
+    """`session`, with a `UsageError` that names the file when it is missing or does not load."""
+    if not path.is_file():
+        raise UsageError(f"model {path} not found")
+    try:
+        return session(path, num_threads)
+    except Exception as err:  # onnxruntime raises its own exception types
+        raise UsageError(f"cannot load model {path}: {err}") from None
 
 
 def input_dtype(sess: ort.InferenceSession) -> type[np.generic]:

@@ -314,7 +314,20 @@ class PruneParams(_Section):
     )
 
 
-class ExportParams(_Section):
+class _TimingParams(_Section):
+    """The timing fields of the sections that measure inference speed."""
+
+    warmup_runs: int = Field(ge=0, le=100_000, description="Untimed runs before each timing.")
+    latency_runs: int = Field(
+        ge=1, le=1_000_000, description="Batch-1 runs; their median is the latency."
+    )
+    throughput_batch: int = Field(
+        ge=1, le=65_536, description="Batch size of the throughput timing."
+    )
+    throughput_runs: int = Field(ge=1, le=100_000, description="Runs of the throughput timing.")
+
+
+class ExportParams(_TimingParams):
     """The `export` section: the ONNX files, their parity check and their timing."""
 
     opset: int = Field(
@@ -339,14 +352,6 @@ class ExportParams(_Section):
         ),
     )
     batch_size: int = Field(ge=1, le=65_536, description="Batch size of the parity check.")
-    warmup_runs: int = Field(ge=0, le=100_000, description="Untimed runs before each timing.")
-    latency_runs: int = Field(
-        ge=1, le=1_000_000, description="Batch-1 runs; their median is the latency."
-    )
-    throughput_batch: int = Field(
-        ge=1, le=65_536, description="Batch size of the throughput timing."
-    )
-    throughput_runs: int = Field(ge=1, le=100_000, description="Runs of the throughput timing.")
     num_threads: int = Field(
         ge=0,
         le=1024,
@@ -365,7 +370,7 @@ class ExportParams(_Section):
     )
 
 
-class QuantizeParams(_Section):
+class QuantizeParams(_TimingParams):
     """The `quantize` section: INT8 models by ONNX Runtime static quantization, their contract
     and their timing."""
 
@@ -403,14 +408,6 @@ class QuantizeParams(_Section):
         ),
     )
     batch_size: int = Field(ge=1, le=65_536, description="Batch size of the test-set checks.")
-    warmup_runs: int = Field(ge=0, le=100_000, description="Untimed runs before each timing.")
-    latency_runs: int = Field(
-        ge=1, le=1_000_000, description="Batch-1 runs; their median is the latency."
-    )
-    throughput_batch: int = Field(
-        ge=1, le=65_536, description="Batch size of the throughput timing."
-    )
-    throughput_runs: int = Field(ge=1, le=100_000, description="Runs of the throughput timing.")
     num_threads: int = Field(
         ge=0,
         le=1024,

@@ -30,6 +30,7 @@ import onnxruntime as ort
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from mnist_pipeline import onnx_runtime
+from mnist_pipeline.errors import UsageError
 
 Polarity = Literal["auto", "light-on-dark", "dark-on-light"]
 FIELD, BOX = 28, 20  # MNIST: digits fitted into 20x20, centred in a 28x28 field
@@ -199,13 +200,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if not args.model.is_file():
-        print(f"error: model {args.model} not found", file=sys.stderr)
-        return 2
     try:
-        sess = onnx_runtime.session(args.model)
-    except Exception as err:  # onnxruntime raises its own exception types
-        print(f"error: cannot load model {args.model}: {err}", file=sys.stderr)
+        sess = onnx_runtime.open_model(args.model)
+    except UsageError as err:
+        print(f"error: {err}", file=sys.stderr)
         return 2
 
     # (file, digit pixels or error message), in the order given

@@ -8,6 +8,8 @@
   answer is a JSON list of `{"file", "digit", "probability", "probabilities"}`, the fields of
   `mnist-predict --json`; images go through the same preprocessing (`predict.load_digit`).
 - `GET /healthz`, `GET /model` (name, file hash, input contract, metadata), `GET /docs`.
+- `GET /`: a page where you draw a digit and see the prediction and the ten probabilities as
+  you draw (`static/index.html`; no CDN, it works offline).
 
 Bad input gets a 4xx JSON error `{"error": ..., "file": ...}` that names the problem, and the
 server keeps serving: a file that is not an image, truncated or over `--max-bytes`; a
@@ -29,12 +31,14 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from mnist_pipeline import onnx_runtime, predict
+from mnist_pipeline.errors import UsageError
 
+PAGE = Path(__file__).with_name("static") / "index.html"
 DEFAULT_MAX_BYTES = 5 * 1024 * 1024
 DEFAULT_MAX_FILES = 64
 
@@ -116,7 +120,7 @@ def model_card(path: Path, sess: ort.InferenceSession) -> dict[str, Any]:
 def create_app(model: Path, limits: Limits | None = None) -> FastAPI:
     """The app serving `model`; the session is made once, here."""
     limits = limits or Limits()
-    sess = onnx_runtime.session(model)
+    sess = onnx_runtime.open_model(model)
     card = model_card(model, sess)
     app = FastAPI(
         title="MNIST digit classifier",
@@ -126,6 +130,10 @@ def create_app(model: Path, limits: Limits | None = None) -> FastAPI:
     @app.exception_handler(BadInput)
     async def bad_input(_: Request, err: BadInput) -> JSONResponse:
         return JSONResponse({"error": err.message, "file": err.file}, status_code=err.status)
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> HTMLResponse:
+        return HTMLResponse(PAGE.read_text())
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -168,13 +176,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if not args.model.is_file():
-        print(f"error: model {args.model} not found", file=sys.stderr)
-        return 2
     try:
         app = create_app(args.model, Limits(args.max_bytes, args.max_files))
-    except Exception as err:  # onnxruntime raises its own exception types
-        print(f"error: cannot load model {args.model}: {err}", file=sys.stderr)
+    except UsageError as err:
+        print(f"error: {err}", file=sys.stderr)
         return 2
     import uvicorn
 
