@@ -112,7 +112,7 @@ def explain(
     reasons = []
     bad_stages = [s for s in dict.fromkeys(o.stage for o in outputs if o.verdict != SAME)]
     deps_a, deps_b = lock_entries(committed, "deps"), lock_entries(rebuilt, "deps")
-    produced = {p for o in outputs for p in [o.path]}
+    produced = {o.path for o in outputs}
     for stage in bad_stages:
         a, b = deps_a.get(stage, {}), deps_b.get(stage, {})
         changed = sorted(p for p in a.keys() | b.keys() if a.get(p) != b.get(p))
