@@ -22,12 +22,12 @@ from typing import Any
 
 from rich.console import Console
 
-from benchmarks import inference, machine, orchestration, report, training
+from benchmarks import inference, machine, orchestration, report, serving, training
 from benchmarks.training import PLAIN, PROJECT, SEED, Setup, Variant
 from mnist_pipeline.params import load_params
 from pipelines import overrides
 
-SKIPPABLE = ("seed", "plain", "training", "inference", "orchestration")
+SKIPPABLE = ("seed", "plain", "training", "inference", "serving", "orchestration")
 # --quick: the test fixtures' tiny recipe, on synthetic digits.
 QUICK_TRAIN = {"max_epochs": 2, "batch_size": 32, "eval_batch_size": 256, "progress_bar": False}
 
@@ -66,6 +66,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--workdir", type=Path, default=None, help="keep run folders here")
     p.add_argument("--timeout-s", type=float, default=1800, help="per training run")
+    p.add_argument(
+        "--requests", type=int, default=2000, help="serving load test: requests per run"
+    )
     return p.parse_args(argv)
 
 
@@ -131,6 +134,17 @@ def run_training(
     return training.summarize(runs)
 
 
+def run_serving(args: argparse.Namespace, data: Path) -> dict[str, Any]:
+    """The load test on the first test digit, as raw pixels in a PNG."""
+    from mnist_pipeline.dataset import load_normalization, load_split
+
+    if args.quick:
+        return {"skipped": "not in --quick mode (it needs dvc repro's models)"}
+    norm = load_normalization(data)
+    digit = norm.invert(load_split(data, "test").images[:1])[0, 0].numpy()  # (28, 28) uint8
+    return serving.measure(args.models, digit, args.requests)
+
+
 def run_orchestration(
     args: argparse.Namespace, raw: Path, workdir: Path, reps: int
 ) -> dict[str, Any]:
@@ -177,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
                 results["inference"] = inference.measure(
                     args.models, data, export_params, args.quick
                 )
+        if "serving" not in args.skip:
+            results["serving"] = run_serving(args, data)
         if "orchestration" not in args.skip:
             results["orchestration"] = run_orchestration(args, raw, workdir, reps)
     finally:

@@ -79,6 +79,48 @@ def inference_table(inference: dict[str, Any]) -> Table:
     return t
 
 
+def serving_rows(serve: dict[str, Any]) -> list[list[str]]:
+    """(model, setting, then rps and p50/p99 ms at each concurrency) for each server run."""
+    rows = []
+    for model, settings in serve["runs"].items():
+        for setting, by_c in settings.items():
+            cells = [
+                f"{_f(r['rps'], '.0f')} ({_f(r['p50_ms'], '.1f')}/{_f(r['p99_ms'], '.1f')})"
+                for r in by_c.values()
+            ]
+            rows.append([model, setting, *cells])
+    return rows
+
+
+def serving_columns(serve: dict[str, Any]) -> list[str]:
+    first = next(iter(next(iter(serve["runs"].values())).values()))
+    return ["model", "server", *(f"c={c} req/s (p50/p99 ms)" for c in first)]
+
+
+def serving_verdict(serve: dict[str, Any]) -> str:
+    t = serve["target"]
+    best = serve.get("target_best")
+    if best is None:
+        return f"target ({t['model']}, c={t['concurrency']}): not measured"
+    return (
+        f"target: {t['model']} at c={t['concurrency']} >= {t['rps']:.0f} req/s with p99 <= "
+        f"{t['p99_ms']:.0f} ms; best measured {best['rps']:.0f} req/s, p99 "
+        f"{best['p99_ms']:.1f} ms: {'met' if serve['target_met'] else 'not met'}"
+    )
+
+
+def serving_table(serve: dict[str, Any]) -> Table:
+    t = Table(
+        title=f"Serving: {serve['requests']} single-PNG requests per cell on 127.0.0.1",
+        caption=serving_verdict(serve),
+    )
+    for i, col in enumerate(serving_columns(serve)):
+        t.add_column(col, justify="left" if i < 2 else "right")
+    for row in serving_rows(serve):
+        t.add_row(*row)
+    return t
+
+
 ORCHESTRATION_ROWS = {
     ("noop", "dvc_repro_noop_s"): "dvc repro, nothing changed",
     ("noop", "flow_noop_s"): "Prefect flow, nothing changed",
@@ -128,6 +170,7 @@ def show(results: dict[str, Any], console: Console | None = None) -> None:
     for section, table in (
         ("training", training_table),
         ("inference", inference_table),
+        ("serving", serving_table),
         ("orchestration", orchestration_table),
     ):
         value = results.get(section)
@@ -188,12 +231,23 @@ def markdown(results: dict[str, Any]) -> str:
                     f"{_f(inf[model][f'{rt}_throughput_ips'], '.0f')} |"
                 )
         lines.append("")
+    serve = results.get("serving")
+    if serve and "skipped" not in serve:
+        cols = serving_columns(serve)
+        lines += [
+            f"Serving, {serve['requests']} single-PNG requests per cell on 127.0.0.1:",
+            "",
+            "| " + " | ".join(cols) + " |",
+            "|---|---|" + "--:|" * (len(cols) - 2),
+        ]
+        lines += ["| " + " | ".join(row) + " |" for row in serving_rows(serve)]
+        lines += ["", serving_verdict(serve), ""]
     orch = results.get("orchestration")
     if orch and "skipped" not in orch:
         lines += ["| orchestration | s |", "|---|--:|"]
         lines += [f"| {what} | {s} |" for what, s in orchestration_rows(orch)]
         lines.append("")
-    for section in ("training", "inference", "orchestration"):
+    for section in ("training", "inference", "serving", "orchestration"):
         value = results.get(section)
         if value and "skipped" in value:
             lines.append(f"{section}: skipped: {value['skipped']}")

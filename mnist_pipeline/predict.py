@@ -29,7 +29,7 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from mnist_pipeline import onnx_runtime
+from mnist_pipeline import model_ref, onnx_runtime
 from mnist_pipeline.errors import UsageError
 
 Polarity = Literal["auto", "light-on-dark", "dark-on-light"]
@@ -186,7 +186,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description=__doc__.splitlines()[0],
         epilog="Exit status: 0 all files classified, 1 some failed, 2 usage error.",
     )
-    p.add_argument("--model", type=Path, required=True, help="ONNX model file (export stage)")
+    model_ref.add_arguments(p)
     p.add_argument("images", nargs="+", type=Path, help="image files (PNG, JPEG, ...)")
     p.add_argument(
         "--polarity",
@@ -201,7 +201,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        sess = onnx_runtime.open_model(args.model)
+        source, sess = model_ref.open_model(args)
     except UsageError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         preds = iter(classify(sess, [d for _, d in good], [f for f, _ in good]) if good else [])
     except Exception as err:  # a model with another input shape, say
-        print(f"error: model {args.model} cannot classify digits: {err}", file=sys.stderr)
+        print(f"error: model {source.path} cannot classify digits: {err}", file=sys.stderr)
         return 2
 
     results: list[dict] = []

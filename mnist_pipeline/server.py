@@ -21,10 +21,16 @@ binds 127.0.0.1 unless `--host` says otherwise. One ONNX Runtime session serves 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import hashlib
 import io
+import json
+import os
 import sys
-from dataclasses import dataclass
+import time
+from collections.abc import Callable
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +41,23 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from mnist_pipeline import onnx_runtime, predict
+from mnist_pipeline import model_ref, onnx_runtime, predict
 from mnist_pipeline.errors import UsageError
+from mnist_pipeline.model_ref import ModelSource
 
 PAGE = Path(__file__).with_name("static") / "index.html"
 DEFAULT_MAX_BYTES = 5 * 1024 * 1024
 DEFAULT_MAX_FILES = 64
+# Micro-batching is off by default: measured on 2 cores, it did not pay (README, "Serving").
+DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_MS = 1, 2.0
+# One ONNX Runtime thread per run: a LeNet is too small to split across cores, and the cores
+# are better spent on concurrent requests.
+DEFAULT_THREADS = 1
+# How `--workers` processes get the options the parent parsed.
+OPTIONS_ENV = "MNIST_SERVE_OPTIONS"
+
+
+Digits = tuple[list[np.ndarray], list[str]]  # uint8 (28, 28) digits and their names
 
 
 class BadInput(Exception):
@@ -56,6 +73,77 @@ class Limits:
     max_bytes: int = DEFAULT_MAX_BYTES  # per uploaded file
     max_files: int = DEFAULT_MAX_FILES  # per request, files or JSON digits
     max_pixels: int = predict.MAX_PIXELS  # per image, as its header declares
+
+
+class MicroBatcher:
+    """Classifies the digits of concurrent requests together, in one session run.
+
+    A request's digits wait at most `max_wait_ms` for others to join them, up to `max_batch`
+    digits a run; a request with more digits than that runs alone. One run at a time, off the
+    event loop. With `max_batch` 1 every request runs on its own, at once.
+    """
+
+    def __init__(self, sess: ort.InferenceSession, max_batch: int, max_wait_ms: float) -> None:
+        self.sess, self.max_batch, self.max_wait = sess, max_batch, max_wait_ms / 1000
+        # The queue and its worker task belong to the event loop that serves (uvicorn has one).
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._queue: asyncio.Queue[tuple[list[np.ndarray], list[str], asyncio.Future]]
+        self._worker: asyncio.Task | None = None
+
+    async def classify(self, load: Callable[[], Digits]) -> list[predict.Prediction]:
+        """The predictions for the digits `load` gives (it runs off the event loop too)."""
+        if self.max_batch <= 1:  # one trip to a worker thread: load, then classify
+            return await run_in_threadpool(lambda: predict.classify(self.sess, *load()))
+        digits, names = await run_in_threadpool(load)
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            await self.close()
+            self._loop, self._queue = loop, asyncio.Queue()
+            self._worker = loop.create_task(self._serve(self._queue))
+        done = loop.create_future()
+        await self._queue.put((digits, names, done))
+        return await done
+
+    async def _serve(self, queue: asyncio.Queue) -> None:
+        while True:
+            jobs = [await queue.get()]
+            size = len(jobs[0][0])
+            deadline = time.monotonic() + self.max_wait
+            while size < self.max_batch:
+                try:
+                    job = queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    try:
+                        job = await asyncio.wait_for(queue.get(), left)
+                    except TimeoutError:
+                        break
+                jobs.append(job)
+                size += len(job[0])
+            await self._run(jobs)
+
+    async def _run(self, jobs: list[tuple[list[np.ndarray], list[str], asyncio.Future]]) -> None:
+        digits = [d for job in jobs for d in job[0]]
+        names = [n for job in jobs for n in job[1]]
+        try:
+            preds = await run_in_threadpool(predict.classify, self.sess, digits, names)
+        except Exception as err:  # each waiting request gets the error
+            for *_, done in jobs:
+                if not done.done():
+                    done.set_exception(err)
+            return
+        start = 0
+        for job_digits, _, done in jobs:
+            if not done.done():  # a request whose client went away
+                done.set_result(preds[start : start + len(job_digits)])
+            start += len(job_digits)
+
+    async def close(self) -> None:
+        if self._worker is not None and self._loop is asyncio.get_running_loop():
+            self._worker.cancel()
+        self._worker = None
 
 
 def pixels_from_json(body: Any, limits: Limits) -> np.ndarray:
@@ -77,54 +165,78 @@ def pixels_from_json(body: Any, limits: Limits) -> np.ndarray:
     return np.round(arr).astype(np.uint8)
 
 
-async def digits_from_upload(
-    request: Request, limits: Limits
-) -> tuple[list[np.ndarray], list[str]]:
-    """The `file` fields of a multipart request as digits, in order."""
+async def read_uploads(request: Request, limits: Limits) -> list[tuple[str, bytes]]:
+    """The `file` fields of a multipart request, (name, bytes) in order, within the limits."""
     form = await request.form(max_files=limits.max_files + 1)
     uploads = [u for u in form.getlist("file") if isinstance(u, UploadFile)]
     if not uploads:
         raise BadInput(422, "no image: send one or more files in the multipart field `file`")
     if len(uploads) > limits.max_files:
         raise BadInput(413, f"{len(uploads)} files in one request; at most {limits.max_files}")
-    digits, names = [], []
+    files = []
     for upload in uploads:
         name = upload.filename or "file"
         data = await upload.read(limits.max_bytes + 1)
         if len(data) > limits.max_bytes:
             raise BadInput(413, f"larger than the limit of {limits.max_bytes:,} bytes", name)
+        files.append((name, data))
+    return files
+
+
+def decode_uploads(files: list[tuple[str, bytes]], limits: Limits) -> Digits:
+    """Uploaded images as digits, through `mnist-predict`'s preprocessing; `BadInput` (422)
+    names the first file that is not a digit image."""
+    digits = []
+    for name, data in files:
         try:
-            digit = await run_in_threadpool(
-                predict.load_digit, io.BytesIO(data), "auto", limits.max_pixels
-            )
+            digits.append(predict.load_digit(io.BytesIO(data), "auto", limits.max_pixels))
         except predict.ImageError as err:
             raise BadInput(422, str(err), name) from None
-        digits.append(digit)
-        names.append(name)
-    return digits, names
+    return digits, [name for name, _ in files]
 
 
-def model_card(path: Path, sess: ort.InferenceSession) -> dict[str, Any]:
+def model_card(source: ModelSource, sess: ort.InferenceSession) -> dict[str, Any]:
+    """What `GET /model` answers: the file, its registered version if any, its contract."""
     meta = sess.get_modelmeta().custom_metadata_map
     inp = sess.get_inputs()[0]
     return {
-        "name": path.name,
-        "path": str(path),
-        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        "name": source.artifact or source.path.name,
+        "version": source.version,
+        "stage": source.stage,
+        "commit": source.commit,
+        "path": str(source.path),
+        "sha256": hashlib.sha256(source.path.read_bytes()).hexdigest(),
         "input": {"name": inp.name, "type": inp.type, "shape": inp.shape},
         "input_contract": meta.get("input_contract"),
         "metadata": dict(sorted(meta.items())),
     }
 
 
-def create_app(model: Path, limits: Limits | None = None) -> FastAPI:
+def create_app(
+    model: Path | ModelSource,
+    limits: Limits | None = None,
+    max_batch: int = DEFAULT_MAX_BATCH,
+    max_wait_ms: float = DEFAULT_MAX_WAIT_MS,
+    num_threads: int = DEFAULT_THREADS,
+) -> FastAPI:
     """The app serving `model`; the session is made once, here."""
+    source = model if isinstance(model, ModelSource) else ModelSource(model)
     limits = limits or Limits()
-    sess = onnx_runtime.open_model(model)
-    card = model_card(model, sess)
+    sess = onnx_runtime.open_model(source.path, num_threads)
+    card = model_card(source, sess)
+    batcher = MicroBatcher(sess, max_batch, max_wait_ms)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> Any:
+        yield
+        await batcher.close()
+
+    version = f" {card['version']}" if card["version"] else ""
     app = FastAPI(
         title="MNIST digit classifier",
-        description=f"LeNet-5 `{model.name}` in ONNX Runtime. {card['input_contract'] or ''}",
+        description=f"LeNet-5 `{card['name']}`{version} in ONNX Runtime. "
+        f"{card['input_contract'] or ''}",
+        lifespan=lifespan,
     )
 
     @app.exception_handler(BadInput)
@@ -143,47 +255,100 @@ def create_app(model: Path, limits: Limits | None = None) -> FastAPI:
     async def model_info() -> dict[str, Any]:
         return card
 
-    @app.post("/predict")
-    async def predict_digits(request: Request) -> list[dict[str, Any]]:
+    @app.post("/predict", response_model=list[dict[str, Any]])
+    async def predict_digits(request: Request) -> JSONResponse:
         """Image files (multipart field `file`, repeatable) or JSON `{"pixels": ...}`."""
         kind = request.headers.get("content-type", "")
         if kind.startswith("multipart/form-data"):
-            digits, names = await digits_from_upload(request, limits)
+            files = await read_uploads(request, limits)
+            preds = await batcher.classify(lambda: decode_uploads(files, limits))
         elif kind.startswith("application/json"):
             try:
                 body = await request.json()
             except ValueError:
                 raise BadInput(422, "the body is not valid JSON") from None
             batch = pixels_from_json(body, limits)
-            digits, names = list(batch), [f"pixels[{i}]" for i in range(len(batch))]
+            names = [f"pixels[{i}]" for i in range(len(batch))]
+            preds = await batcher.classify(lambda: (list(batch), names))
         else:
             raise BadInput(415, "send multipart/form-data (field `file`) or application/json")
-        preds = await run_in_threadpool(predict.classify, sess, digits, names)
-        return [p.as_json() for p in preds]
+        # A response made here skips FastAPI's validation of the return value (it is ours).
+        return JSONResponse([p.as_json() for p in preds])
 
     return app
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="mnist-serve", description=__doc__.splitlines()[0])
-    p.add_argument("--model", type=Path, required=True, help="ONNX model file (export stage)")
+    model_ref.add_arguments(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--max-bytes", type=int, default=DEFAULT_MAX_BYTES, help="per uploaded file")
     p.add_argument("--max-files", type=int, default=DEFAULT_MAX_FILES, help="per request")
-    return p.parse_args(argv)
+    p.add_argument(
+        "--max-batch",
+        type=int,
+        default=DEFAULT_MAX_BATCH,
+        help="digits of concurrent requests classified in one run (1: no micro-batching)",
+    )
+    p.add_argument(
+        "--max-wait-ms",
+        type=float,
+        default=DEFAULT_MAX_WAIT_MS,
+        help="how long a request waits for others to share its run",
+    )
+    p.add_argument(
+        "--threads", type=int, default=DEFAULT_THREADS, help="ONNX Runtime threads (0: all)"
+    )
+    p.add_argument(
+        "--workers", type=int, default=1, help="server processes, each with its own session"
+    )
+    p.add_argument("--log-level", default="info", help="uvicorn's log level")
+    args = p.parse_args(argv)
+    if args.max_batch < 1 or args.max_wait_ms < 0 or args.threads < 0 or args.workers < 1:
+        p.error("--max-batch and --workers must be >= 1, --max-wait-ms and --threads >= 0")
+    return args
+
+
+def app_from_env() -> FastAPI:
+    """The app of one `--workers` process, made from the options its parent checked."""
+    options = json.loads(os.environ[OPTIONS_ENV])
+    source = ModelSource(Path(options.pop("path")), **options.pop("source"))
+    return create_app(source, Limits(**options.pop("limits")), **options)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        app = create_app(args.model, Limits(args.max_bytes, args.max_files))
+        source = model_ref.resolve(args.model, args.repo, args.cache_dir)
+        app = create_app(
+            source,
+            Limits(args.max_bytes, args.max_files),
+            args.max_batch,
+            args.max_wait_ms,
+            args.threads,
+        )
     except UsageError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    print(f"serving {source.describe()}", file=sys.stderr)
     import uvicorn
 
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    run = {"host": args.host, "port": args.port, "log_level": args.log_level}
+    if args.workers == 1:
+        uvicorn.run(app, **run)
+        return 0
+    os.environ[OPTIONS_ENV] = json.dumps(
+        {
+            "path": str(source.path),
+            "source": {k: v for k, v in asdict(source).items() if k != "path"},
+            "limits": asdict(Limits(args.max_bytes, args.max_files)),
+            "max_batch": args.max_batch,
+            "max_wait_ms": args.max_wait_ms,
+            "num_threads": args.threads,
+        }
+    )
+    uvicorn.run("mnist_pipeline.server:app_from_env", factory=True, workers=args.workers, **run)
     return 0
 
 

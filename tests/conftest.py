@@ -108,3 +108,29 @@ def trained_model(tmp_path_factory: pytest.TempPathFactory, prepared: Path) -> P
         ]
     )
     return root / "lenet5.pt"
+
+
+@pytest.fixture(scope="session")
+def onnx_model(tmp_path_factory: pytest.TempPathFactory, trained_model: Path) -> Path:
+    """`trained_model` exported to ONNX by the `export` stage's code (raw 0-255 pixels in)."""
+    from mnist_pipeline.model import RawPixelsLeNet5, load_model
+    from stages import export
+
+    params = parse_params(tiny_params_dict()).export
+    net, meta = load_model(trained_model)
+    norm = export.Normalization(mean=meta["mean"], std=meta["std"])
+    path = tmp_path_factory.mktemp("onnx") / "lenet5.onnx"
+    export.export_onnx(
+        RawPixelsLeNet5(net, norm), path, params, export.metadata(params, norm, net)
+    )
+    return path
+
+
+@pytest.fixture(scope="session")
+def digits(prepared: Path) -> list:
+    """Four test-set digits as uint8 (28, 28) numpy pixels, light on dark like MNIST."""
+    from mnist_pipeline.dataset import load_normalization, load_split
+
+    test = load_split(prepared, "test")
+    pixels = load_normalization(prepared).invert(test.images[:4])
+    return [p[0].numpy() for p in pixels]

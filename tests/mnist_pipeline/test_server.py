@@ -123,3 +123,55 @@ def test_binds_this_machine_only_unless_told(onnx_model: Path) -> None:
     assert args.host == "127.0.0.1"
     assert server.parse_args(["--model", "m", "--host", "0.0.0.0"]).host == "0.0.0.0"
     assert server.main(["--model", "missing.onnx"]) == 2
+
+
+def test_micro_batching_gives_the_same_answers_in_fewer_runs(
+    client: TestClient, onnx_model: Path, digits: list[np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runs: list[int] = []
+    classify = predict.classify
+
+    def counted(sess: object, batch: list, names: list) -> list:
+        runs.append(len(batch))
+        return classify(sess, batch, names)
+
+    bodies = [_png_bytes(d) for d in digits] * 2
+
+    def ask(c: TestClient, data: bytes) -> dict:
+        return c.post("/predict", files=[("file", ("d.png", data))]).json()[0]
+
+    want = [ask(client, b) for b in bodies]
+    monkeypatch.setattr(predict, "classify", counted)
+    # One event loop serves every request, as under uvicorn.
+    with TestClient(server.create_app(onnx_model, max_batch=16, max_wait_ms=200)) as batched:
+        with ThreadPoolExecutor(max_workers=len(bodies)) as pool:
+            got = list(pool.map(lambda b: ask(batched, b), bodies))
+        # A request with more digits than --max-batch runs alone, whole.
+        many = batched.post("/predict", json={"pixels": [d.tolist() for d in digits] * 5})
+    assert got == want
+    assert sum(runs[:-1]) == len(bodies) and max(runs[:-1]) > 1, runs  # requests shared runs
+    assert len(many.json()) == 5 * len(digits) and runs[-1] == 5 * len(digits)
+
+
+def test_workers_get_the_options_the_parent_parsed(
+    onnx_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import uvicorn
+
+    started: dict = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: started.update(app=app, **kw))
+    monkeypatch.delenv(server.OPTIONS_ENV, raising=False)
+    argv = ["--model", str(onnx_model), "--workers", "2", "--max-files", "3", "--max-batch", "4"]
+    assert server.main(argv) == 0
+    assert started["app"] == "mnist_pipeline.server:app_from_env" and started["workers"] == 2
+    worker = TestClient(server.app_from_env())
+    assert (
+        worker.get("/model").json()["sha256"]
+        == server.model_card(server.ModelSource(onnx_model), onnx_runtime.session(onnx_model))[
+            "sha256"
+        ]
+    )
+    too_many = worker.post("/predict", json={"pixels": [[[0] * 28] * 28] * 4})
+    assert too_many.status_code == 413 and "at most 3" in too_many.json()["error"]
+    with pytest.raises(SystemExit):
+        server.parse_args(["--model", "m", "--workers", "0"])

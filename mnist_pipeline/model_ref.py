@@ -1,0 +1,132 @@
+"""A model named on the command line: a file, or a registered version of a `dvc.yaml` artifact.
+
+    models/lenet5_pruned.onnx           a file
+    lenet5-pruned-onnx@v1.2.0           that version (GTO tag `lenet5-pruned-onnx@v1.2.0`)
+    lenet5-onnx#prod                    the version GTO has in stage `prod` now
+    lenet5-onnx@latest, lenet5-onnx     the highest registered version
+
+GTO reads the registry (git tags, in `--repo`, a local path or a git URL) and names the version
+and its commit; `dvc artifacts get` then fetches the artifact's file as that commit's
+`dvc.lock` pins it, from the DVC cache or remote. So what is served is what was registered,
+whatever the working tree holds. Fetched files are kept under `cache_dir/<name>/<version>/`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnxruntime as ort
+
+from mnist_pipeline import onnx_runtime
+from mnist_pipeline.errors import UsageError
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "mnist-pipeline" / "models"
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where the model file is, and which registered version it is (None for a plain file)."""
+
+    path: Path
+    artifact: str | None = None
+    version: str | None = None
+    stage: str | None = None
+    commit: str | None = None
+
+    def describe(self) -> str:
+        if self.artifact is None:
+            return str(self.path)
+        via = f" (stage {self.stage})" if self.stage else ""
+        return f"{self.artifact}@{self.version}{via} at {self.commit[:12]} -> {self.path}"
+
+
+def is_reference(spec: str) -> bool:
+    """Whether `spec` names a registered artifact rather than a file."""
+    if Path(spec).exists():
+        return False
+    return "@" in spec or "#" in spec or ("/" not in spec and Path(spec).suffix == "")
+
+
+def _find_version(repo: str, name: str, version: str | None, stage: str | None) -> tuple[str, str]:
+    """(version, commit) of `name` in the GTO registry of `repo`; UsageError when not there."""
+    from gto import api
+    from gto.exceptions import GTOException
+    from scmrepo.exceptions import SCMError
+
+    try:
+        if stage:
+            found = api.find_versions_in_stage(repo, name, stage)
+            if not found:
+                raise UsageError(f"no version of {name} is in stage {stage!r} in {repo}")
+            hit = found[0] if isinstance(found, list) else found
+            return hit.version, hit.commit_hexsha
+        if version:
+            events = api.check_ref(repo, f"{name}@{version}")
+            if not events:
+                raise UsageError(f"{name}@{version} is not a registered version in {repo}")
+            return events[0].version, events[0].commit_hexsha
+        latest = api.find_latest_version(repo, name)
+    except SCMError as err:
+        raise UsageError(f"{name}: no registry to look it up in: {err}") from None
+    except GTOException as err:
+        raise UsageError(f"{name}: {err} in the registry of {repo}") from None
+    if latest is None:
+        raise UsageError(f"{name} has no registered version in {repo}")
+    return latest.version, latest.commit_hexsha
+
+
+def resolve(spec: str, repo: str = ".", cache_dir: Path | None = None) -> ModelSource:
+    """The model file `spec` names, fetched first when it is a registry reference."""
+    if not is_reference(spec):
+        return ModelSource(Path(spec))
+    from gto.api import parse_shortcut
+    from gto.exceptions import GTOException
+
+    try:
+        ref = parse_shortcut(spec)
+    except GTOException as err:
+        raise UsageError(
+            f"model {spec!r}: not a file, nor name@version or name#stage ({err})"
+        ) from None
+    version, commit = _find_version(repo, ref.name, ref.version, ref.stage)
+
+    from dvc.exceptions import DvcException
+    from dvc.repo.artifacts import Artifacts
+
+    dest = (cache_dir or default_cache_dir()) / ref.name / version
+    dest.mkdir(parents=True, exist_ok=True)
+    try:
+        _, out = Artifacts.get(repo, ref.name, version=version, out=str(dest), force=True)
+    except DvcException as err:
+        raise UsageError(f"cannot fetch {ref.name}@{version} from {repo}: {err}") from None
+    return ModelSource(Path(out), ref.name, version, ref.stage, commit)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--model`, `--repo`, `--cache-dir`: the model options of mnist-predict and mnist-serve."""
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="ONNX model file, or a registered artifact: name@v1.2.0, name#prod, name@latest",
+    )
+    parser.add_argument(
+        "--repo", default=".", help="git repo (path or URL) whose registry --model names"
+    )
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help=f"where fetched versions are kept (default: {default_cache_dir()})",
+    )
+
+
+def open_model(args: argparse.Namespace) -> tuple[ModelSource, ort.InferenceSession]:
+    """The model the options name, in an ONNX Runtime session; UsageError names the problem."""
+    source = resolve(args.model, args.repo, args.cache_dir)
+    return source, onnx_runtime.open_model(source.path)

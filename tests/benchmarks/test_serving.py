@@ -1,0 +1,46 @@
+"""The serving load test runs end to end against a real `mnist-serve` process: every cell has
+its figures, and the target's verdict is computed from them, not written in."""
+
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks import report, serving
+
+
+def test_load_test_measures_each_setting_and_concurrency(
+    onnx_model: Path, digits: list[np.ndarray], tmp_path: Path
+) -> None:
+    shutil.copy(onnx_model, tmp_path / "pruned_int8.onnx")
+    got = serving.measure(
+        tmp_path,
+        digits[0],
+        requests=30,
+        models={"pruned-int8": "pruned_int8.onnx"},
+        concurrency=(1, 8),
+    )
+    cells = got["runs"]["pruned-int8"]
+    assert set(cells) == set(serving.SETTINGS)
+    for by_c in cells.values():
+        assert set(by_c) == {"1", "8"}
+        for r in by_c.values():
+            assert r["rps"] > 0 and math.isfinite(r["rps"]) and 0 < r["p50_ms"] <= r["p99_ms"]
+    best = max((c["8"] for c in cells.values()), key=lambda r: r["rps"])
+    assert got["target_best"] == best
+    assert got["target_met"] == (best["rps"] >= 1000 and best["p99_ms"] <= 20)
+    table = report.markdown({"machine": _machine(), "command": "x", "serving": got})
+    assert "| pruned-int8 | micro-batching |" in table and "target: pruned-int8" in table
+
+
+def test_missing_models_are_skipped_with_the_reason(tmp_path: Path) -> None:
+    got = serving.measure(tmp_path, np.zeros((28, 28), np.uint8))
+    assert "run dvc repro" in got["skipped"]
+
+
+def _machine() -> dict:
+    keys = ("cpu", "cpu_cores", "memory_gb", "gpu", "torch", "lightning", "load_avg_1m_at_start")
+    return dict.fromkeys(keys, "-")

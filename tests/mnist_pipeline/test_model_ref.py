@@ -1,0 +1,114 @@
+"""A model named by its registry version or stage is fetched as it was registered, whatever
+the working tree holds; a file path is used as it is; a bad name is a usage error."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import onnx
+import pytest
+from fastapi.testclient import TestClient
+
+from mnist_pipeline import model_ref, predict, server
+from mnist_pipeline.errors import UsageError
+from mnist_pipeline.scratch_repo import GIT_IDENTITY, git
+from pipelines.registry import register
+
+ARTIFACTS = "artifacts:\n  digits-onnx:\n    path: models/m.onnx\n    type: model\n"
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory, onnx_model: Path) -> dict[str, str]:
+    """A git + DVC repo with two registered versions of `digits-onnx`, v0.1.0 in `prod`:
+    {version: sha256 of its file}. The working tree ends up holding a third, unregistered file."""
+    from dvc.repo import Repo
+    from gto import api
+
+    root = tmp_path_factory.mktemp("registry")
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in GIT_IDENTITY.items():
+            mp.setenv(key, value)
+        git(root, "init", "-q", "-b", "main")
+        repo = Repo.init(str(root))
+        (root / "dvc.yaml").write_text(ARTIFACTS)
+        (root / "models").mkdir()
+        model = onnx.load(str(onnx_model))
+        shas = {}
+        for version in ("v0.1.0", "v0.2.0", "unregistered"):
+            onnx.helper.set_model_props(model, {"version_note": version})
+            onnx.save(model, str(root / "models/m.onnx"))
+            repo.add(str(root / "models/m.onnx"))
+            git(root, "add", "-A")
+            git(root, "commit", "-q", "-m", version)
+            if version != "unregistered":
+                assert register(root, "digits-onnx", "minor", version).version == version
+            shas[version] = _sha(root / "models/m.onnx")
+        api.assign(str(root), "digits-onnx", stage="prod", version="v0.1.0")
+    shas["root"] = str(root)
+    return shas
+
+
+@pytest.mark.parametrize(
+    ("spec", "version", "stage"),
+    [
+        ("digits-onnx@v0.1.0", "v0.1.0", None),
+        ("digits-onnx#prod", "v0.1.0", "prod"),
+        ("digits-onnx@latest", "v0.2.0", None),
+        ("digits-onnx", "v0.2.0", None),
+    ],
+)
+def test_a_reference_fetches_the_registered_file(
+    registry: dict[str, str], tmp_path: Path, spec: str, version: str, stage: str | None
+) -> None:
+    source = model_ref.resolve(spec, registry["root"], tmp_path)
+    assert (source.artifact, source.version, source.stage) == ("digits-onnx", version, stage)
+    assert _sha(source.path) == registry[version] != registry["unregistered"]
+    assert source.path.is_relative_to(tmp_path / "digits-onnx" / version)
+    tag_commit = git(Path(registry["root"]), "rev-parse", f"digits-onnx@{version}^{{commit}}")
+    assert source.commit == tag_commit.strip()
+
+
+def test_the_server_and_predict_say_which_version_they_run(
+    registry: dict[str, str], tmp_path: Path, digits: list, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = model_ref.resolve("digits-onnx#prod", registry["root"], tmp_path)
+    card = TestClient(server.create_app(source)).get("/model").json()
+    assert (card["name"], card["version"], card["stage"]) == ("digits-onnx", "v0.1.0", "prod")
+    assert card["sha256"] == registry["v0.1.0"] and card["metadata"]["version_note"] == "v0.1.0"
+
+    image = tmp_path / "d.png"
+    from PIL import Image
+
+    Image.fromarray(digits[0]).save(image)
+    monkeypatch.chdir(registry["root"])  # --repo defaults to this directory
+    argv = ["--model", "digits-onnx@v0.2.0", "--cache-dir", str(tmp_path / "c"), str(image)]
+    assert predict.main(argv) == 0
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("digits-onnx@v9.9.9", "not a registered version"),
+        ("digits-onnx#staging", "no version of digits-onnx is in stage 'staging'"),
+        ("no-such-model", "no-such-model"),
+    ],
+)
+def test_a_bad_reference_is_a_usage_error(
+    registry: dict[str, str], tmp_path: Path, spec: str, message: str
+) -> None:
+    with pytest.raises(UsageError, match=message):
+        model_ref.resolve(spec, registry["root"], tmp_path)
+
+
+def test_paths_are_files_not_references(onnx_model: Path, tmp_path: Path) -> None:
+    assert model_ref.resolve(str(onnx_model)) == model_ref.ModelSource(onnx_model)
+    assert not model_ref.is_reference("missing.onnx")  # a file that is not there
+    assert not model_ref.is_reference("models/lenet5")
+    assert model_ref.is_reference("lenet5-onnx") and model_ref.is_reference("m@v1.0.0")
+    assert server.main(["--model", "missing.onnx"]) == 2
+    assert server.main(["--model", "m@v1.0.0", "--repo", str(tmp_path)]) == 2  # no registry
