@@ -35,8 +35,17 @@ log = logging.getLogger(__name__)
 _RUN_CACHE_HIT = re.compile(r"Stage '[^']+' is cached - skipping run")
 
 
+# The repos opened by `one_repo`, by root: every read goes through the open one.
+_shared: dict[Path, Any] = {}
+
+
 @contextmanager
 def open_repo(root: Path) -> Iterator[Any]:
+    """The DVC repo at `root`: the one `one_repo` holds open, or one opened for this read."""
+    shared = _shared.get(Path(root).resolve())
+    if shared is not None:
+        yield shared
+        return
     from dvc.repo import Repo
 
     repo = Repo(str(root))
@@ -44,6 +53,33 @@ def open_repo(root: Path) -> Iterator[Any]:
         yield repo
     finally:
         repo.close()
+
+
+@contextmanager
+def one_repo(root: Path) -> Iterator[None]:
+    """Within the block, the reads of `root` share one open DVC repo instead of opening one
+    each (a flow run asks a dozen questions; each open re-reads the config and the pipeline).
+    After a command that writes (`run`) or `written`, its cached index is dropped."""
+    from dvc.repo import Repo
+
+    key = Path(root).resolve()
+    if key in _shared:  # nested: the outer block owns it
+        yield
+        return
+    repo = Repo(str(root))
+    _shared[key] = repo
+    try:
+        yield
+    finally:
+        del _shared[key]
+        repo.close()
+
+
+def written(root: Path) -> None:
+    """Files of `root` changed outside DVC's API: the shared repo (if any) reads them again."""
+    shared = _shared.get(Path(root).resolve())
+    if shared is not None:
+        shared._reset()
 
 
 def stage_order(root: Path, targets: list[str] | None = None) -> list[str]:
@@ -230,6 +266,7 @@ def run(
         raise
     finally:
         reader.join(timeout=10)
+        written(root)
     return Completed(tuple(args), returncode, time.perf_counter() - start, "\n".join(tail))
 
 

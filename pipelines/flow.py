@@ -258,54 +258,56 @@ def pipeline(
     """
     logger = get_run_logger()
     repo = Path(root).resolve()
-    declared: dict[str, Path] = {}
-    if register_model:  # a typo here should not cost a whole training run to find out
-        declared = dvc_repo.artifacts(repo)
-        if declared and model_name not in declared:
-            raise errors.UsageError(
-                f"{model_name!r} is not in dvc.yaml's artifacts: {sorted(declared)}"
-            )
-    changes = check_params(repo, list(overrides or []))
-    stages = dvc_repo.stage_order(repo, targets)
-    logger.info("stages, in order: %s", " -> ".join(stages))
-    before = dvc_repo.metrics(repo)
+    with dvc_repo.one_repo(repo):
+        declared: dict[str, Path] = {}
+        if register_model:  # a typo here should not cost a whole training run to find out
+            declared = dvc_repo.artifacts(repo)
+            if declared and model_name not in declared:
+                raise errors.UsageError(
+                    f"{model_name!r} is not in dvc.yaml's artifacts: {sorted(declared)}"
+                )
+        changes = check_params(repo, list(overrides or []))
+        dvc_repo.written(repo)  # params.yaml
+        stages = dvc_repo.stage_order(repo, targets)
+        logger.info("stages, in order: %s", " -> ".join(stages))
+        before = dvc_repo.metrics(repo)
 
-    stage_task = run_stage.with_options(
-        retries=retries,
-        retry_delay_seconds=exponential_backoff(backoff_factor=retry_delay_s),
-    )
-    runs: list[StageRun] = []
-    for stage in stages:
-        # return_state: a skipped stage returns its state; .result() raises if the stage failed.
-        state = stage_task(repo, stage, force, stage_timeout_s, return_state=True)
-        runs.append(state.result())
+        stage_task = run_stage.with_options(
+            retries=retries,
+            retry_delay_seconds=exponential_backoff(backoff_factor=retry_delay_s),
+        )
+        runs: list[StageRun] = []
+        for stage in stages:
+            # return_state: a skipped stage returns its state; .result() raises if it failed.
+            state = stage_task(repo, stage, force, stage_timeout_s, return_state=True)
+            runs.append(state.result())
 
-    pushed = dvc_push(repo) if push else "not pushed (push=False)"
-    registered = None
-    if register_model:
-        outs = {s: dvc_repo.out_paths(repo, s) for s in (EVALUATE, EXPORT) if s in stages}
-        onnx = None
-        if EXPORT in outs:
-            onnx = [m["file"] for m in report.model_files(repo, outs[EXPORT])]
-            onnx = [f for f in onnx if f.endswith(".onnx")]
-        reg = register_version(
-            repo,
-            model_name,
-            bump,
-            _test_acc(repo, outs.get(EVALUATE, []), dvc_repo.metrics(repo)),
-            min_test_acc,
-            onnx,
-            declared.get(model_name),
-            return_state=True,
-        ).result()
-        registered = reg.tag if reg is not None else None
-    publish_report(repo, stages, runs, before, changes, pushed, registered)
-    return {
-        "stages": [asdict(r) for r in runs],
-        "pushed": pushed,
-        "registered": registered,
-        "params_changes": changes,
-    }
+        pushed = dvc_push(repo) if push else "not pushed (push=False)"
+        registered = None
+        if register_model:
+            outs = {s: dvc_repo.out_paths(repo, s) for s in (EVALUATE, EXPORT) if s in stages}
+            onnx = None
+            if EXPORT in outs:
+                onnx = [m["file"] for m in report.model_files(repo, outs[EXPORT])]
+                onnx = [f for f in onnx if f.endswith(".onnx")]
+            reg = register_version(
+                repo,
+                model_name,
+                bump,
+                _test_acc(repo, outs.get(EVALUATE, []), dvc_repo.metrics(repo)),
+                min_test_acc,
+                onnx,
+                declared.get(model_name),
+                return_state=True,
+            ).result()
+            registered = reg.tag if reg is not None else None
+        publish_report(repo, stages, runs, before, changes, pushed, registered)
+        return {
+            "stages": [asdict(r) for r in runs],
+            "pushed": pushed,
+            "registered": registered,
+            "params_changes": changes,
+        }
 
 
 class AuditFailed(errors.StageError):

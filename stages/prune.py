@@ -12,13 +12,22 @@ smallest magnitude across all layers (torch.nn.utils.prune, made permanent): the
 their shapes, so only a compressed file shrinks and nothing runs faster. Either method works in
 `rounds` steps, each pruning an equal share of the target and then fine-tuning, optionally
 distilling from the dense model.
+
+Resuming: after each round, the model so far, the round's report and a fingerprint (the prune
+and train params, the dense model, the data, the code and the environment, by the rules of
+`train`'s checkpoints) are saved to `--ckpt-dir`. A retried or killed run with the same
+fingerprint starts at the round after the last one saved, with the pruner put back where it
+was, and ends with the same model as an uninterrupted run.
 """
 
 from __future__ import annotations
 
 import argparse
 import gzip
+import hashlib
 import logging
+import os
+import signal
 import sys
 import tempfile
 import time
@@ -34,13 +43,24 @@ import torch_pruning as tp
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
-from mnist_pipeline import errors, logs, provenance
-from mnist_pipeline.atomic import write_json
+from mnist_pipeline import (
+    checkpoints,
+    datamodule,
+    dataset,
+    errors,
+    lightning_module,
+    logs,
+    model,
+    provenance,
+    training,
+)
+from mnist_pipeline.atomic import write_json, write_torch
 from mnist_pipeline.datamodule import MNISTDataModule
 from mnist_pipeline.dataset import Split, load_split
 from mnist_pipeline.lightning_module import LitLeNet5
 from mnist_pipeline.model import (
     LeNet5,
+    Widths,
     accuracy,
     count_params,
     load_model,
@@ -60,6 +80,10 @@ from mnist_pipeline.training import make_datamodule, make_trainer, resolve_preci
 log = logging.getLogger(__name__)
 
 EXAMPLE_INPUT = torch.zeros(1, 1, 28, 28)
+ROUND_CKPT = "last_round.pt"
+FAIL_ENV = "MNIST_FAIL_AFTER_ROUND"  # test hook: SIGKILL once this round is saved
+# The code whose edits change what pruning produces; part of the resume fingerprint.
+CODE_MODULES = (model, lightning_module, datamodule, dataset, training)
 
 
 # --- measuring ------------------------------------------------------------------------------
@@ -193,6 +217,126 @@ def plain_copy(net: LeNet5) -> LeNet5:
     return fresh.eval()
 
 
+# --- resuming -------------------------------------------------------------------------------
+
+
+def fingerprint(
+    params: PruneParams, train_params: TrainParams, model_path: Path, data_dir: Path
+) -> str:
+    """The resume fingerprint of a `prune` run: `train`'s rules (its params, the resolved
+    precision and threads, the environment), plus the prune params, the dense model, all the
+    splits (the test accuracy is in each round's report) and this stage's code."""
+    splits = [f"{name}.safetensors" for name in dataset.SPLITS]
+    files = [model_path, *(data_dir / n for n in ("meta.json", *splits))]
+    precision = resolve_precision(train_params.precision, train_params.accelerator)
+    code = (*CODE_MODULES, sys.modules[__name__])
+    base = checkpoints.fingerprint(train_params, precision, train_params.num_threads, files, code)
+    return hashlib.sha256(f"{base} prune={params.model_dump_json()}".encode()).hexdigest()
+
+
+def save_round(
+    ckpt_dir: Path,
+    fp: str,
+    done: int,
+    net: LeNet5,
+    report: dict[str, Any],
+    pruner: tp.pruner.BasePruner | None = None,
+) -> None:
+    """The state after round `done`: the model (with its pruning masks, if any), the report,
+    and the channel counts the structured pruner started from."""
+    state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
+    write_torch(
+        ckpt_dir / ROUND_CKPT,
+        {
+            "fingerprint": fp,
+            "round": done,
+            "widths": asdict(widths_of(net)),
+            "state_dict": state,
+            "report": report,
+            "pruner_scopes": dict(pruner._scope_initial_channels) if pruner else {},
+        },
+    )
+
+
+def load_round(ckpt_dir: Path, fp: str) -> dict[str, Any] | None:
+    """The last saved round if it matches `fp`; otherwise None, with the reason logged."""
+    path = ckpt_dir / ROUND_CKPT
+    if not path.is_file():
+        log.info("no prune checkpoint in %s: starting at round 1", ckpt_dir)
+        return None
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # a checkpoint cut short by a kill is not worth dying for
+        log.warning("prune checkpoint %s is unreadable (%s): starting at round 1", path, err)
+        return None
+    if saved.get("fingerprint") != fp:
+        log.warning(
+            "prune checkpoint %s was made with other params, data or code (fingerprint %s, "
+            "now %s): starting at round 1",
+            path,
+            str(saved.get("fingerprint"))[:12],
+            fp[:12],
+        )
+        return None
+    log.info("resuming after round %d from %s (fingerprint %s)", saved["round"], path, fp[:12])
+    return saved
+
+
+def restore_net(saved: dict[str, Any]) -> LeNet5:
+    """The saved round's model, masks (unstructured pruning) attached again."""
+    net = LeNet5(Widths(**saved["widths"]))
+    state = saved["state_dict"]
+    for name, m in net.named_modules():
+        if f"{name}.weight_mask" in state:
+            torch_prune.identity(m, "weight")  # the mask's slot; its values load below
+    net.load_state_dict(state)
+    return net
+
+
+def restore_pruner(
+    net: LeNet5,
+    dense: LeNet5,
+    params: StructuredPruneParams,
+    rounds: int,
+    done: int,
+    scopes: dict[str, int],
+) -> tp.pruner.BasePruner:
+    """A pruner on `net` that takes up after `done` of `rounds` steps begun on `dense`.
+
+    torch-pruning has no saveable state, but all it keeps between steps is the step count and
+    the channel counts before the first step, from which it computes how many channels the
+    next step leaves: per layer and for the whole model (from a pruner built on a copy of the
+    dense model, node by node), and per pruning scope (`scopes`, saved with each round).
+    """
+    first = make_structured_pruner(plain_copy(dense), params, rounds)
+    pruner = make_structured_pruner(net, params, rounds)
+    first_names = {m: n for n, m in first.model.named_modules()}
+    names = {m: n for n, m in net.named_modules()}
+    for counts in ("layer_init_out_ch", "layer_init_in_ch"):
+        # Both graphs list their nodes (layers, and the ops between them) in the same order.
+        before, now = getattr(first, counts), getattr(pruner, counts)
+        pairs = list(zip(before.items(), now, strict=True))
+        for (old, _), new in pairs:
+            if type(old) is not type(new) or first_names.get(old) != names.get(new):
+                raise errors.StageError(f"cannot resume pruning: {old} does not match {new}")
+        setattr(pruner, counts, {new: count for (_, count), new in pairs})
+    pruner.initial_total_channels = first.initial_total_channels
+    pruner._scope_initial_channels = dict(scopes)
+    pruner.current_step = done
+    return pruner
+
+
+def fail_after_round() -> int | None:
+    value = os.environ.get(FAIL_ENV)
+    return int(value) if value else None
+
+
+def kill_now(done: int) -> None:
+    log.error("%s=%d: killing the prune process now", FAIL_ENV, done)
+    logging.shutdown()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
 # --- fine-tuning ----------------------------------------------------------------------------
 
 
@@ -282,23 +426,28 @@ def prune_and_finetune(
     train_params: TrainParams,
     data_dir: Path,
     test: Split,
+    ckpt_dir: Path | None = None,
+    fp: str = "",
 ) -> tuple[LeNet5, dict[str, Any]]:
-    """Prune a copy of `dense` in `params.rounds` steps, fine-tuning after each.
+    """Prune a copy of `dense` in `params.rounds` steps, fine-tuning after each; with a
+    `ckpt_dir`, each round is saved there and a run with the same `fp` resumes after it.
 
     Returns the pruned model as a plain `LeNet5` and a per-round report.
     """
-    net = plain_copy(dense)
+    saved = load_round(ckpt_dir, fp) if ckpt_dir is not None else None
+    done = saved["round"] if saved else 0
+    net = restore_net(saved) if saved else plain_copy(dense)
+    report: dict[str, Any] = dict(saved["report"]) if saved else {}
     teacher = plain_copy(dense) if params.distill.alpha > 0 else None
     data = make_datamodule(train_params, data_dir)
     train = load_split(data_dir, "train") if params.structured.importance == "taylor" else None
-    pruner = (
-        make_structured_pruner(net, params.structured, params.rounds)
-        if params.method == "structured"
-        else None
-    )
-    report: dict[str, Any] = {}
+    pruner = None
+    if params.method == "structured" and done < params.rounds:
+        scopes = saved["pruner_scopes"] if saved else {}
+        pruner = restore_pruner(net, dense, params.structured, params.rounds, done, scopes)
+    kill_after = fail_after_round() if saved is None else None
     start = time.perf_counter()
-    for r in range(1, params.rounds + 1):
+    for r in range(done + 1, params.rounds + 1):
         if pruner is not None:
             structured_step(pruner, net, params.structured, train)
         else:
@@ -324,8 +473,13 @@ def prune_and_finetune(
             acc_pruned,
             acc_tuned,
         )
+        if ckpt_dir is not None:
+            save_round(ckpt_dir, fp, r, net, report, pruner)
+        if kill_after == r and r < params.rounds:
+            kill_now(r)
     make_permanent(net)
     report["finetune_time_s"] = round(time.perf_counter() - start, 2)
+    report["resumed_after_round"] = done if saved else None
     return plain_copy(net), report
 
 
@@ -355,6 +509,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--data", type=Path, required=True, help="prepared data folder")
     p.add_argument("--out", type=Path, required=True, help="pruned model file to write")
     p.add_argument("--metrics", type=Path, required=True, help="results JSON to write")
+    p.add_argument(
+        "--ckpt-dir", type=Path, default=None, help="per-round checkpoints, for resuming"
+    )
     p.add_argument("--timings", type=Path, default=None, help="measurements JSON to write")
     p.add_argument("--provenance", type=Path, default=None, help="run record JSON to write")
     return p.parse_args(argv)
@@ -370,7 +527,9 @@ def main(argv: list[str] | None = None) -> None:
         record.facts["precision"] = resolve_precision(
             all_params.train.precision, all_params.train.accelerator
         )
-        run(*sections, args.model, args.data, args.out, args.metrics, args.timings)
+        record.facts["resumed_after_round"] = run(
+            *sections, args.model, args.data, args.out, args.metrics, args.timings, args.ckpt_dir
+        )
 
 
 def run(
@@ -381,8 +540,11 @@ def run(
     out: Path,
     metrics_path: Path,
     timings_path: Path | None,
-) -> None:
-    """Prune the dense model file, fine-tune, and write the pruned model and its metrics."""
+    ckpt_dir: Path | None = None,
+) -> int | None:
+    """Prune the dense model file, fine-tune, and write the pruned model and its metrics.
+
+    Returns the round it resumed after (None: it started at round 1)."""
     dense, meta = load_model(model_path)
     test = load_split(data, "test")
 
@@ -391,8 +553,10 @@ def run(
         **file_sizes(model_path),
         "test_acc": round(accuracy(dense, test.images, test.labels), 5),
     }
-    pruned, report = prune_and_finetune(dense, params, train_params, data, test)
+    fp = fingerprint(params, train_params, model_path, data) if ckpt_dir is not None else ""
+    pruned, report = prune_and_finetune(dense, params, train_params, data, test, ckpt_dir, fp)
     timings = {"finetune_time_s": report.pop("finetune_time_s")}
+    resumed_after = report.pop("resumed_after_round")
     prune_meta = {"prune_method": params.method, "widths_dense": asdict(widths_of(dense))}
     save_model(pruned, out, meta={**meta, **prune_meta})
     pruned_stats = {
@@ -415,6 +579,7 @@ def run(
         pruned_stats["test_acc"],
         metrics["acc_drop_points"],
     )
+    return resumed_after
 
 
 if __name__ == "__main__":

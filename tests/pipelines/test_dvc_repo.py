@@ -63,3 +63,34 @@ def test_run_cache_hits_are_recognized() -> None:
     assert dvc_repo.Completed(("repro",), 0, 1.0, hit).run_cache_hit
     ran = "Running stage 'evaluate':\n> python -m stages.evaluate"
     assert not dvc_repo.Completed(("repro",), 0, 1.0, ran).run_cache_hit
+
+
+def test_one_repo_serves_every_read_and_sees_what_commands_wrote(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dvc.repo import Repo
+
+    repo = _repo(tmp_path, {"make_a": {"cmd": "echo a > a", "outs": ["a"]}})
+    opened: list[str] = []
+    init = Repo.__init__
+
+    def counted(self: Repo, *args: object, **kwargs: object) -> None:
+        opened.append(str(args[0]) if args else "")
+        init(self, *args, **kwargs)
+
+    monkeypatch.setattr(Repo, "__init__", counted)
+    with dvc_repo.one_repo(repo):
+        assert dvc_repo.stage_order(repo) == ["make_a"]
+        assert dvc_repo.changes(repo, "make_a")  # never run
+        assert dvc_repo.run(repo, ["repro", "make_a"], timeout_s=120).ok
+        assert dvc_repo.changes(repo, "make_a") == {}  # the run's dvc.lock is read again
+        assert dvc_repo.out_paths(repo, "make_a") == [repo / "a"]
+        spec = {
+            "make_a": {"cmd": "echo a > a", "outs": ["a"]},
+            "b": {"cmd": "echo", "deps": ["a"]},
+        }
+        (repo / "dvc.yaml").write_text(yaml.safe_dump({"stages": spec}))
+        dvc_repo.written(repo)
+        assert dvc_repo.stage_order(repo) == ["make_a", "b"]
+    assert len(opened) == 1
+    assert dvc_repo.stage_order(repo) == ["make_a", "b"] and len(opened) == 2  # closed after

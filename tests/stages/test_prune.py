@@ -4,6 +4,7 @@ without torch-pruning); unstructured zeroes weights and says so; the stage's I/O
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -226,3 +227,86 @@ def test_bad_params_fail_before_any_output(
     assert not (tmp_path / "pruned.pt").exists()
     with pytest.raises(Exception, match=r"prune\.method"):
         parse_params({**tiny_params_dict(), "prune": {**raw["prune"], "method": "magic"}})
+
+
+def _prune_argv(run_dir: Path, trained_model: Path, prepared: Path, raw: dict) -> list[str]:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    return [
+        "--params", str(run_dir / "params.yaml"),
+        "--model", str(trained_model),
+        "--data", str(prepared),
+        "--out", str(run_dir / "pruned.pt"),
+        "--metrics", str(run_dir / "prune.json"),
+        "--ckpt-dir", str(run_dir / "ckpt"),
+        "--provenance", str(run_dir / "provenance.json"),
+    ]  # fmt: skip
+
+
+def _resumed_after(run_dir: Path) -> int | None:
+    return json.loads((run_dir / "provenance.json").read_text())["resumed_after_round"]
+
+
+def test_a_killed_prune_resumes_after_its_last_round_and_ends_the_same(
+    tmp_path: Path, trained_model: Path, prepared: Path
+) -> None:
+    raw = tiny_params_dict()
+    raw["prune"].update(rounds=3)
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    prune.main(_prune_argv(whole, trained_model, prepared, raw))
+    assert _resumed_after(whole) is None
+
+    argv = _prune_argv(killed, trained_model, prepared, raw)
+    done = subprocess.run(
+        [sys.executable, "-m", "stages.prune", *argv],
+        cwd=ROOT,
+        env={**os.environ, prune.FAIL_ENV: "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == -9, done.stderr[-2000:]  # SIGKILLed once round 1 was saved
+    assert "round 1/3" in done.stderr and "round 2/3" not in done.stderr
+    assert not (killed / "pruned.pt").exists()
+
+    prune.main(argv)  # the retry
+    assert _resumed_after(killed) == 1
+    assert (killed / "pruned.pt").read_bytes() == (whole / "pruned.pt").read_bytes()
+    assert (killed / "prune.json").read_bytes() == (whole / "prune.json").read_bytes()
+
+    prune.main(argv)  # again, with every round saved: nothing to fine-tune, the same files
+    assert _resumed_after(killed) == 3
+    assert (killed / "pruned.pt").read_bytes() == (whole / "pruned.pt").read_bytes()
+
+
+def test_prune_resumes_only_with_its_fingerprint(
+    tmp_path: Path, trained_model: Path, prepared: Path, tiny_params: Params
+) -> None:
+    p, t = tiny_params.prune, tiny_params.train
+    fp = prune.fingerprint(p, t, trained_model, prepared)
+    assert prune.fingerprint(p.model_copy(update={"seed": 1}), t, trained_model, prepared) != fp
+    other_train = t.model_copy(update={"batch_size": 64})
+    assert prune.fingerprint(p, other_train, trained_model, prepared) != fp
+    quiet = t.model_copy(update={"progress_bar": not t.progress_bar})
+    assert prune.fingerprint(p, quiet, trained_model, prepared) == fp
+
+    net, _ = load_model(trained_model)
+    prune.save_round(tmp_path, fp, 1, net, {"round1": {}})
+    assert prune.load_round(tmp_path, fp)["round"] == 1
+    assert prune.load_round(tmp_path, "other") is None
+    (tmp_path / prune.ROUND_CKPT).write_bytes(b"cut short by a kill")
+    assert prune.load_round(tmp_path, fp) is None
+
+
+def test_unstructured_masks_survive_a_saved_round(tmp_path: Path, trained_model: Path) -> None:
+    dense, _ = load_model(trained_model)
+    net = prune.plain_copy(dense)
+    prune.unstructured_step(net, 0.5)
+    prune.save_round(tmp_path, "fp", 1, net, {})
+    back = prune.restore_net(prune.load_round(tmp_path, "fp"))
+    saved, restored = net.state_dict(), back.state_dict()
+    assert saved.keys() == restored.keys() and any(k.endswith("weight_mask") for k in saved)
+    assert all(torch.equal(saved[k], restored[k]) for k in saved)
+    prune.unstructured_step(back, 0.75)  # the next round prunes on top of the saved masks
+    prune.make_permanent(back)
+    assert prune.sparsity(back) == pytest.approx(0.75, abs=1e-3)
