@@ -170,15 +170,18 @@ def check_contract(
 def timings(
     sessions: dict[str, ort.InferenceSession], pixels: np.ndarray, params: QuantizeParams
 ) -> dict[str, dict[str, float]]:
-    """Batch-1 latency (ms) and batch throughput (images/s) of each session, interleaved."""
-    one = pixels[:1]
+    """Batch-1 latency (ms) and batch throughput (images/s) of each session, interleaved; each
+    gets the raw `pixels` in the input type its model takes."""
     many = np.resize(pixels, (params.throughput_batch, *pixels.shape[1:]))
 
     def runner(sess: ort.InferenceSession, x: np.ndarray):
+        x = x.astype(onnx_runtime.input_dtype(sess))
         return lambda: sess.run([OUTPUT_NAME], {INPUT_NAME: x})
 
     lat = median_times(
-        {k: runner(s, one) for k, s in sessions.items()}, params.warmup_runs, params.latency_runs
+        {k: runner(s, pixels[:1]) for k, s in sessions.items()},
+        params.warmup_runs,
+        params.latency_runs,
     )
     thr = median_times(
         {k: runner(s, many) for k, s in sessions.items()},
@@ -284,7 +287,7 @@ def run(params: QuantizeParams, args: argparse.Namespace) -> None:
         sessions[f"{name}_int8"] = onnx_runtime.session(dst, params.num_threads)
     write_json(args.metrics, metrics)
 
-    times = timings(sessions, test_pixels.astype(dtype), params)
+    times = timings(sessions, test_pixels, params)
     measured: dict[str, Any] = dict(times)
     for name in ("dense", "pruned"):
         f, q = times[name], times[f"{name}_int8"]
