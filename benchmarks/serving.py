@@ -100,7 +100,7 @@ async def send(
 
     headers = {"content-type": f"multipart/form-data; boundary={BOUNDARY}"}
     latencies: list[float] = []
-    left = requests
+    left = 0
 
     async def worker(client: aiohttp.ClientSession) -> None:
         nonlocal left
@@ -114,7 +114,8 @@ async def send(
 
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=connector) as client:
-        await asyncio.gather(*(worker(client) for _ in range(concurrency)))  # warm connections
+        left = min(requests, 20 * concurrency)  # warm-up: connections open, code paths hot
+        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
         left = requests
         latencies.clear()
         t0 = time.perf_counter()

@@ -1,6 +1,7 @@
 """Classify images of handwritten digits with an exported ONNX model.
 
     mnist-predict --model models/lenet5_pruned.onnx digit.png other.jpg [--json]
+    mnist-predict --model lenet5-pruned-onnx#prod digit.png   # a registered version
     python -m mnist_pipeline.predict ...
 
 Each image (PNG, JPEG, ... of any size and colour mode) is turned into what the model was
@@ -12,7 +13,8 @@ into 20x20 keeping its aspect ratio, then placed so its centre of mass is at the
 Prints one line per file (digit and probability), or a JSON list with --json. A file that
 cannot be read as an image gets an error line on stderr and the others are still classified.
 Exit status: 0 all files classified, 1 some failed, 2 usage error (bad arguments or model).
-Needs only Pillow, numpy and onnxruntime, so it starts fast.
+Needs only Pillow, numpy and onnxruntime for a model file, so it starts fast; a registered
+version is fetched first (`mnist_pipeline.model_ref`: GTO and DVC).
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Serve one exported ONNX model over HTTP, with ONNX Runtime and FastAPI.
 
     mnist-serve --model models/lenet5_pruned.onnx [--host 127.0.0.1] [--port 8000]
+    mnist-serve --model lenet5-pruned-int8-onnx#prod --workers 2    # a registered version
     python -m mnist_pipeline.server --model models/lenet5_int8.onnx
 
 - `POST /predict` with one or more image files (multipart field `file`, repeatable), or with
@@ -14,8 +15,10 @@
 Bad input gets a 4xx JSON error `{"error": ..., "file": ...}` that names the problem, and the
 server keeps serving: a file that is not an image, truncated or over `--max-bytes`; a
 decompression bomb; pixels of the wrong shape or range; more than `--max-files` files. It
-binds 127.0.0.1 unless `--host` says otherwise. One ONNX Runtime session serves every request
-(its `run` is thread-safe), off the event loop.
+binds 127.0.0.1 unless `--host` says otherwise. One ONNX Runtime session per process serves
+every request (its `run` is thread-safe); each request's decoding and inference run in one trip
+to a worker thread, off the event loop, or in a shared run with other requests' digits
+(`--max-batch`, `--max-wait-ms`: micro-batching).
 """
 
 from __future__ import annotations
