@@ -108,9 +108,10 @@ class MicroBatcher:
         return await done
 
     async def _serve(self, queue: asyncio.Queue) -> None:
+        carry = None  # a request that would have made the last run too big: the next one's
         while True:
-            jobs = [await queue.get()]
-            size = len(jobs[0][0])
+            jobs = [carry if carry is not None else await queue.get()]
+            carry, size = None, len(jobs[0][0])
             deadline = time.monotonic() + self.max_wait
             while size < self.max_batch:
                 try:
@@ -123,6 +124,9 @@ class MicroBatcher:
                         job = await asyncio.wait_for(queue.get(), left)
                     except TimeoutError:
                         break
+                if size + len(job[0]) > self.max_batch:
+                    carry = job
+                    break
                 jobs.append(job)
                 size += len(job[0])
             await self._run(jobs)
