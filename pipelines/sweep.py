@@ -226,6 +226,7 @@ def _result(
         attempts=attempts,
         rev=(exp.rev if exp else run.rev if run else None),
         note=note,
+        ran=list(run.ran) if run else [],
     )
 
 
