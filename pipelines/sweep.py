@@ -227,6 +227,7 @@ def _result(
         rev=(exp.rev if exp else run.rev if run else None),
         note=note,
         ran=list(run.ran) if run else [],
+        worker=run.worker if run else "",
     )
 
 
@@ -354,6 +355,9 @@ def sweep(
                 f"or remove it (dvc exp remove {t.name})"
             )
         results[t.name] = _result(t, exp, None, objective, files, None, 0, "done earlier")
+    if study is not None:  # the study's finished trials that left no experiment
+        for t in plan:
+            results.setdefault(t.name, _failed(t, "failed in an earlier run of this sweep"))
     if results:
         logger.info("already done, not run again: %s", sorted(results))
 
@@ -382,7 +386,8 @@ def sweep(
         )
 
     def collect(t: Trial, future: Any) -> sr.TrialResult:
-        state = future.state if future.state.is_final() else future.wait() or future.state
+        future.wait()  # the final state, with its result (the API copy has none)
+        state = future.state
         attempts = _attempts(future)
         if state.is_completed():
             run = state.result()
@@ -426,10 +431,7 @@ def sweep(
 
     registered = None
     if promote and data["best"]:
-        done = dvc_repo.run(repo, ["exp", "apply", data["best"]], 600, echo=logger.info)
-        if not done.ok:
-            raise StepFailed(f"dvc exp apply {data['best']}", done.returncode, done.tail)
-        logger.info("applied %s to the workspace", data["best"])
+        promote_best(repo, data["best"], targets)
         if register_model:
             best = results[data["best"]]
             declared = dvc_repo.artifacts(repo)
@@ -452,6 +454,41 @@ def sweep(
             f"{RESULTS_DIR / (name + '.json')}"
         )
     return data
+
+
+def promote_best(root: Path, best: str, targets: list[str]) -> None:
+    """`dvc exp apply` the best trial. Outputs of stages the trials did not run (prune, export)
+    may be missing from the cache if this clone never had them: that is a warning, not a
+    failure, since the trial's own outputs are in place (`dvc repro` makes the rest)."""
+    logger = get_run_logger()
+    done = dvc_repo.run(root, ["exp", "apply", best], 600, echo=logger.info)
+    if not done.ok:
+        missing = _checkout_failed(done.tail)
+        own = {
+            p.relative_to(root).as_posix()
+            for stage in dvc_repo.stage_order(root, targets)
+            for p in dvc_repo.out_paths(root, stage)
+        }
+        if not missing or any(m.rstrip("/") in own for m in missing):
+            raise StepFailed(f"dvc exp apply {best}", done.returncode, done.tail)
+        logger.warning(
+            "applied %s; not in the cache, from stages the trials did not run: %s "
+            "(dvc repro or dvc pull brings them)",
+            best,
+            ", ".join(missing),
+        )
+        return
+    logger.info("applied %s to the workspace: params.yaml, dvc.lock and outputs", best)
+
+
+def _checkout_failed(output: str) -> list[str]:
+    """The targets of DVC's 'Checkout failed for following targets:' message."""
+    lines = output.splitlines()
+    for i, line in enumerate(lines):
+        if "Checkout failed for following targets" in line:
+            rest = lines[i + 1 :]
+            return [ln.strip() for ln in rest if ln.strip() and not ln.startswith(("Is ", "<"))]
+    return []
 
 
 def _cause(text: str) -> str:
@@ -518,12 +555,15 @@ def _optuna_plan(
         raise sweep_space.refuse(bad, len(corners))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
-        study_name=name,
+        study_name=f"{name}@{trials.head_commit(root)}",  # experiments belong to a commit too
         storage=_storage(root, name),
         direction="maximize" if maximize else "minimize",
         sampler=optuna.samplers.TPESampler(seed=seed),
         load_if_exists=True,
     )
+    # A reloaded study's sampler starts its random draws again: seed it past the trials it has,
+    # or a resumed sweep would propose its first trials a second time.
+    study.sampler = optuna.samplers.TPESampler(seed=seed + len(study.trials))
     done = []
     for ft in study.get_trials(deepcopy=False):
         if ft.state.is_finished():

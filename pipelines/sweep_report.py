@@ -30,6 +30,7 @@ class TrialResult:
     rev: str | None = None
     note: str = ""  # the error, or "done earlier" for a trial found finished
     ran: list[str] = field(default_factory=list)  # the stages DVC ran for it
+    worker: str = ""  # host:pid that ran it
 
 
 def find_metric(metrics: dict[str, dict[str, Any]], name: str) -> float | None:

@@ -15,8 +15,10 @@ attempt, so a retried trial resumes `train` from the checkpoint the killed attem
 from __future__ import annotations
 
 import logging
+import os
 import re
 import shutil
+import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -46,6 +48,7 @@ class TrialRun:
     ran: list[str] = field(default_factory=list)  # stages DVC ran
     cached: list[str] = field(default_factory=list)  # stages restored from the run cache
     reused: bool = False  # the experiment was already there, nothing ran
+    worker: str = ""  # host:pid of the process that ran it (a Dask worker, or this one)
 
 
 def git(cwd: Path, *args: str) -> str:
@@ -147,9 +150,9 @@ def run_trial(
     done = dvc_repo.run(ws, push, timeout_s, echo=echo)
     if not done.ok:
         raise StepFailed(f"dvc exp push of {name}", done.returncode, done.tail)
-    return TrialRun(
-        name, rev, dvc_repo.metrics(ws), time.perf_counter() - start, ran, cached, reused
-    )
+    seconds = time.perf_counter() - start
+    worker = f"{socket.gethostname()}:{os.getpid()}"
+    return TrialRun(name, rev, dvc_repo.metrics(ws), seconds, ran, cached, reused, worker)
 
 
 def run_shared(

@@ -346,3 +346,37 @@ def test_failing_trials_fail_alone_and_a_killed_one_resumes(
         ).read_text()
     )
     assert record["resumed_from_epoch"] == 1  # the retry went on from the checkpoint
+
+
+@pytest.mark.slow
+def test_a_dask_cluster_of_two_workers_runs_the_trials_side_by_side(sweep_repo: Path) -> None:
+    """The distributed engine: a scheduler and two worker processes, reached by address as a
+    real cluster would be (`--cluster tcp://host:8786`); one trial on each worker."""
+    from distributed import LocalCluster
+
+    from pipelines.sweep import main
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True) as cluster:
+        assert cluster.scheduler_address.startswith("tcp://")
+        code = main(
+            [
+                "--root",
+                str(sweep_repo),
+                "--name",
+                "dask",
+                "-S",
+                "train.optimizer.lr=8e-3,1.6e-2",
+                "--jobs",
+                "2",
+                "--cluster",
+                cluster.scheduler_address,
+            ]
+        )
+        worker_pids = {w.process.pid for w in cluster.workers.values()}
+    assert code == 0
+    data = json.loads((sweep_repo / "sweeps" / "dask.json").read_text())
+    assert data["counts"] == {"succeeded": 2, "failed": 0, "pruned": 0}
+    ran_on = {int(t["worker"].rsplit(":", 1)[1]) for t in data["trials"]}
+    assert ran_on == worker_pids  # each worker ran one trial
+    names = set(trials.experiments(sweep_repo))
+    assert {"dask-000", "dask-001"} <= names
