@@ -115,10 +115,11 @@ def shared_stages(root: Path, targets: list[str], swept: list[str]) -> list[str]
 def run_shared_stages(
     root: Path, sweep: str, commit: str, cache: Path, stages: list[str], timeout_s: float
 ) -> list[str]:
-    """`dvc repro` the stages every trial shares once, in the sweep's shared clone; returns
-    the tracked files it changed, which every trial starts from."""
+    """`dvc repro` the stages every trial shares once, in the commit's shared clone (one for
+    all the sweeps at this commit); returns the tracked files it changed, which every trial
+    starts from."""
     logger = get_run_logger()
-    ws = trials.workspace(root, sweep, trials.SHARED, commit, cache)
+    ws = trials.workspace(root, trials.SHARED, commit[:12], commit, cache)
     done = trials.run_shared(ws, stages, timeout_s, echo=logger.info)
     logger.info("shared stages %s: ran %s", stages, done.ran or "none (up to date)")
     return done.changed
@@ -145,7 +146,7 @@ def run_trial(
 ) -> trials.TrialRun:
     logger = get_run_logger()
     ws = trials.workspace(root, sweep, name, commit, cache)
-    trials.take_shared(ws, trials.sweep_dir(root, sweep) / trials.SHARED, shared_files)
+    trials.take_shared(ws, trials.sweep_dir(root, trials.SHARED) / commit[:12], shared_files)
     logger.info("trial %s in %s: %s", name, ws, " ".join(trial_overrides))
     run = trials.run_trial(
         ws,

@@ -7,9 +7,10 @@ like any other. The clone is what another machine would have (clone at the commi
 run, `dvc exp push`), so the same code runs a trial here or on a Dask worker elsewhere.
 
 On one machine the clones use the repo's own DVC cache (`cache.dir` in their
-`.dvc/config.local`), and so its run cache: a stage that no swept param touches (`prepare`)
-runs once, in the sweep's shared clone, and every trial restores it. A clone outlives a failed
-attempt, so a retried trial resumes `train` from the checkpoint the killed attempt left in it.
+`.dvc/config.local`). The stages no swept param touches (`prepare`) run once per commit, in a
+shared clone (`.dvc/tmp/sweeps/_shared/<commit>`), and every trial starts from its lock entries
+and checks their outputs out of the cache. A clone outlives a failed attempt, so a retried
+trial resumes `train` from the checkpoint the killed attempt left in it.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from pipelines.retry import StepFailed
 log = logging.getLogger(__name__)
 
 SWEEPS_DIR = Path(".dvc") / "tmp" / "sweeps"  # DVC's tmp folder: ignored by git and DVC
-SHARED = "_shared"  # the clone that runs the stages every trial shares
+SHARED = "_shared"  # _shared/<commit>: the clone that runs the stages all trials share
 _RAN = re.compile(r"^Running stage '([^']+)'", re.MULTILINE)
 _CACHED = re.compile(r"Stage '([^']+)' is cached - skipping run")
 

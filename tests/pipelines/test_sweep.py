@@ -237,9 +237,12 @@ def test_two_trials_at_once_are_dvc_experiments_with_their_metrics(
     for row in result["trials"]:
         assert row["status"] == "succeeded" and row["attempts"] == 1 and row["seconds"] > 0
         assert row["ran"] == ["train", "evaluate"]
-    clones = trials.sweep_dir(sweep_repo, "lr")
-    locks = {p.name: (p / "dvc.lock").read_text() for p in clones.iterdir() if p.is_dir()}
-    assert set(locks) == {"_shared", "lr-000", "lr-001"}
+    clones = [
+        *trials.sweep_dir(sweep_repo, "lr").iterdir(),
+        *trials.sweep_dir(sweep_repo, "_shared").iterdir(),
+    ]
+    locks = {p.name: (p / "dvc.lock").read_text() for p in clones if p.is_dir()}
+    assert set(locks) == {"lr-000", "lr-001", trials.head_commit(sweep_repo)[:12]}
     prepared = set()
     for text in locks.values():
         outs = yaml.safe_load(text)["stages"]["prepare"]["outs"]
