@@ -29,6 +29,7 @@ Exit code: 0 when every trial succeeded (or was pruned), 1 when some failed, 2 f
 # No `from __future__ import annotations`: Prefect validates flow parameters from the
 # annotations (see pipelines/flow.py).
 import argparse
+import json
 import os
 import re
 import sys
@@ -308,7 +309,7 @@ def sweep(
     user = list(overrides or [])
     targets = list(targets or ["evaluate"])
     mode = "optuna" if trials_n else "grid"
-    name = name or sweep_space.default_name(user, mode if not trials_n else f"optuna{trials_n}")
+    name = name or sweep_space.default_name(user, mode)  # not N: --trials 20 extends a run of 10
     if register_model and not promote:
         raise errors.UsageError("--register needs --promote: the best trial is what is tagged")
     dvc_repo.stage_order(repo, targets)  # an unknown stage is a usage error, before anything
@@ -410,14 +411,17 @@ def sweep(
 
     # The leaderboard reads the experiments back from this repo: what `dvc exp show` shows.
     shown = trials.experiments(repo)
-    for t in [*plan, *(r for r in results if r not in {p.name for p in plan})]:
-        key = t.name if isinstance(t, Trial) else t
-        r = results.get(key)
-        if r is not None and r.status == sr.SUCCEEDED and key in shown:
-            r.metrics = sr.other_metrics(shown[key].metrics, files) or r.metrics
-            r.rev = shown[key].rev
-        elif r is not None and r.status == sr.SUCCEEDED:
+    earlier = _earlier_seconds(repo / RESULTS_DIR / f"{name}.json")
+    for key, r in results.items():
+        if r.status != sr.SUCCEEDED:
+            continue
+        if key not in shown:
             r.status, r.note = sr.FAILED, "its experiment is not in dvc exp show"
+            continue
+        r.metrics = sr.other_metrics(shown[key].metrics, files) or r.metrics
+        r.rev = shown[key].rev
+        if r.seconds is None:
+            r.seconds = earlier.get(key)
     ordered = sorted(results.values(), key=lambda r: r.name)
     data = publish_report(repo, name, commit, mode, ordered, swept, objective, maximize)
     c = data["counts"]
@@ -497,6 +501,15 @@ def _cause(text: str) -> str:
     lines = text.splitlines()
     errors_ = [ln.strip() for ln in lines[1:] if _ERROR_LINE.search(ln)]
     return "\n".join([lines[0], *errors_[-1:], *lines[1:]]) if lines else text
+
+
+def _earlier_seconds(results_file: Path) -> dict[str, float]:
+    """Each trial's seconds from the sweep's previous report, for the trials done then."""
+    try:
+        data = json.loads(results_file.read_text())
+    except (OSError, ValueError):
+        return {}
+    return {t["name"]: t["seconds"] for t in data.get("trials", []) if t.get("seconds")}
 
 
 def _differs(have: dict[str, Any], want: dict[str, Any]) -> bool:

@@ -120,7 +120,6 @@ def run_trial(
     shared_cache: bool,
     timeout_s: float | None,
     echo: Callable[[str], None] = log.info,
-    pull: bool = False,
 ) -> TrialRun:
     """`dvc exp run` one trial in its clone `ws` and push the experiment to its origin.
 
@@ -133,9 +132,7 @@ def run_trial(
     cached: list[str] = []
     reused = rev is not None
     if rev is None:
-        if pull:  # another machine: the data comes from the DVC remote
-            dvc_repo.run(ws, ["pull", "--allow-missing", *shared], timeout_s, echo=echo)
-        elif shared:  # what dvc.lock already knows is in the cache; the rest, the run cache
+        if shared:  # the shared stages' outputs, from the cache the shared clone filled
             dvc_repo.run(ws, ["checkout", "--quiet", *shared], timeout_s, echo=lambda _: None)
         args = ["exp", "run", "-n", name]
         for o in overrides:

@@ -291,6 +291,7 @@ def test_rerun_runs_nothing_that_finished(
     assert ran == ["lr-001"]
     rows = {r["name"]: r for r in state.result()["trials"]}
     assert rows["lr-000"]["note"] == "done earlier" and rows["lr-000"]["status"] == "succeeded"
+    assert rows["lr-000"]["seconds"] > 0  # from the first run's report
     ran.clear()
     state = _sweep(sweep_repo, overrides=["train.optimizer.lr=8e-3,1.6e-2"], name="lr", jobs=2)
     assert state.is_completed() and ran == []
@@ -383,3 +384,26 @@ def test_a_dask_cluster_of_two_workers_runs_the_trials_side_by_side(sweep_repo: 
     assert ran_on == worker_pids  # each worker ran one trial
     names = set(trials.experiments(sweep_repo))
     assert {"dask-000", "dask-001"} <= names
+
+
+@pytest.mark.slow
+def test_optuna_trials_are_experiments_and_a_rerun_only_adds_the_missing_ones(
+    sweep_repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ran: list[str] = []
+    real = trials.run_trial
+    monkeypatch.setattr(trials, "run_trial", lambda *a, **k: ran.append(a[1]) or real(*a, **k))
+    space = ["train.optimizer.lr=tag(log,interval(3e-3,3e-2))", "train.optimizer.name=adam,adamw"]
+    state = _sweep(sweep_repo, overrides=space, name="tpe", trials_n=2, jobs=2)
+    assert state.is_completed(), state.message
+    assert sorted(ran) == ["tpe-000", "tpe-001"]
+    ran.clear()
+    state = _sweep(sweep_repo, overrides=space, name="tpe", trials_n=3, jobs=2)
+    assert state.is_completed(), state.message
+    assert ran == ["tpe-002"]  # the study knows the first two
+    data = state.result()
+    assert data["counts"]["succeeded"] == 3 and data["mode"] == "optuna"
+    assert data["swept"] == ["train.optimizer.lr", "train.optimizer.name"]
+    values = [tuple(t["values"].items()) for t in data["trials"]]
+    assert len(set(values)) == 3  # a resumed study proposes new points, not its first ones
+    assert {"tpe-000", "tpe-001", "tpe-002"} <= set(trials.experiments(sweep_repo))
