@@ -209,12 +209,19 @@ def sweep_repo(
     return make_repo(base / "repo", base / "remote")
 
 
+GRID = ["train.optimizer.lr=8e-3,1.6e-2,20.0"]  # the third is outside the schema
+
+
 @pytest.fixture(scope="module")
 def grid_run(sweep_repo: Path) -> Any:
-    """Two trials, two at a time."""
-    state = _sweep(sweep_repo, overrides=["train.optimizer.lr=8e-3,1.6e-2"], name="lr", jobs=2)
-    assert state.is_completed(), state.message
+    """Two trials, two at a time, and an invalid one that fails alone (--skip-invalid)."""
+    state = _sweep(sweep_repo, overrides=GRID, name="lr", jobs=2, skip_invalid=True)
+    assert state.is_failed() and "1 of 3 trials failed" in state.message, state.message
     return state
+
+
+def _report(repo: Path, name: str) -> dict[str, Any]:
+    return json.loads((repo / "sweeps" / f"{name}.json").read_text())
 
 
 def test_two_trials_at_once_are_dvc_experiments_with_their_metrics(
@@ -231,10 +238,14 @@ def test_two_trials_at_once_are_dvc_experiments_with_their_metrics(
         params = exps[name]["params"]["params.yaml"]["data"]["train"]
         assert params["optimizer"]["lr"] == lr and params["num_threads"] == 1  # 2 jobs, 2 cores
         assert 0.0 <= exps[name]["metrics"]["metrics/evaluate.json"]["data"]["test"]["acc"] <= 1.0
-    result = grid_run.result()
-    assert result["counts"] == {"succeeded": 2, "failed": 0, "pruned": 0}
+    result = _report(sweep_repo, "lr")
+    assert result["counts"] == {"succeeded": 2, "failed": 1, "pruned": 0}
+    rows = {r["name"]: r for r in result["trials"]}
+    # The invalid trial failed alone, with its params error, and never ran.
+    assert "train.optimizer.lr: Input should be less than or equal to 10" in rows["lr-002"]["note"]
+    assert rows["lr-002"]["attempts"] == 0 and "lr-002" not in exps
     # prepare ran once, in the sweep's shared clone; each trial trained and evaluated.
-    for row in result["trials"]:
+    for row in (rows["lr-000"], rows["lr-001"]):
         assert row["status"] == "succeeded" and row["attempts"] == 1 and row["seconds"] > 0
         assert row["ran"] == ["train", "evaluate"]
     clones = [
@@ -264,12 +275,13 @@ def test_leaderboard_artifact_results_file_and_plot(sweep_repo: Path, grid_run: 
         )
     by_key = {a.key: a for a in found}
     table = json.loads(by_key[LEADERBOARD_KEY].data)
-    assert sorted(r["trial"] for r in table) == ["lr-000", "lr-001"]
+    assert [r["trial"] for r in table][2:] == ["lr-002"]  # failures last
     assert {"train.optimizer.lr", "test.acc", "seconds", "test.loss"} <= set(table[0])
     assert table[0]["rank"] == 1 and table[0]["test.acc"] >= table[1]["test.acc"]
+    assert table[2]["status"] == "failed" and table[2]["rank"] is None
     summary = by_key[SUMMARY_KEY].data
     best = table[0]["trial"]
-    assert f"dvc exp apply {best}" in summary and "2 succeeded, 0 failed, 0 pruned" in summary
+    assert f"dvc exp apply {best}" in summary and "2 succeeded, 1 failed, 0 pruned" in summary
     data = json.loads((sweep_repo / "sweeps" / "lr.json").read_text())
     assert data["best"] == best and data["swept"] == ["train.optimizer.lr"]
     png = sweep_repo / "plots" / "sweeps" / "lr.png"
@@ -286,15 +298,15 @@ def test_rerun_runs_nothing_that_finished(
     from tests.pipelines.conftest import dvc
 
     dvc(sweep_repo, "exp", "remove", "lr-001")
-    state = _sweep(sweep_repo, overrides=["train.optimizer.lr=8e-3,1.6e-2"], name="lr", jobs=2)
-    assert state.is_completed(), state.message
+    _sweep(sweep_repo, overrides=GRID, name="lr", jobs=2, skip_invalid=True)
     assert ran == ["lr-001"]
-    rows = {r["name"]: r for r in state.result()["trials"]}
+    rows = {r["name"]: r for r in _report(sweep_repo, "lr")["trials"]}
     assert rows["lr-000"]["note"] == "done earlier" and rows["lr-000"]["status"] == "succeeded"
     assert rows["lr-000"]["seconds"] > 0  # from the first run's report
+    assert rows["lr-001"]["status"] == "succeeded" and rows["lr-001"]["attempts"] == 1
     ran.clear()
-    state = _sweep(sweep_repo, overrides=["train.optimizer.lr=8e-3,1.6e-2"], name="lr", jobs=2)
-    assert state.is_completed() and ran == []
+    _sweep(sweep_repo, overrides=GRID, name="lr", jobs=2, skip_invalid=True)
+    assert ran == [] and _report(sweep_repo, "lr")["counts"]["succeeded"] == 2
     # The same name with another space is refused, not overwritten.
     other = _sweep(sweep_repo, overrides=["train.optimizer.lr=2e-3"], name="lr")
     assert other.is_failed() and "exists with other params" in other.message
@@ -310,8 +322,9 @@ def test_bad_params_stop_the_sweep_before_any_trial(sweep_repo: Path, grid_run: 
     assert main(["--root", str(sweep_repo), "--objective", "nope", "-S", "train.seed=1"]) == 2
 
 
+@pytest.mark.slow
 def test_failing_trials_fail_alone_and_a_killed_one_resumes(
-    sweep_repo: Path, grid_run: Any, monkeypatch: pytest.MonkeyPatch
+    sweep_repo: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """One trial invalid (skipped with its params error), one failing in training (no GPU of
     that kind here), one killed by a signal in its second epoch: retried, it resumes."""
