@@ -6,12 +6,13 @@
         -S 'train.optimizer.lr=tag(log,interval(3e-3,1e-1))' -S 'train.optimizer.name=adam,adamw'
     uv run python -m pipelines.sweep ... --engine dask [--cluster tcp://scheduler:8786]
 
-1. `check-space`: the `-S` overrides become trials (`pipelines.sweep_space`: a grid, as
+1. Before any task: the `-S` overrides become trials (`pipelines.sweep_space`: a grid, as
    `dvc exp run --queue -S` expands it, or, with `--trials N`, Optuna TPE over the same
    grammar's `interval`/`range`/`choice`), and every trial's params.yaml is validated before
    anything runs. A malformed override or an unknown key stops the sweep (exit 2); so does a
    value outside the schema, unless `--skip-invalid`, when that trial alone fails.
-2. `shared-stages`: the stages no swept param reaches (`prepare`) run once, into the cache.
+2. `shared-stages`: the stages no swept param reaches (`prepare`) run once per commit, into the
+   cache; every trial checks their outputs out.
 3. One `trial` task per trial (`pipelines.trials`): `dvc exp run -n <sweep>-<i> -S ...` in the
    trial's clone, then `dvc exp push` to this repo, so `dvc exp show` lists it. `--jobs J` runs
    J at a time and sets `train.num_threads` so that they share the cores. A transient failure
