@@ -2,5 +2,6 @@
 
 Training (the project's path against the seed tutorial's recipe and a plain PyTorch loop),
 time to 99 % test accuracy, peak memory, inference (ONNX Runtime against PyTorch, dense against
-pruned) and orchestration overhead (DVC, Prefect). See `python -m benchmarks --help`.
+pruned), orchestration overhead (DVC, Prefect) and sweeps (`--jobs 2` against one at a
+time). See `python -m benchmarks --help`.
 """

@@ -4,6 +4,7 @@
     python -m benchmarks --full-runs      # plus full pipeline runs, DVC against the flow
     python -m benchmarks --quick          # seconds, on synthetic data: proves it works
     python -m benchmarks --skip seed --variant bs512:batch_size=512,optimizer.lr=8.0e-3
+    python -m benchmarks --skip training --skip inference --skip orchestration   # sweep only
 
 Prints tables and writes every number, with the machine, to a JSON file (--out).
 """
@@ -23,11 +24,12 @@ from typing import Any
 from rich.console import Console
 
 from benchmarks import inference, machine, orchestration, report, serving, training
+from benchmarks import sweep as sweep_bench
 from benchmarks.training import PLAIN, PROJECT, SEED, Setup, Variant
 from mnist_pipeline.params import load_params
 from pipelines import overrides
 
-SKIPPABLE = ("seed", "plain", "training", "inference", "serving", "orchestration")
+SKIPPABLE = ("seed", "plain", "training", "inference", "serving", "orchestration", "sweep")
 # --quick: the test fixtures' tiny recipe, on synthetic digits.
 QUICK_TRAIN = {"max_epochs": 2, "batch_size": 32, "eval_batch_size": 256, "progress_bar": False}
 
@@ -195,6 +197,14 @@ def main(argv: list[str] | None = None) -> int:
             results["serving"] = run_serving(args, data)
         if "orchestration" not in args.skip:
             results["orchestration"] = run_orchestration(args, raw, workdir, reps)
+        if "sweep" not in args.skip:
+            results["sweep"] = (
+                {"skipped": "not in --quick mode"}
+                if args.quick
+                else sweep_bench.measure(
+                    args.root.resolve(), workdir, raw, timeout_s=args.timeout_s
+                )
+            )
     finally:
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)

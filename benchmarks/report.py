@@ -158,6 +158,31 @@ def orchestration_table(orch: dict[str, Any]) -> Table:
     return t
 
 
+SWEEP_ROWS = {
+    "sequential_s": "4 trials, one after another (wall s)",
+    "jobs2_s": "4 trials, --jobs 2 (wall s)",
+    "ratio": "speed-up of --jobs 2",
+    "sequential_trial_s": "one trial, sequential (s)",
+    "jobs2_trial_s": "one trial, two at a time (s)",
+    "plain_exp_run_s": "plain dvc exp run of one trial (s)",
+    "trial_overhead_s": "trial machinery over dvc exp run (s)",
+    "flow_overhead_per_trial_s": "flow and report, per trial (s)",
+}
+
+
+def sweep_rows(sweep: dict[str, Any]) -> list[tuple[str, str]]:
+    return [(label, _f(sweep[key])) for key, label in SWEEP_ROWS.items() if key in sweep]
+
+
+def sweep_table(sweep: dict[str, Any]) -> Table:
+    t = Table(title=f"Sweep: {sweep['trials']} trials of {sweep['epochs']} epoch(s)")
+    t.add_column("what")
+    t.add_column("value", justify="right")
+    for row in sweep_rows(sweep):
+        t.add_row(*row)
+    return t
+
+
 def show(results: dict[str, Any], console: Console | None = None) -> None:
     console = console or Console(width=None if sys.stdout.isatty() else 132)
     m = results["machine"]
@@ -172,6 +197,7 @@ def show(results: dict[str, Any], console: Console | None = None) -> None:
         ("inference", inference_table),
         ("serving", serving_table),
         ("orchestration", orchestration_table),
+        ("sweep", sweep_table),
     ):
         value = results.get(section)
         if value is None:
@@ -247,7 +273,12 @@ def markdown(results: dict[str, Any]) -> str:
         lines += ["| orchestration | s |", "|---|--:|"]
         lines += [f"| {what} | {s} |" for what, s in orchestration_rows(orch)]
         lines.append("")
-    for section in ("training", "inference", "serving", "orchestration"):
+    sw = results.get("sweep")
+    if sw and "skipped" not in sw:
+        lines += ["| sweep | value |", "|---|--:|"]
+        lines += [f"| {what} | {v} |" for what, v in sweep_rows(sw)]
+        lines.append("")
+    for section in ("training", "inference", "serving", "orchestration", "sweep"):
         value = results.get(section)
         if value and "skipped" in value:
             lines.append(f"{section}: skipped: {value['skipped']}")

@@ -25,7 +25,7 @@ from pipelines.dvc_repo import flatten
 PARAMS_FILE = "params.yaml"
 
 
-def _strip_file(override: str) -> str:
+def strip_file(override: str) -> str:
     """`params.yaml:train.lr=0.1` -> `train.lr=0.1`; other files are not validated: refuse."""
     name = override.partition("=")[0]
     if ":" not in name:
@@ -44,7 +44,7 @@ def overridden(params_path: Path, overrides: list[str]) -> tuple[Params, str]:
     from dvc.exceptions import InvalidArgumentError
     from dvc.utils.hydra import apply_overrides
 
-    plain = [_strip_file(o) for o in overrides]
+    plain = [strip_file(o) for o in overrides]
     with tempfile.TemporaryDirectory(prefix="params-") as tmp:
         candidate = Path(tmp) / PARAMS_FILE
         shutil.copyfile(params_path, candidate)

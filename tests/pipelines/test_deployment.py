@@ -34,10 +34,15 @@ def test_prefect_yaml_deploys_the_flows_on_schedules_one_run_at_a_time() -> None
         flow = load_flow_from_entrypoint(str(ROOT / dep["entrypoint"]))
         flows[dep["name"]] = flow.name
         flow.validate_parameters(dep["parameters"])  # raises on a parameter the flow lacks
-        (sched,) = dep["schedules"]
-        CronSchedule(cron=sched["cron"], timezone=sched["timezone"])
+        for sched in dep["schedules"]:  # none: run on demand
+            CronSchedule(cron=sched["cron"], timezone=sched["timezone"])
         assert dep["concurrency_limit"]["limit"] == 1
-    assert flows == {"nightly-retrain": "mnist-pipeline", "weekly-audit": "mnist-pipeline-audit"}
+    assert flows == {
+        "nightly-retrain": "mnist-pipeline",
+        "weekly-audit": "mnist-pipeline-audit",
+        "lr-sweep": "mnist-sweep",
+    }
+    assert all(d["schedules"] for d in spec["deployments"] if d["name"] != "lr-sweep")
     assert deploy.work_pools(ROOT / "prefect.yaml") == ["mnist-process"]
 
 

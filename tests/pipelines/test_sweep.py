@@ -1,0 +1,422 @@
+"""The sweep flow: its search space, its trials as DVC experiments, failures, reruns, report.
+
+The space and the report are plain functions, tested on plain data. The flow runs for real in
+one throw-away git + DVC copy of this repo on the tiny synthetic data (see conftest.py): a
+two-trial grid two at a time, the same sweep again, and a sweep where trials fail.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from mnist_pipeline.errors import PARAMS_ERROR_EXIT, STAGE_ERROR_EXIT, ParamsError
+from pipelines import sweep_report as sr
+from pipelines import sweep_space, trials
+from pipelines.sweep import shared_stages, thread_overrides
+from tests.conftest import ROOT
+from tests.pipelines.conftest import make_repo
+
+# --- the search space ------------------------------------------------------------------------
+
+
+def test_grid_is_dvcs_product_of_comma_lists_range_and_choice() -> None:
+    points = sweep_space.grid(
+        [
+            "train.optimizer.lr=1.2e-2,4.8e-2",
+            "train.optimizer.name=choice(adam,adamw)",
+            "train.seed=range(0,3)",
+            "params.yaml:train.max_epochs=1",
+        ]
+    )
+    assert len(points) == 2 * 2 * 3
+    assert points[0] == [
+        "train.optimizer.lr=0.012",
+        "train.optimizer.name=adam",
+        "train.seed=0",
+        "train.max_epochs=1",
+    ]
+    assert points[-1][:3] == [
+        "train.optimizer.lr=0.048",
+        "train.optimizer.name=adamw",
+        "train.seed=2",
+    ]
+    keys = sweep_space.swept_keys(["train.optimizer.lr=1e-2,2e-2", "train.max_epochs=1"])
+    assert keys == ["train.optimizer.lr"]
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        ("train.optimizer.lr=(", "malformed override 'train.optimizer.lr=('"),
+        ("=3", "no key before '='"),
+        ("train.seed=range(a)", "malformed override 'train.seed=range(a)'"),
+        ("train.optimizer.lr=interval(0.1,1)", "INTERVAL_SWEEP"),
+        ("other.yaml:train.seed=1", "only params.yaml can be overridden"),
+    ],
+)
+def test_bad_syntax_is_refused_naming_the_override(override: str, named: str) -> None:
+    with pytest.raises(ParamsError, match=None) as err:
+        sweep_space.grid_trials("s", ["train.max_epochs=1", override])
+    assert named in str(err.value)
+
+
+def test_every_trial_is_validated_and_the_bad_ones_named(tmp_path: Path) -> None:
+    params = tmp_path / "params.yaml"
+    params.write_text((ROOT / "params.yaml").read_text())
+    plan = sweep_space.grid_trials("s", ["train.optimizer.lr=1.2e-2,20.0", "train.seed=1,2"])
+    bad = sweep_space.validate(params, plan)
+    assert [b.trial.name for b in bad] == ["s-002", "s-003"]
+    message = str(sweep_space.refuse(bad, len(plan)))
+    assert "2 of 4 trials have invalid params" in message
+    assert "s-002 (train.optimizer.lr=20.0 train.seed=1)" in message
+    assert "train.optimizer.lr: Input should be less than or equal to 10" in message
+    unknown = sweep_space.grid_trials("s", ["train.optimizer.lrr=1.0,2.0"])
+    (first, _) = sweep_space.validate(params, unknown)
+    assert "Could not override 'train.optimizer.lrr'" in first.error  # DVC's own words
+    added = sweep_space.grid_trials("s", ["+train.optimizer.lrr=1.0"])
+    (first,) = sweep_space.validate(params, added)
+    assert "train.optimizer.lrr: unknown key" in first.error  # the schema's
+
+
+def test_optuna_space_reads_the_same_grammar() -> None:
+    dims = sweep_space.optuna_space(
+        [
+            "train.optimizer.lr=tag(log,interval(1e-3,1e-1))",
+            "train.batch_size=range(32,129,32)",
+            "train.optimizer.name=adam,adamw",
+            "train.max_epochs=1",
+        ]
+    )
+    lr, batch, name, epochs = dims
+    assert (lr.kind, lr.low, lr.high, lr.log) == ("float", 1e-3, 1e-1, True)
+    assert (batch.kind, batch.low, batch.high, batch.step) == ("int", 32, 128, 32)
+    assert (name.kind, name.choices) == ("categorical", ("adam", "adamw"))
+    assert epochs.kind == "fixed"
+    values = {
+        "train.optimizer.lr": 0.0123456789,
+        "train.batch_size": 64,
+        "train.optimizer.name": "adam",
+    }
+    assert sweep_space.sampled_overrides(dims, values) == [
+        "train.optimizer.lr=0.0123457",
+        "train.batch_size=64",
+        "train.optimizer.name=adam",
+        "train.max_epochs=1",
+    ]
+    for bad, named in [
+        ("train.optimizer.lr=interval(0.1,0.01)", "interval needs low < high"),
+        ("train.optimizer.lr=tag(log,interval(0,1))", "low > 0 for log"),
+        ("train.seed=range(5,1)", "the range is empty"),
+        ("train.seed=interval(", "malformed override"),
+    ]:
+        with pytest.raises(ParamsError, match="override") as err:
+            sweep_space.optuna_space([bad])
+        assert named in str(err.value) and bad in str(err.value)
+
+
+def test_jobs_share_the_cores_unless_the_sweep_sets_threads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("pipelines.sweep.cores", lambda: 8)
+    assert thread_overrides([], jobs=2, threads=None) == ["train.num_threads=4"]
+    assert thread_overrides([], jobs=1, threads=None) == []
+    assert thread_overrides([], jobs=16, threads=None) == ["train.num_threads=1"]
+    assert thread_overrides(["train.num_threads=1,2"], jobs=2, threads=None) == []
+
+
+def test_stages_no_swept_param_reaches_run_once_for_the_sweep() -> None:
+    assert shared_stages(ROOT, ["evaluate"], ["train.optimizer.lr"]) == ["prepare"]
+    assert shared_stages(ROOT, ["evaluate"], ["prepare.val_size"]) == []
+    assert shared_stages(ROOT, ["evaluate"], ["evaluate.batch_size"]) == ["prepare", "train"]
+
+
+# --- the report ------------------------------------------------------------------------------
+
+
+def _results() -> list[sr.TrialResult]:
+    return [
+        sr.TrialResult(
+            "s-000", sr.SUCCEEDED, {"lr": "0.01", "opt": "adam"}, 0.97, {"loss": 0.1}, 20.0, 1
+        ),
+        sr.TrialResult(
+            "s-001", sr.SUCCEEDED, {"lr": "0.1", "opt": "adamw"}, 0.99, {"loss": 0.05}, 21.0, 2
+        ),
+        sr.TrialResult(
+            "s-002", sr.FAILED, {"lr": "1.0", "opt": "adam"}, None, {}, 3.0, 1, None, "boom\nmore"
+        ),
+    ]
+
+
+def test_leaderboard_ranks_the_best_first_and_lists_failures_last() -> None:
+    rows = sr.leaderboard(_results(), ["lr", "opt"], "test.acc", maximize=True)
+    assert [(r["rank"], r["trial"], r["status"]) for r in rows] == [
+        (1, "s-001", "succeeded"),
+        (2, "s-000", "succeeded"),
+        (None, "s-002", "failed"),
+    ]
+    assert list(rows[0]) == [
+        "rank",
+        "trial",
+        "status",
+        "lr",
+        "opt",
+        "test.acc",
+        "loss",
+        "seconds",
+        "attempts",
+        "note",
+    ]
+    assert rows[2]["note"] == "boom"
+    low = sr.leaderboard(_results(), ["lr"], "test.loss", maximize=False)
+    assert low[0]["trial"] == "s-000"
+    md = sr.summary_markdown("s", _results(), ["lr", "opt"], "test.acc", True, None, None)
+    assert "3 trials: 2 succeeded, 1 failed, 0 pruned" in md
+    assert "dvc exp apply s-001" in md and "## Failed trials" in md
+
+
+def test_plot_has_a_panel_per_swept_param(tmp_path: Path) -> None:
+    from PIL import Image
+
+    path = tmp_path / "plots" / "s.png"
+    sr.plot(path, _results(), ["lr", "opt"], "test.acc", maximize=True)
+    with Image.open(path) as img:
+        assert img.format == "PNG" and img.size == (800, 340)  # two 4-inch panels at 100 dpi
+
+
+# --- the flow, for real ----------------------------------------------------------------------
+
+
+def _sweep(repo: Path, **params: Any) -> Any:
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    from pipelines.sweep import sweep
+
+    params.setdefault("retry_delay_s", 0.0)
+    runner = ThreadPoolTaskRunner(max_workers=params.get("jobs", 1))
+    return sweep.with_options(task_runner=runner)(root=str(repo), return_state=True, **params)
+
+
+@pytest.fixture(scope="module")
+def sweep_repo(
+    tmp_path_factory: pytest.TempPathFactory, prefect_harness: None, flow_env: None
+) -> Path:
+    base = tmp_path_factory.mktemp("sweep")
+    return make_repo(base / "repo", base / "remote")
+
+
+GRID = ["train.optimizer.lr=8e-3,1.6e-2,20.0"]  # the third is outside the schema
+
+
+@pytest.fixture(scope="module")
+def grid_run(sweep_repo: Path) -> Any:
+    """Two trials, two at a time, and an invalid one that fails alone (--skip-invalid)."""
+    state = _sweep(sweep_repo, overrides=GRID, name="lr", jobs=2, skip_invalid=True)
+    assert state.is_failed() and "1 of 3 trials failed" in state.message, state.message
+    return state
+
+
+def _report(repo: Path, name: str) -> dict[str, Any]:
+    return json.loads((repo / "sweeps" / f"{name}.json").read_text())
+
+
+def test_two_trials_at_once_are_dvc_experiments_with_their_metrics(
+    sweep_repo: Path, grid_run: Any
+) -> None:
+    from tests.pipelines.conftest import dvc
+
+    shown = json.loads(dvc(sweep_repo, "exp", "show", "--json").stdout)
+    exps = {
+        r["name"]: r["data"] for b in shown for e in b.get("experiments") or [] for r in e["revs"]
+    }
+    assert set(exps) >= {"lr-000", "lr-001"}
+    for name, lr in [("lr-000", 0.008), ("lr-001", 0.016)]:
+        params = exps[name]["params"]["params.yaml"]["data"]["train"]
+        assert params["optimizer"]["lr"] == lr and params["num_threads"] == 1  # 2 jobs, 2 cores
+        assert 0.0 <= exps[name]["metrics"]["metrics/evaluate.json"]["data"]["test"]["acc"] <= 1.0
+    result = _report(sweep_repo, "lr")
+    assert result["counts"] == {"succeeded": 2, "failed": 1, "pruned": 0}
+    rows = {r["name"]: r for r in result["trials"]}
+    # The invalid trial failed alone, with its params error, and never ran.
+    assert "train.optimizer.lr: Input should be less than or equal to 10" in rows["lr-002"]["note"]
+    assert rows["lr-002"]["attempts"] == 0 and "lr-002" not in exps
+    # prepare ran once, in the sweep's shared clone; each trial trained and evaluated.
+    for row in (rows["lr-000"], rows["lr-001"]):
+        assert row["status"] == "succeeded" and row["attempts"] == 1 and row["seconds"] > 0
+        assert row["ran"] == ["train", "evaluate"]
+    clones = [
+        *trials.sweep_dir(sweep_repo, "lr").iterdir(),
+        *trials.sweep_dir(sweep_repo, "_shared").iterdir(),
+    ]
+    locks = {p.name: (p / "dvc.lock").read_text() for p in clones if p.is_dir()}
+    assert set(locks) == {"lr-000", "lr-001", trials.head_commit(sweep_repo)[:12]}
+    prepared = set()
+    for text in locks.values():
+        outs = yaml.safe_load(text)["stages"]["prepare"]["outs"]
+        prepared.add(next(o["md5"] for o in outs if o["path"] == "data/prepared"))
+    assert len(prepared) == 1  # the same prepared data everywhere
+
+
+def test_leaderboard_artifact_results_file_and_plot(sweep_repo: Path, grid_run: Any) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    from pipelines.sweep import LEADERBOARD_KEY, SUMMARY_KEY
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[str(grid_run.state_details.flow_run_id)])
+            )
+        )
+    by_key = {a.key: a for a in found}
+    table = json.loads(by_key[LEADERBOARD_KEY].data)
+    assert [r["trial"] for r in table][2:] == ["lr-002"]  # failures last
+    assert {"train.optimizer.lr", "test.acc", "seconds", "test.loss"} <= set(table[0])
+    assert table[0]["rank"] == 1 and table[0]["test.acc"] >= table[1]["test.acc"]
+    assert table[2]["status"] == "failed" and table[2]["rank"] is None
+    summary = by_key[SUMMARY_KEY].data
+    best = table[0]["trial"]
+    assert f"dvc exp apply {best}" in summary and "2 succeeded, 1 failed, 0 pruned" in summary
+    data = json.loads((sweep_repo / "sweeps" / "lr.json").read_text())
+    assert data["best"] == best and data["swept"] == ["train.optimizer.lr"]
+    png = sweep_repo / "plots" / "sweeps" / "lr.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_rerun_runs_nothing_that_finished(
+    sweep_repo: Path, grid_run: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ran: list[str] = []
+    real = trials.run_trial
+    monkeypatch.setattr(trials, "run_trial", lambda *a, **k: ran.append(a[1]) or real(*a, **k))
+    # A killed sweep, its last trial lost: run again, only that one runs.
+    from tests.pipelines.conftest import dvc
+
+    dvc(sweep_repo, "exp", "remove", "lr-001")
+    _sweep(sweep_repo, overrides=GRID, name="lr", jobs=2, skip_invalid=True)
+    assert ran == ["lr-001"]
+    rows = {r["name"]: r for r in _report(sweep_repo, "lr")["trials"]}
+    assert rows["lr-000"]["note"] == "done earlier" and rows["lr-000"]["status"] == "succeeded"
+    assert rows["lr-000"]["seconds"] > 0  # from the first run's report
+    assert rows["lr-001"]["status"] == "succeeded" and rows["lr-001"]["attempts"] == 1
+    ran.clear()
+    _sweep(sweep_repo, overrides=GRID, name="lr", jobs=2, skip_invalid=True)
+    assert ran == [] and _report(sweep_repo, "lr")["counts"]["succeeded"] == 2
+    # The same name with another space is refused, not overwritten.
+    other = _sweep(sweep_repo, overrides=["train.optimizer.lr=2e-3"], name="lr")
+    assert other.is_failed() and "exists with other params" in other.message
+
+
+def test_bad_params_stop_the_sweep_before_any_trial(sweep_repo: Path, grid_run: Any) -> None:
+    from pipelines.sweep import main
+
+    code = main(["--root", str(sweep_repo), "--name", "bad", "-S", "train.optimizer.lr=1e-2,20.0"])
+    assert code == PARAMS_ERROR_EXIT
+    assert not trials.sweep_dir(sweep_repo, "bad").joinpath("bad-000").exists()
+    assert main(["--root", str(sweep_repo), "-S", "train.optimizer.lr=("]) == PARAMS_ERROR_EXIT
+    assert main(["--root", str(sweep_repo), "--objective", "nope", "-S", "train.seed=1"]) == 2
+
+
+@pytest.mark.slow
+def test_failing_trials_fail_alone_and_a_killed_one_resumes(
+    sweep_repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One trial invalid (skipped with its params error), one failing in training (no GPU of
+    that kind here), one killed by a signal in its second epoch: retried, it resumes."""
+    from pipelines.sweep import main
+
+    monkeypatch.setenv("MNIST_FAIL_AFTER_EPOCH", "1")
+    code = main(
+        [
+            "--root",
+            str(sweep_repo),
+            "--name",
+            "fail",
+            "-S",
+            "train.optimizer.lr=8e-3,20.0",
+            "-S",
+            "train.accelerator=cpu,mps",
+            "--skip-invalid",
+            "--jobs",
+            "2",
+            "--retry-delay-s",
+            "0",
+        ]
+    )
+    assert code == STAGE_ERROR_EXIT
+    data = json.loads((sweep_repo / "sweeps" / "fail.json").read_text())
+    assert data["counts"] == {"succeeded": 1, "failed": 3, "pruned": 0}
+    rows = {r["name"]: r for r in data["trials"]}
+    assert rows["fail-000"]["status"] == "succeeded" and rows["fail-000"]["attempts"] == 2
+    assert "MPSAccelerator" in rows["fail-001"]["note"] and rows["fail-001"]["attempts"] == 1
+    for name in ("fail-002", "fail-003"):
+        assert "train.optimizer.lr: Input should be less than or equal to 10" in rows[name]["note"]
+        assert rows[name]["attempts"] == 0
+    record = json.loads(
+        (
+            trials.sweep_dir(sweep_repo, "fail") / "fail-000" / "provenance" / "train.json"
+        ).read_text()
+    )
+    assert record["resumed_from_epoch"] == 1  # the retry went on from the checkpoint
+
+
+@pytest.mark.slow
+def test_a_dask_cluster_of_two_workers_runs_the_trials_side_by_side(sweep_repo: Path) -> None:
+    """The distributed engine: a scheduler and two worker processes, reached by address as a
+    real cluster would be (`--cluster tcp://host:8786`); one trial on each worker."""
+    from distributed import LocalCluster
+
+    from pipelines.sweep import main
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True) as cluster:
+        assert cluster.scheduler_address.startswith("tcp://")
+        code = main(
+            [
+                "--root",
+                str(sweep_repo),
+                "--name",
+                "dask",
+                "-S",
+                "train.optimizer.lr=8e-3,1.6e-2",
+                "--jobs",
+                "2",
+                "--cluster",
+                cluster.scheduler_address,
+            ]
+        )
+        worker_pids = {w.process.pid for w in cluster.workers.values()}
+    assert code == 0
+    data = json.loads((sweep_repo / "sweeps" / "dask.json").read_text())
+    assert data["counts"] == {"succeeded": 2, "failed": 0, "pruned": 0}
+    ran_on = {int(t["worker"].rsplit(":", 1)[1]) for t in data["trials"]}
+    assert ran_on == worker_pids  # each worker ran one trial
+    names = set(trials.experiments(sweep_repo))
+    assert {"dask-000", "dask-001"} <= names
+
+
+@pytest.mark.slow
+def test_optuna_trials_are_experiments_and_a_rerun_only_adds_the_missing_ones(
+    sweep_repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ran: list[str] = []
+    real = trials.run_trial
+    monkeypatch.setattr(trials, "run_trial", lambda *a, **k: ran.append(a[1]) or real(*a, **k))
+    space = ["train.optimizer.lr=tag(log,interval(3e-3,3e-2))", "train.optimizer.name=adam,adamw"]
+    state = _sweep(sweep_repo, overrides=space, name="tpe", trials_n=2, jobs=2)
+    assert state.is_completed(), state.message
+    assert sorted(ran) == ["tpe-000", "tpe-001"]
+    ran.clear()
+    state = _sweep(sweep_repo, overrides=space, name="tpe", trials_n=3, jobs=2)
+    assert state.is_completed(), state.message
+    assert ran == ["tpe-002"]  # the study knows the first two
+    data = state.result()
+    assert data["counts"]["succeeded"] == 3 and data["mode"] == "optuna"
+    assert data["swept"] == ["train.optimizer.lr", "train.optimizer.name"]
+    values = [tuple(t["values"].items()) for t in data["trials"]]
+    assert len(set(values)) == 3  # a resumed study proposes new points, not its first ones
+    assert {"tpe-000", "tpe-001", "tpe-002"} <= set(trials.experiments(sweep_repo))
