@@ -1,10 +1,10 @@
 """Serving load test: `mnist-serve` on 127.0.0.1 against a bounded stream of requests.
 
-For each model and server setting (micro-batching off or on, one or two processes), a server
-starts, answers a warm-up, then a fixed number of single-image PNG requests (one MNIST test
-digit, multipart field `file`) sent by an aiohttp client at each concurrency. Reports requests
-per second and p50/p99 latency as the client sees them. Client and server share this machine's
-cores, as they would on one host.
+For each model and server setting (micro-batching off, on, or waiting; one or two processes),
+a server starts, answers a warm-up, then a fixed number of single-image PNG requests (one MNIST
+test digit, multipart field `file`) sent by an aiohttp client at each concurrency. Reports
+requests per second and p50/p99 latency as the client sees them. Client and server share this
+machine's cores, as they would on one host.
 """
 
 from __future__ import annotations
@@ -29,11 +29,13 @@ MODELS = {
     "pruned-int8": "lenet5_pruned_int8.onnx",
 }
 CONCURRENCY = (1, 8, 32)
-# Server settings compared: micro-batching off and on (one process), and two processes.
+# Server settings compared: micro-batching off, on (the default: no waiting) and waiting 2 ms
+# for company, in one process; and the default in two processes.
 SETTINGS = {
     "no batching": ["--max-batch", "1"],
-    "micro-batching": ["--max-batch", "32", "--max-wait-ms", "2"],
-    "2 workers": ["--workers", "2"],
+    "micro-batching": ["--max-batch", "32", "--max-wait-ms", "0"],
+    "batching, wait 2 ms": ["--max-batch", "32", "--max-wait-ms", "2"],
+    "2 workers": ["--workers", "2", "--max-batch", "32", "--max-wait-ms", "0"],
 }
 BOUNDARY = "mnist-load-test"
 # The issue's target, for the pruned INT8 model at concurrency 8 on 2 cores.

@@ -67,6 +67,9 @@ def test_training_learns(trained_model: Path, prepared: Path) -> None:
     assert set(meta) == {"mean", "std", "precision"}
 
 
+# Slow: tests/pipelines/test_flow.py kills and retries `train` in the default run and checks
+# the same weights, metrics and curves; this one checks it at the stage's own level.
+@pytest.mark.slow
 def test_killed_training_resumes_at_next_epoch_with_the_same_result(
     tmp_path: Path, prepared: Path
 ) -> None:
