@@ -29,13 +29,13 @@ MODELS = {
     "pruned-int8": "lenet5_pruned_int8.onnx",
 }
 CONCURRENCY = (1, 8, 32)
-# Server settings compared: micro-batching off, on (the default: no waiting) and waiting 2 ms
-# for company, in one process; and the default in two processes.
+# Server settings compared, in one process: micro-batching off (the default), on without
+# waiting, and waiting 2 ms for company; and the default in two processes.
 SETTINGS = {
     "no batching": ["--max-batch", "1"],
     "micro-batching": ["--max-batch", "32", "--max-wait-ms", "0"],
     "batching, wait 2 ms": ["--max-batch", "32", "--max-wait-ms", "2"],
-    "2 workers": ["--workers", "2", "--max-batch", "32", "--max-wait-ms", "0"],
+    "2 workers": ["--workers", "2"],
 }
 BOUNDARY = "mnist-load-test"
 # The target, for the pruned INT8 model at concurrency 8 on 2 cores.

@@ -51,10 +51,10 @@ from mnist_pipeline.model_ref import ModelSource
 PAGE = Path(__file__).with_name("static") / "index.html"
 DEFAULT_MAX_BYTES = 5 * 1024 * 1024
 DEFAULT_MAX_FILES = 64
-# Micro-batching without waiting: a run takes every request that queued while the last one ran.
-# On 2 cores that served 5-34% more requests at concurrency 8 than no batching, and as many at
-# concurrency 1; waiting 2 ms for company served more at 8 but half as many at 1 (README).
-DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_MS = 32, 0.0
+# Micro-batching is off by default: for single-image requests on 2 cores it served no more
+# requests than running each at once (parsing HTTP and images costs more than the model), and
+# waiting 2 ms for company halved the rate of a lone client (README, "Serving").
+DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_MS = 1, 0.0
 # One ONNX Runtime thread per run: a LeNet is too small to split across cores, and the cores
 # are better spent on concurrent requests.
 DEFAULT_THREADS = 1
@@ -83,25 +83,35 @@ class Limits:
 class MicroBatcher:
     """Classifies the digits of concurrent requests together, in one session run.
 
-    A run takes the requests that queued while the last one ran, up to `max_batch` digits (a
-    request with more runs alone), and waits at most `max_wait_ms` for more when that leaves
-    room; 0 waits for none, so a lone request adds no latency. One run at a time, off the
-    event loop. With `max_batch` 1 every request runs on its own, at once.
+    A request that finds no run in progress runs at once, alone. The others queue, and a run
+    takes the requests that queued while earlier ones ran, up to `max_batch` digits (a request
+    with more runs alone), waiting at most `max_wait_ms` for more when that leaves room (0:
+    none). So batching only happens under load, and a lone request pays nothing for it. Runs
+    are off the event loop. With `max_batch` 1 every request runs on its own, at once.
     """
 
     def __init__(self, sess: ort.InferenceSession, max_batch: int, max_wait_ms: float) -> None:
         self.sess, self.max_batch, self.max_wait = sess, max_batch, max_wait_ms / 1000
+        self._running = 0  # session runs in progress
         # The queue and its worker task belong to the event loop that serves (uvicorn has one).
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queue: asyncio.Queue[tuple[list[np.ndarray], list[str], asyncio.Future]]
         self._worker: asyncio.Task | None = None
 
     async def classify(self, load: Callable[[], Digits]) -> list[predict.Prediction]:
-        """The predictions for the digits `load` gives (it runs off the event loop too)."""
-        if self.max_batch <= 1:  # one trip to a worker thread: load, then classify
-            return await run_in_threadpool(lambda: predict.classify(self.sess, *load()))
-        digits, names = await run_in_threadpool(load)
+        """The predictions for the digits `load` gives (it runs off the event loop too).
+
+        With nothing running, a request runs at once, loading and classifying in one trip to a
+        worker thread; otherwise its digits queue for the next shared run."""
         loop = asyncio.get_running_loop()
+        idle = self._running == 0 and (loop is not self._loop or self._queue.empty())
+        if self.max_batch <= 1 or idle:
+            self._running += 1
+            try:
+                return await run_in_threadpool(lambda: predict.classify(self.sess, *load()))
+            finally:
+                self._running -= 1
+        digits, names = await run_in_threadpool(load)
         if loop is not self._loop:
             await self.close()
             self._loop, self._queue = loop, asyncio.Queue()
@@ -137,6 +147,7 @@ class MicroBatcher:
     async def _run(self, jobs: list[tuple[list[np.ndarray], list[str], asyncio.Future]]) -> None:
         digits = [d for job in jobs for d in job[0]]
         names = [n for job in jobs for n in job[1]]
+        self._running += 1
         try:
             preds = await run_in_threadpool(predict.classify, self.sess, digits, names)
         except Exception as err:  # each waiting request gets the error
@@ -144,6 +155,8 @@ class MicroBatcher:
                 if not done.done():
                     done.set_exception(err)
             return
+        finally:
+            self._running -= 1
         start = 0
         for job_digits, _, done in jobs:
             if not done.done():  # a request whose client went away
