@@ -24,13 +24,16 @@ import torch
 from pydantic import BaseModel
 from pytorch_lightning.callbacks import Callback
 
-from mnist_pipeline import environment
+from mnist_pipeline import datamodule, dataset, environment, lightning_module, model, training
 
 log = logging.getLogger(__name__)
 
 LAST = "last.ckpt"
 METRICS_KEY = "callback_metrics"  # in each checkpoint: the metrics of the epoch it ends
 FAIL_ENV = "MNIST_FAIL_AFTER_EPOCH"  # test hook: see `KillAfterEpoch`
+# The shared code whose edits change what a fit produces (`train`'s, and `prune`'s
+# fine-tuning): part of their resume fingerprints, with the stage's own module.
+TRAINING_CODE: tuple[ModuleType, ...] = (model, lightning_module, datamodule, dataset, training)
 # Left out of the fingerprint: the progress bar changes nothing, and the thread count goes in
 # as the number of threads it resolves to (0 means one per core, which varies by machine).
 NOT_IN_FINGERPRINT = {"progress_bar", "num_threads"}

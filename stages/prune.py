@@ -45,14 +45,10 @@ from torch.nn.utils import prune as torch_prune
 
 from mnist_pipeline import (
     checkpoints,
-    datamodule,
     dataset,
     errors,
-    lightning_module,
     logs,
-    model,
     provenance,
-    training,
 )
 from mnist_pipeline.atomic import write_json, write_torch
 from mnist_pipeline.datamodule import MNISTDataModule
@@ -82,8 +78,6 @@ log = logging.getLogger(__name__)
 EXAMPLE_INPUT = torch.zeros(1, 1, 28, 28)
 ROUND_CKPT = "last_round.pt"
 FAIL_ENV = "MNIST_FAIL_AFTER_ROUND"  # test hook: SIGKILL once this round is saved
-# The code whose edits change what pruning produces; part of the resume fingerprint.
-CODE_MODULES = (model, lightning_module, datamodule, dataset, training)
 
 
 # --- measuring ------------------------------------------------------------------------------
@@ -229,7 +223,7 @@ def fingerprint(
     splits = [f"{name}.safetensors" for name in dataset.SPLITS]
     files = [model_path, *(data_dir / n for n in ("meta.json", *splits))]
     precision = resolve_precision(train_params.precision, train_params.accelerator)
-    code = (*CODE_MODULES, sys.modules[__name__])
+    code = (*checkpoints.TRAINING_CODE, sys.modules[__name__])
     base = checkpoints.fingerprint(train_params, precision, train_params.num_threads, files, code)
     return hashlib.sha256(f"{base} prune={params.model_dump_json()}".encode()).hexdigest()
 

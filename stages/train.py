@@ -28,12 +28,8 @@ from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 
 from mnist_pipeline import (
     checkpoints,
-    datamodule,
-    dataset,
     errors,
-    lightning_module,
     logs,
-    model,
     provenance,
     training,
 )
@@ -46,14 +42,11 @@ from mnist_pipeline.params import TrainParams, load_params
 
 log = logging.getLogger(__name__)
 
-# The code whose edits change what training produces; part of the resume fingerprint.
-CODE_MODULES = (model, lightning_module, datamodule, dataset, training)
-
 
 def fingerprint(params: TrainParams, data_dir: Path) -> str:
     """The resume fingerprint of a `train` run: params, data, training code, environment."""
     files = [data_dir / name for name in ("meta.json", "train.safetensors", "val.safetensors")]
-    code = (*CODE_MODULES, sys.modules[__name__])
+    code = (*checkpoints.TRAINING_CODE, sys.modules[__name__])
     precision = training.resolve_precision(params.precision, params.accelerator)
     return checkpoints.fingerprint(params, precision, params.num_threads, files, code)
 
