@@ -90,6 +90,7 @@ def test_rerun_with_nothing_changed_skips_every_stage(
     assert seconds < 30, f"a no-change run took {seconds:.1f} s"
 
 
+@pytest.mark.slow  # a second full repo and flow run: 14 s of the default run's 5 minutes
 def test_a_stage_restored_from_the_run_cache_shows_as_cached(finished_run: FlowRun) -> None:
     repo = finished_run.repo
     params_text = (repo / "params.yaml").read_text()

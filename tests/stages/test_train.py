@@ -170,6 +170,7 @@ def test_resume_only_with_matching_fingerprint(
     assert "unreadable" in caplog.text
 
 
+@pytest.mark.slow  # two gloo processes: 15 s of the default run's 5 minutes
 def test_ddp_on_two_cpu_processes(tmp_path: Path, prepared: Path) -> None:
     (tmp_path / "data").symlink_to(prepared)
     params = tiny_params_dict()
