@@ -23,7 +23,7 @@ from typing import Any
 
 from rich.console import Console
 
-from benchmarks import inference, machine, orchestration, report, serving, training
+from benchmarks import inference, machine, orchestration, report, serving, targets, training
 from benchmarks import sweep as sweep_bench
 from benchmarks.training import PLAIN, PROJECT, SEED, Setup, Variant
 from mnist_pipeline.params import load_params
@@ -136,6 +136,16 @@ def run_training(
     return training.summarize(runs)
 
 
+def committed_prune_metrics(root: Path) -> dict[str, Any] | None:
+    """The `prune` stage's results as `dvc repro` left them (its `--metrics` in dvc.yaml)."""
+    from pipelines import dvc_repo
+
+    if not (root / "dvc.yaml").is_file():
+        return None
+    path = dvc_repo.stage_arg(root, "prune", "--metrics")
+    return json.loads(path.read_text()) if path is not None and path.is_file() else None
+
+
 def run_serving(args: argparse.Namespace, data: Path) -> dict[str, Any]:
     """The load test on the first test digit, as raw pixels in a PNG."""
     from mnist_pipeline.dataset import load_normalization, load_split
@@ -208,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
+    results["targets"] = targets.judge(results, committed_prune_metrics(args.root))
     results["duration_s"] = round(time.perf_counter() - started, 1)
     report.write(results, args.out)
     if args.markdown:

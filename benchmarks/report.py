@@ -121,6 +121,15 @@ def serving_table(serve: dict[str, Any]) -> Table:
     return t
 
 
+def targets_table(rows: list[dict[str, Any]]) -> Table:
+    t = Table(title="Targets (2-core CPU), each beside this run's figure")
+    for col in ("what", "target", "measured", "verdict"):
+        t.add_column(col, justify="right" if col in ("target", "measured") else "left")
+    for r in rows:
+        t.add_row(r["what"], r["target"], _f(r["measured"], ".4g"), r["verdict"])
+    return t
+
+
 ORCHESTRATION_ROWS = {
     ("noop", "dvc_repro_noop_s"): "dvc repro, nothing changed",
     ("noop", "flow_noop_s"): "Prefect flow, nothing changed",
@@ -206,6 +215,8 @@ def show(results: dict[str, Any], console: Console | None = None) -> None:
             console.print(f"{section}: skipped: {value['skipped']}")
         else:
             console.print(table(value))
+    if results.get("targets"):
+        console.print(targets_table(results["targets"]))
 
 
 def write(results: dict[str, Any], path: Path) -> None:
@@ -277,6 +288,13 @@ def markdown(results: dict[str, Any]) -> str:
     if sw and "skipped" not in sw:
         lines += ["| sweep | value |", "|---|--:|"]
         lines += [f"| {what} | {v} |" for what, v in sweep_rows(sw)]
+        lines.append("")
+    if results.get("targets"):
+        lines += ["| target | bound | measured | verdict |", "|---|--:|--:|---|"]
+        lines += [
+            f"| {r['what']} | {r['target']} | {_f(r['measured'], '.4g')} | {r['verdict']} |"
+            for r in results["targets"]
+        ]
         lines.append("")
     for section in ("training", "inference", "serving", "orchestration", "sweep"):
         value = results.get(section)

@@ -178,11 +178,16 @@ def remote_url(root: Path) -> str | None:
         return repo.config["remote"].get(name, {}).get("url") if name else None
 
 
-def provenance_file(root: Path, stage: str) -> Path | None:
-    """The run record a stage's command writes (its `--provenance` argument in dvc.yaml)."""
+def stage_arg(root: Path, stage: str, flag: str) -> Path | None:
+    """The path a stage's command in dvc.yaml passes with `flag` (None: the flag is not there)."""
     spec = yaml.safe_load((root / "dvc.yaml").read_text()) or {}
     args = shlex.split(str((spec.get("stages") or {}).get(stage, {}).get("cmd", "")))
-    return root / args[args.index("--provenance") + 1] if "--provenance" in args else None
+    return root / args[args.index(flag) + 1] if flag in args[:-1] else None
+
+
+def provenance_file(root: Path, stage: str) -> Path | None:
+    """The run record a stage's command writes (its `--provenance` argument in dvc.yaml)."""
+    return stage_arg(root, stage, "--provenance")
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -73,3 +73,27 @@ def test_quick_run_writes_sane_json(tmp_path: Path) -> None:
         assert _positive(training_[name]["project_speedup"])
     assert "run dvc repro" in results["inference"]["skipped"]
     assert "skipped" in results["orchestration"]
+    judged = {r["what"]: r["verdict"] for r in results["targets"]}
+    assert judged["final test accuracy"] in ("met", "not met")  # measured, on synthetic digits
+    assert judged["dvc repro, nothing changed (s)"] == "not measured"
+
+
+def test_targets_judge_only_what_was_measured() -> None:
+    from benchmarks import targets
+
+    results = {
+        "training": {"project": {"steady_epoch_s": 0.7, "time_to_target_s": None}},
+        "orchestration": {"skipped": "not in --quick mode"},
+    }
+    rows = {r["what"]: r for r in targets.judge(results, {"ratio": {"params": 0.3}})}
+    assert rows["training epoch, steady state (s)"]["verdict"] == "met"
+    assert rows["fit time to 99.0% test accuracy (s)"]["verdict"] == "not measured"  # not reached
+    assert rows["dvc repro, nothing changed (s)"]["verdict"] == "not measured"
+    assert rows["pruned params / dense"] == {
+        "what": "pruned params / dense",
+        "target": "<= 0.25",
+        "measured": 0.3,
+        "verdict": "not met",
+    }
+    assert rows["pruned MACs / dense"]["verdict"] == "not measured"
+    assert {r["verdict"] for r in targets.judge({}, None)} == {"not measured"}

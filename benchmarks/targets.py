@@ -1,0 +1,66 @@
+"""The speed and size targets the project holds itself to, each beside what this run measured.
+
+Only what the run measured is judged: a target whose figure is missing (a section skipped, no
+`--full-runs`, no GPU) says "not measured", never "met". The pruned model's figures are the
+`prune` stage's committed results (its `--metrics` file in dvc.yaml), as `dvc repro` left them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Target:
+    what: str
+    at_most: bool  # True: the figure must be <= bound; False: >= bound
+    bound: float
+    path: tuple[str, ...]  # where the figure is in the results
+
+    def judge(self, results: dict[str, Any]) -> dict[str, Any]:
+        got: Any = results
+        for key in self.path:
+            got = got.get(key) if isinstance(got, dict) else None
+        if not isinstance(got, int | float):
+            verdict, got = "not measured", None
+        else:
+            met = got <= self.bound if self.at_most else got >= self.bound
+            verdict = "met" if met else "not met"
+        return {
+            "what": self.what,
+            "target": f"{'<=' if self.at_most else '>='} {self.bound:g}",
+            "measured": got,
+            "verdict": verdict,
+        }
+
+
+TARGETS = [
+    Target(
+        "training epoch, steady state (s)", True, 0.8, ("training", "project", "steady_epoch_s")
+    ),
+    Target(
+        "fit time to 99.0% test accuracy (s)",
+        True,
+        4.0,
+        ("training", "project", "time_to_target_s"),
+    ),
+    Target("final test accuracy", False, 0.991, ("training", "project", "final_test_acc")),
+    Target(
+        "dvc repro from scratch (s)", True, 30.0, ("orchestration", "full", "dvc_repro_full_s")
+    ),
+    Target(
+        "dvc repro, nothing changed (s)", True, 0.6, ("orchestration", "noop", "dvc_repro_noop_s")
+    ),
+    Target(
+        "flow, nothing changed, ephemeral (s)", True, 6.0, ("orchestration", "noop", "flow_noop_s")
+    ),
+    Target("pruned params / dense", True, 0.25, ("prune_metrics", "ratio", "params")),
+    Target("pruned MACs / dense", True, 0.25, ("prune_metrics", "ratio", "macs")),
+    Target("pruned accuracy lost (points)", True, 0.1, ("prune_metrics", "acc_drop_points")),
+]
+
+
+def judge(results: dict[str, Any], prune_metrics: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Every target with its measured figure and verdict."""
+    return [t.judge({**results, "prune_metrics": prune_metrics}) for t in TARGETS]
