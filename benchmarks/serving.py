@@ -97,7 +97,7 @@ async def send(
     """Latencies (s) of `requests` POSTs sent by `concurrency` workers, and the wall time.
 
     aiohttp, not httpx, sends them: httpx's client was the bottleneck here (600-800 `/healthz`
-    requests/s at most, against 3,000-8,000 with aiohttp), so it would have measured itself."""
+    requests/s, against 2,900-8,000 with aiohttp; see README, Serving the model)."""
     import aiohttp
 
     headers = {"content-type": f"multipart/form-data; boundary={BOUNDARY}"}
