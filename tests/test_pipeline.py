@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import yaml
@@ -21,6 +22,9 @@ def _ran(output: str) -> set[str]:
     return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
 
 
+# Slow: two full `dvc repro`s on synthetic data, 100 s of the default run's 5 minutes. CI runs
+# it with the real-MNIST audit below.
+@pytest.mark.slow
 def test_dvc_repro_is_byte_identical_in_another_clone_and_reruns_only_what_changed(
     tmp_path: Path, synthetic_mirror: Path
 ) -> None:
@@ -75,9 +79,20 @@ def test_dvc_repro_is_byte_identical_in_another_clone_and_reruns_only_what_chang
     assert exp, "the experiment is recorded"
 
 
-# Read at collection, before any fixture runs: the flow tests point MNIST_MIRROR (and
-# MNIST_MD5SUMS) at the synthetic files for the rest of their worker's session.
-REAL_MIRROR = os.environ.get("MNIST_MIRROR") or str(ROOT.parent / "shared" / "data" / "mnist")
+def _start_env(**extra: str) -> dict[str, str]:
+    """`pipeline_env` over the environment the tests started with, official checksums."""
+    with mock.patch.dict(os.environ, START_ENV, clear=True):
+        env = pipeline_env(**extra)
+    env.pop("MNIST_MD5SUMS", None)
+    return env
+
+
+# The environment the tests started with, read at collection, before any test runs. Tests
+# change their worker's: the flow tests point MNIST_MIRROR and MNIST_MD5SUMS at synthetic files
+# for the session, and Lightning's CPU DDP sets OMP_NUM_THREADS. Either would change what the
+# audit rebuilds (the thread count changes the weights).
+START_ENV = dict(os.environ)
+REAL_MIRROR = START_ENV.get("MNIST_MIRROR") or str(ROOT.parent / "shared" / "data" / "mnist")
 
 
 @pytest.mark.slow
@@ -90,8 +105,7 @@ def test_real_mnist_audit_reproduces_the_committed_outputs(tmp_path: Path) -> No
     audit = subprocess.run(
         [sys.executable, "-m", "pipelines.verify", "--keep", str(tmp_path / "audit")],
         cwd=ROOT,
-        # The official checksums, whatever a synthetic-data test set for its session.
-        env={k: v for k, v in pipeline_env(MNIST_MIRROR=mirror).items() if k != "MNIST_MD5SUMS"},
+        env=_start_env(MNIST_MIRROR=mirror),
         capture_output=True,
         text=True,
         timeout=3600,
