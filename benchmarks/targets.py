@@ -55,6 +55,12 @@ TARGETS = [
     Target(
         "flow, nothing changed, ephemeral (s)", True, 6.0, ("orchestration", "noop", "flow_noop_s")
     ),
+    Target(
+        "flow, nothing changed, against a running server (s)",
+        True,
+        2.0,
+        ("orchestration", "noop", "flow_noop_server_s"),
+    ),
     Target("pruned params / dense", True, 0.25, ("prune_metrics", "ratio", "params")),
     Target("pruned MACs / dense", True, 0.25, ("prune_metrics", "ratio", "macs")),
     Target("pruned accuracy lost (points)", True, 0.1, ("prune_metrics", "acc_drop_points")),

@@ -24,7 +24,15 @@ import torch
 from pydantic import BaseModel
 from pytorch_lightning.callbacks import Callback
 
-from mnist_pipeline import datamodule, dataset, environment, lightning_module, model, training
+from mnist_pipeline import (
+    datamodule,
+    dataset,
+    environment,
+    errors,
+    lightning_module,
+    model,
+    training,
+)
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +113,29 @@ class Fingerprint(Callback):
     """Stores the fingerprint and the epoch's metrics in every checkpoint: a later run can tell
     whether it may resume, and one that resumes a finished run still has its results."""
 
-    def __init__(self, fp: str) -> None:
-        self.fp = fp
+    def __init__(self, fp: str, resumed_from_epoch: int | None = None) -> None:
+        self.fp, self.resumed_from_epoch = fp, resumed_from_epoch
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Under DDP, check that every process starts the same run: a machine with other code,
+        data or libraries, or without the checkpoint the others resume from, would otherwise
+        train out of step with them (or wait for them forever)."""
+        if trainer.world_size < 2:
+            return
+        mine = (self.fp, self.resumed_from_epoch)
+        every: list[Any] = [None] * trainer.world_size
+        torch.distributed.all_gather_object(every, mine)
+        if any(theirs != every[0] for theirs in every):
+            lines = [
+                f"  rank {rank}: fingerprint {fp[:12]}, "
+                + ("from scratch" if epoch is None else f"resuming after epoch {epoch}")
+                for rank, (fp, epoch) in enumerate(every)
+            ]
+            raise errors.StageError(
+                "the DDP processes would not train the same run (same commit, data, installed "
+                "libraries and CPU threads on every machine, and the checkpoint folder on a "
+                "filesystem they all see):\n" + "\n".join(lines)
+            )
 
     def on_save_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]

@@ -131,6 +131,16 @@ class TrainParams(_Section):
     devices: int | Literal["auto"] = Field(
         description="Devices to train on (processes under DDP); auto lets Lightning choose."
     )
+    num_nodes: int = Field(
+        default=1,
+        ge=1,
+        le=1024,
+        description=(
+            "Machines training together, each with `devices` processes (see README, "
+            "Multi-node training); more than 1 needs `strategy: ddp` and a launcher "
+            "(torchrun, SLURM) on every machine. The batch size stays per process."
+        ),
+    )
     strategy: Literal["auto", "ddp", "ddp_spawn", "ddp_find_unused_parameters_true"] = Field(
         description=(
             "Lightning's strategy; ddp with `devices: N` trains on N processes (gloo on CPU, "
@@ -192,6 +202,16 @@ class TrainParams(_Section):
             raise ValueError(
                 f"tune_batch_size: true needs strategy: auto (got {self.strategy!r}); "
                 "Lightning's batch-size tuner does not run under distributed strategies"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _nodes_need_ddp(self) -> TrainParams:
+        if self.num_nodes > 1 and self.strategy not in ("ddp", "ddp_find_unused_parameters_true"):
+            raise ValueError(
+                f"num_nodes: {self.num_nodes} needs strategy: ddp (got {self.strategy!r}); "
+                "the processes on each machine are started by torchrun or SLURM, which only "
+                "ddp joins"
             )
         return self
 

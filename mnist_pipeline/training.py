@@ -9,6 +9,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback, TQDMProgressBar
+from pytorch_lightning.plugins.environments import SLURMEnvironment
 
 from mnist_pipeline.datamodule import MNISTDataModule
 from mnist_pipeline.params import TrainParams
@@ -64,10 +65,15 @@ def make_trainer(
     show_bar = params.progress_bar and sys.stderr.isatty()
     if show_bar:
         callbacks = [*callbacks, TQDMProgressBar(refresh_rate=20)]
+    # Under SLURM (detected by Lightning), no auto-requeue: its mid-epoch `hpc_ckpt_*.ckpt`
+    # would be resumed without the fingerprint check; `sbatch --requeue` and `last.ckpt` do it.
+    plugins = [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else None
     return pl.Trainer(
         max_epochs=max_epochs,
+        plugins=plugins,
         accelerator=params.accelerator,
         devices=params.devices,
+        num_nodes=params.num_nodes,
         strategy=params.strategy,
         precision=resolve_precision(params.precision, params.accelerator),
         logger=logger,

@@ -400,7 +400,10 @@ def finetune(
         lit = lit.to(memory_format=torch.channels_last)
     net.train()  # Lightning keeps the modes it finds; the teacher stays in eval mode
     with tempfile.TemporaryDirectory(prefix="prune-finetune-") as root:
-        trainer = make_trainer(train_params, ft.epochs, [], logger=False, root_dir=Path(root))
+        # On this machine only: `train.num_nodes` is for `train`, started by a launcher on
+        # every machine; prune runs where DVC runs it.
+        here = train_params.model_copy(update={"num_nodes": 1})
+        trainer = make_trainer(here, ft.epochs, [], logger=False, root_dir=Path(root))
         with warnings.catch_warnings():
             # The teacher is in eval mode on purpose.
             warnings.filterwarnings("ignore", r"Found \d+ module\(s\) in eval mode")

@@ -66,9 +66,11 @@ def train(
     fp = fingerprint(params, data_dir)
     resume_from = checkpoints.find_resumable(ckpt_dir, fp)
     if resume_from is None and ckpt_dir.exists():
-        shutil.rmtree(ckpt_dir)
+        # ignore_errors: under DDP on one filesystem, every process clears the same folder.
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
 
+    resumed_from_epoch = checkpoints.epochs_done(resume_from)  # read now: fit overwrites it
     pl.seed_everything(params.seed, workers=True, verbose=False)
     lit = LitLeNet5(params.optimizer, params.scheduler)
     if params.channels_last:
@@ -76,7 +78,7 @@ def train(
     if params.compile:
         lit.net.compile()  # in place: parameter names, checkpoints and saved models unchanged
     callbacks: list[Callback] = [
-        checkpoints.Fingerprint(fp),
+        checkpoints.Fingerprint(fp, resumed_from_epoch),
         # One file, `last.ckpt`, replaced at the end of every epoch (even ones without validation).
         ModelCheckpoint(
             dirpath=ckpt_dir,
@@ -99,7 +101,6 @@ def train(
         ckpt_dir,
     )
     data = training.make_datamodule(params, data_dir)
-    resumed_from_epoch = checkpoints.epochs_done(resume_from)  # read now: fit overwrites it
     start = time.perf_counter()
     if params.tune_batch_size and resume_from is None:
         start_batch = data.batch_size

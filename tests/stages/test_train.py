@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -22,21 +24,15 @@ from stages import train
 from tests.conftest import ROOT, tiny_params_dict
 
 
-def _run_train(
-    tmp: Path, params: dict, out: str, env: dict | None = None
-) -> subprocess.CompletedProcess:
-    """`python -m stages.train` as DVC runs it, in a fresh process."""
-    (tmp / "params.yaml").write_text(yaml.safe_dump(params))
-    cmd = [
-        sys.executable,
-        "-m",
-        "stages.train",
+def _train_args(tmp: Path, out: str, ckpt_dir: Path | None = None) -> list[str]:
+    """The stage's arguments, as dvc.yaml passes them, with outputs under `tmp / out`."""
+    return [
         "--params",
         str(tmp / "params.yaml"),
         "--data",
         str(tmp / "data"),
         "--ckpt-dir",
-        str(tmp / out / "ckpt"),
+        str(ckpt_dir or tmp / out / "ckpt"),
         "--live-dir",
         str(tmp / out / "live"),
         "--model",
@@ -48,8 +44,15 @@ def _run_train(
         "--provenance",
         str(tmp / out / "provenance.json"),
     ]
+
+
+def _run_train(
+    tmp: Path, params: dict, out: str, env: dict | None = None
+) -> subprocess.CompletedProcess:
+    """`python -m stages.train` as DVC runs it, in a fresh process."""
+    (tmp / "params.yaml").write_text(yaml.safe_dump(params))
     return subprocess.run(
-        cmd,
+        [sys.executable, "-m", "stages.train", *_train_args(tmp, out)],
         cwd=ROOT,
         env={**os.environ, **(env or {})},
         capture_output=True,
@@ -182,6 +185,102 @@ def test_ddp_on_two_cpu_processes(tmp_path: Path, prepared: Path) -> None:
     net, _ = load_model(tmp_path / "ddp" / "model.pt")
     test = load_split(prepared, "test")
     assert (predict_logits(net, test.images).argmax(1) == test.labels).float().mean() >= 0.9
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _two_nodes(
+    tmp: Path,
+    out: str,
+    launcher: str,
+    env: dict | None = None,
+    ckpt_dirs: tuple[Path | None, Path | None] = (None, None),
+) -> list[subprocess.CompletedProcess]:
+    """The train stage on two "machines" (node ranks 0 and 1, one process each, on 127.0.0.1),
+    each started as the README's recipe starts it: by torchrun, or as srun starts a SLURM
+    job's tasks (the environment variables Lightning's SLURMEnvironment reads)."""
+    port = _free_port()
+    procs = []
+    for node in (0, 1):
+        args = _train_args(tmp, out, ckpt_dirs[node])
+        if launcher == "torchrun":
+            cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2"]
+            cmd += ["--nproc-per-node=1", f"--node-rank={node}", "--master-addr=127.0.0.1"]
+            cmd += [f"--master-port={port}", "-m", "stages.train", *args]
+            launch_env = {}
+        else:
+            cmd = [sys.executable, "-m", "stages.train", *args]
+            launch_env = {
+                "SLURM_JOB_ID": "4242",
+                "SLURM_JOB_NAME": "mnist-train",
+                "SLURM_NNODES": "2",
+                "SLURM_NODELIST": "127.0.0.1",
+                "SLURM_NTASKS": "2",
+                "SLURM_NTASKS_PER_NODE": "1",
+                "SLURM_NODEID": str(node),
+                "SLURM_PROCID": str(node),
+                "SLURM_LOCALID": "0",
+                "MASTER_PORT": str(port),
+            }
+        run_env = {**os.environ, **launch_env, **(env or {})}
+        procs.append(
+            subprocess.Popen(
+                cmd, cwd=ROOT, env=run_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+            )
+        )
+    done = []
+    for proc, cmd in zip(procs, [p.args for p in procs], strict=True):
+        stdout, _ = proc.communicate(timeout=300)
+        done.append(subprocess.CompletedProcess(cmd, proc.returncode, stdout.decode(), ""))
+    return done
+
+
+@pytest.mark.slow  # three two-process runs and a refused one: about 60 s
+def test_two_nodes_train_as_one_run_and_resume_a_kill_with_the_same_weights(
+    tmp_path: Path, prepared: Path
+) -> None:
+    (tmp_path / "data").symlink_to(prepared)
+    params = tiny_params_dict()
+    params["train"].update(max_epochs=3, strategy="ddp", devices=1, num_nodes=2, accelerator="cpu")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+
+    # Uninterrupted, as a SLURM job's two tasks.
+    slurm = _two_nodes(tmp_path, "slurm", "slurm")
+    assert [d.returncode for d in slurm] == [0, 0], slurm[0].stdout[-3000:]
+    assert "MEMBER: 2/2" in slurm[1].stdout
+    assert json.loads((tmp_path / "slurm" / "train.json").read_text())["world_size"] == 2
+
+    # By torchrun, killed in its second epoch on both machines, then launched again.
+    killed = _two_nodes(tmp_path, "torchrun", "torchrun", {checkpoints.FAIL_ENV: "1"})
+    assert all(d.returncode != 0 for d in killed)
+    assert not (tmp_path / "torchrun" / "model.pt").exists()
+    again = _two_nodes(tmp_path, "torchrun", "torchrun", {checkpoints.FAIL_ENV: "1"})
+    assert [d.returncode for d in again] == [0, 0], again[0].stdout[-3000:]
+    assert all("resuming from" in d.stdout for d in again)
+    record = json.loads((tmp_path / "torchrun" / "provenance.json").read_text())
+    assert record["resumed_from_epoch"] == 1
+    # The same run either way: the launcher, the kill and the resume change no bit.
+    slurm_model = (tmp_path / "slurm" / "model.pt").read_bytes()
+    assert (tmp_path / "torchrun" / "model.pt").read_bytes() == slurm_model
+
+    # A machine that cannot see the checkpoint the other resumes from: both stop, saying why,
+    # instead of training out of step.
+    shutil.copytree(tmp_path / "torchrun" / "ckpt", tmp_path / "apart" / "ckpt")
+    apart = _two_nodes(tmp_path, "apart", "torchrun", ckpt_dirs=(None, tmp_path / "elsewhere"))
+    assert all(d.returncode != 0 for d in apart)
+    assert "would not train the same run" in apart[0].stdout
+    assert "rank 1: fingerprint" in apart[0].stdout and "from scratch" in apart[0].stdout
+
+
+def test_several_nodes_need_ddp() -> None:
+    raw = tiny_params_dict()
+    raw["train"].update(num_nodes=2, strategy="auto")
+    with pytest.raises(ParamsError, match="num_nodes: 2 needs strategy: ddp"):
+        parse_params(raw)
 
 
 def test_tuned_batch_size_grows_stays_within_the_split_and_survives_resume(
