@@ -5,24 +5,28 @@
     uv run python -m pipelines.sweep --trials 8 --jobs 2 \\
         -S 'train.optimizer.lr=tag(log,interval(3e-3,1e-1))' -S 'train.optimizer.name=adam,adamw'
     uv run python -m pipelines.sweep ... --engine dask [--cluster tcp://scheduler:8786]
+    uv run python -m pipelines.sweep ... --cluster tcp://scheduler:8786 --origin <git url>
 
 1. Before any task: the `-S` overrides become trials (`pipelines.sweep_space`: a grid, as
    `dvc exp run --queue -S` expands it, or, with `--trials N`, Optuna TPE over the same
    grammar's `interval`/`range`/`choice`), and every trial's params.yaml is validated before
    anything runs. A malformed override or an unknown key stops the sweep (exit 2); so does a
-   value outside the schema, unless `--skip-invalid`, when that trial alone fails.
-2. `shared-stages`: the stages no swept param reaches (`prepare`) run once per commit, into the
-   cache; every trial checks their outputs out.
+   value outside the schema, unless `--skip-invalid`, when that trial alone fails. With
+   `--origin`, so does a commit the git URL lacks, or one with no default DVC remote.
+2. `shared-stages`: the stages no overridden param reaches (`prepare`) run once per commit,
+   into the cache (with `--origin`, then `dvc push`ed); every trial takes their outputs.
 3. One `trial` task per trial (`pipelines.trials`): `dvc exp run -n <sweep>-<i> -S ...` in the
-   trial's clone, then `dvc exp push` to this repo, so `dvc exp show` lists it. `--jobs J` runs
-   J at a time and sets `train.num_threads` so that they share the cores. A transient failure
-   (a killed process) is retried and `train` resumes from its checkpoint; any other failure
-   fails that trial alone. A trial whose experiment already exists with the same params is not
-   run again, so a killed sweep, run again, picks up where it stopped.
+   trial's clone, then `dvc exp push` to this repo (with `--origin`, to that URL, and fetched
+   from there), so `dvc exp show` lists it. `--jobs J` runs J at a time and sets
+   `train.num_threads` so that they share the cores. A transient failure (a killed process)
+   is retried and `train` resumes from its checkpoint; any other failure fails that trial
+   alone. A trial whose experiment already exists with the same params is not run again, so a
+   killed sweep, run again, picks up where it stopped.
 4. `report`: a leaderboard table artifact, a markdown summary with the best trial and the
    command that applies it, `plots/sweeps/<sweep>.png` and `sweeps/<sweep>.json`.
-5. `--promote`: `dvc exp apply` the best trial here; with `--register`, tag it as the next
-   model version (`pipelines.registry`).
+5. `--promote`: `dvc exp apply` the best trial here (with `--origin`, its outputs pulled from
+   the DVC remote first); with `--register`, tag it as the next model version
+   (`pipelines.registry`).
 
 Exit code: 0 when every trial succeeded (or was pruned), 1 when some failed, 2 for bad params.
 """
@@ -69,13 +73,18 @@ def cores() -> int:
 
 def thread_overrides(user: list[str], jobs: int, threads: int | None) -> list[str]:
     """`train.num_threads` for J trials sharing the cores, unless the sweep sets it itself."""
-    if any(overrides.strip_file(o).lstrip("+~").startswith(f"{THREADS_KEY}=") for o in user):
+    if THREADS_KEY in overridden_keys(user):
         return []
     if threads is None:
         if jobs <= 1:
             return []  # one at a time: params.yaml's own setting
         threads = max(1, cores() // jobs)
     return [f"{THREADS_KEY}={threads}"]
+
+
+def overridden_keys(given: list[str]) -> list[str]:
+    """Every key the overrides set, swept or not."""
+    return [overrides.strip_file(o).lstrip("+~").partition("=")[0] for o in given]
 
 
 def committed_params(root: Path, commit: str, into: Path) -> Path:
@@ -115,15 +124,25 @@ def shared_stages(root: Path, targets: list[str], swept: list[str]) -> list[str]
 
 @task(name="shared-stages", cache_policy=NO_CACHE, retry_condition_fn=retry_condition)
 def run_shared_stages(
-    root: Path, sweep: str, commit: str, cache: Path, stages: list[str], timeout_s: float
-) -> list[str]:
+    root: Path,
+    sweep: str,
+    commit: str,
+    cache: Path,
+    stages: list[str],
+    timeout_s: float,
+    push: bool = False,
+) -> dict[str, bytes]:
     """`dvc repro` the stages every trial shares once, in the commit's shared clone (one for
-    all the sweeps at this commit); returns the tracked files it changed, which every trial
-    starts from."""
+    all the sweeps at this commit), and with `push` `dvc push` their outputs to the DVC remote;
+    returns the tracked files it changed, which every trial starts from (path: bytes)."""
     logger = get_run_logger()
-    ws = trials.workspace(root, trials.SHARED, commit[:12], commit, cache)
+    ws = trials.workspace(trials.Source(str(root), cache), trials.SHARED, commit[:12], commit)
     done = trials.run_shared(ws, stages, timeout_s, echo=logger.info)
     logger.info("shared stages %s: ran %s", stages, done.ran or "none (up to date)")
+    if push and stages:
+        pushed = dvc_repo.run(ws, ["push", *stages], timeout_s, echo=logger.info)
+        if not pushed.ok:
+            raise StepFailed(f"dvc push {' '.join(stages)}", pushed.returncode, pushed.tail)
     return done.changed
 
 
@@ -135,20 +154,19 @@ def run_shared_stages(
     retry_jitter_factor=0.5,
 )
 def run_trial(
-    root: Path,
+    source: trials.Source,
     sweep: str,
     commit: str,
-    cache: Path,
     name: str,
     trial_overrides: list[str],
     targets: list[str],
     shared: list[str],
-    shared_files: list[str],
+    shared_files: dict[str, bytes],
     timeout_s: float,
 ) -> trials.TrialRun:
     logger = get_run_logger()
-    ws = trials.workspace(root, sweep, name, commit, cache)
-    trials.take_shared(ws, trials.sweep_dir(root, trials.SHARED) / commit[:12], shared_files)
+    ws = trials.workspace(source, sweep, name, commit)
+    trials.take_shared(ws, shared_files)
     logger.info("trial %s in %s: %s", name, ws, " ".join(trial_overrides))
     run = trials.run_trial(
         ws,
@@ -156,7 +174,7 @@ def run_trial(
         trial_overrides,
         targets,
         shared,
-        shared_cache=True,
+        shared_cache=source.here,
         timeout_s=timeout_s,
         echo=lambda line: logger.info("[%s] %s", name, line),
     )
@@ -281,6 +299,7 @@ def sweep(
     model_name: str = MODEL_NAME,
     bump: Bump = "minor",
     min_test_acc: float = 0.98,
+    origin: str | None = None,
 ) -> dict[str, Any]:
     """Run a sweep of DVC experiments in `root` and report it.
 
@@ -304,6 +323,8 @@ def sweep(
         model_name: the dvc.yaml artifact to register.
         bump: which part of the version to increase.
         min_test_acc: the test accuracy a model needs to be registered.
+        origin: a git URL (or a git remote's name) every worker can clone the commit from;
+            default: none, the trials run in clones of `root` with its DVC cache (one machine).
     """
     logger = get_run_logger()
     repo = Path(root).resolve()
@@ -318,6 +339,12 @@ def sweep(
     commit = trials.head_commit(repo)
     if trials.git(repo, "status", "--porcelain", "--untracked-files=no"):
         logger.warning("uncommitted changes are not part of the sweep: trials run at %s", commit)
+    url = trials.origin_url(repo, origin) if origin else None
+    if url:
+        dvc_remote = trials.check_origin(repo, url, commit)
+        logger.info(
+            "trials clone %s from %s; data through the DVC remote %s", commit[:12], url, dvc_remote
+        )
     extra = thread_overrides(user, jobs, threads_per_trial)
     files = _metric_files(repo, targets)
 
@@ -343,6 +370,8 @@ def sweep(
         f", {extra[0]}" if extra else "",
     )
 
+    if url:  # a killed sweep's trials may have pushed theirs to origin only
+        trials.fetch_experiments(repo, url, commit, name)
     existing = trials.experiments(repo)
     results: dict[str, sr.TrialResult] = {}
     for t in plan:
@@ -365,21 +394,25 @@ def sweep(
         logger.info("already done, not run again: %s", sorted(results))
 
     cache = trials.cache_dir(repo)
-    shared = shared_stages(repo, targets, [*swept, *(o.split("=")[0] for o in extra)])
+    source = trials.Source(url) if url else trials.Source(str(repo), cache)
+    # A stage that reads a key set to one value for all trials is not shared either: the shared
+    # clone runs the commit's params.
+    shared = shared_stages(repo, targets, overridden_keys([*user, *extra]))
     todo = [t for t in plan if t.name not in results]
-    shared_files: list[str] = []
+    shared_files: dict[str, bytes] = {}
     if todo or trials_n:
-        shared_files = run_shared_stages(repo, name, commit, cache, shared, trial_timeout_s)
+        shared_files = run_shared_stages(
+            repo, name, commit, cache, shared, trial_timeout_s, push=not source.here
+        )
     trial_task = run_trial.with_options(
         retries=retries, retry_delay_seconds=exponential_backoff(backoff_factor=retry_delay_s)
     )
 
     def submit(t: Trial) -> Any:
         return trial_task.submit(
-            repo,
+            source,
             name,
             commit,
-            cache,
             t.name,
             list(t.overrides),
             targets,
@@ -411,6 +444,8 @@ def sweep(
         )
 
     # The leaderboard reads the experiments back from this repo: what `dvc exp show` shows.
+    if url:
+        trials.fetch_experiments(repo, url, commit, name)
     shown = trials.experiments(repo)
     earlier = _earlier_seconds(repo / RESULTS_DIR / f"{name}.json")
     for key, r in results.items():
@@ -437,7 +472,7 @@ def sweep(
 
     registered = None
     if promote and data["best"]:
-        promote_best(repo, data["best"], targets)
+        promote_best(repo, data["best"], targets, url)
         if register_model:
             best = results[data["best"]]
             declared = dvc_repo.artifacts(repo)
@@ -462,11 +497,16 @@ def sweep(
     return data
 
 
-def promote_best(root: Path, best: str, targets: list[str]) -> None:
+def promote_best(root: Path, best: str, targets: list[str], url: str | None = None) -> None:
     """`dvc exp apply` the best trial. Outputs of stages the trials did not run (prune, export)
     may be missing from the cache if this clone never had them: that is a warning, not a
-    failure, since the trial's own outputs are in place (`dvc repro` makes the rest)."""
+    failure, since the trial's own outputs are in place (`dvc repro` makes the rest). A trial
+    of another machine (`url`) left its outputs in the DVC remote: they are pulled first."""
     logger = get_run_logger()
+    if url:
+        done = dvc_repo.run(root, ["exp", "pull", url, best], 600, echo=logger.info)
+        if not done.ok:
+            raise StepFailed(f"dvc exp pull {best}", done.returncode, done.tail)
     done = dvc_repo.run(root, ["exp", "apply", best], 600, echo=logger.info)
     if not done.ok:
         missing = _checkout_failed(done.tail)
@@ -686,6 +726,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--skip-invalid", action="store_true", help="invalid trials fail alone")
     p.add_argument("--engine", choices=["threads", "dask"], default="threads")
     p.add_argument("--cluster", help="a Dask scheduler, e.g. tcp://host:8786 (implies dask)")
+    p.add_argument(
+        "--origin",
+        metavar="GIT_URL",
+        help="workers clone the commit from this git URL (or remote) and move data through "
+        "the DVC remote, not this repo's folder and cache (default: one machine)",
+    )
     p.add_argument("--retries", type=int, default=2)
     p.add_argument("--retry-delay-s", type=float, default=10.0)
     p.add_argument("--trial-timeout-s", type=float, default=6 * 3600)
@@ -723,6 +769,7 @@ def run_from_args(argv: list[str] | None = None) -> dict[str, Any]:
         model_name=args.model_name,
         bump=args.bump,
         min_test_acc=args.min_test_acc,
+        origin=args.origin,
     )
 
 

@@ -1,16 +1,25 @@
 """A sweep's trials as DVC experiments, each in its own clone of the repo.
 
 A trial runs `dvc exp run -n <name> -S ... <targets>` in a git clone of the repo at the sweep's
-commit (`.dvc/tmp/sweeps/<sweep>/<trial>`, ignored by git), then `dvc exp push`es the
-experiment back to the repo, where `dvc exp show`, `dvc exp apply` and `dvc exp branch` see it
-like any other. The clone is what another machine would have (clone at the commit, `dvc pull`,
-run, `dvc exp push`), so the same code runs a trial here or on a Dask worker elsewhere.
+commit, then `dvc exp push`es the experiment to the clone's origin, where `dvc exp show`,
+`dvc exp apply` and `dvc exp branch` see it like any other. The stages no param of the sweep
+touches (`prepare`) run once per commit, in a shared clone on the machine that runs the sweep
+(`.dvc/tmp/sweeps/_shared/<commit>`, ignored by git); every trial starts from the tracked files
+that run changed (its lock entries and run records, passed by content) and takes their outputs
+instead of running them again. A clone outlives a failed attempt, so a retried trial resumes
+`train` from the checkpoint the killed attempt left in it. Where the clones come from (a
+`Source`) is one of two:
 
-On one machine the clones use the repo's own DVC cache (`cache.dir` in their
-`.dvc/config.local`). The stages no swept param touches (`prepare`) run once per commit, in a
-shared clone (`.dvc/tmp/sweeps/_shared/<commit>`), and every trial starts from its lock entries
-and checks their outputs out of the cache. A clone outlives a failed attempt, so a retried
-trial resumes `train` from the checkpoint the killed attempt left in it.
+- This machine (the default): the clones are of the repo itself, in its
+  `.dvc/tmp/sweeps/<sweep>/<trial>`, and use its DVC cache (`cache.dir` in their
+  `.dvc/config.local`): the shared outputs are checked out of it, and `dvc exp push` sends git
+  refs only.
+- A git URL every worker reaches (`--origin`): the clones are in the worker's own folder
+  (`$MNIST_SWEEP_WORKDIR/<sweep>/<trial>`, default `~/.cache/mnist-pipeline/sweeps`), cloned
+  from that URL, each with its own DVC cache. The sweep pushes the commit's shared outputs to
+  the DVC remote the commit's `.dvc/config` names; a trial `dvc pull`s them and
+  `dvc exp push`es its experiment with its outputs (refs to the URL, data to the DVC remote),
+  and the sweep fetches the experiments' refs back. Nothing of the sweep's machine is read.
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mnist_pipeline.errors import UsageError
 from pipelines import dvc_repo
 from pipelines.retry import StepFailed
 
@@ -34,6 +44,8 @@ log = logging.getLogger(__name__)
 
 SWEEPS_DIR = Path(".dvc") / "tmp" / "sweeps"  # DVC's tmp folder: ignored by git and DVC
 SHARED = "_shared"  # _shared/<commit>: the clone that runs the stages all trials share
+WORKDIR_ENV = "MNIST_SWEEP_WORKDIR"  # a worker's folder for the clones of a --origin sweep
+WORKDIR = Path("~") / ".cache" / "mnist-pipeline" / "sweeps"
 _RAN = re.compile(r"^Running stage '([^']+)'", re.MULTILINE)
 _CACHED = re.compile(r"Stage '([^']+)' is cached - skipping run")
 
@@ -72,29 +84,50 @@ def sweep_dir(root: Path, sweep: str) -> Path:
     return root / SWEEPS_DIR / sweep
 
 
-def workspace(root: Path, sweep: str, name: str, commit: str, cache: Path | None) -> Path:
-    """The trial's clone of `root` at `commit`, made on first use and kept for retries.
+def worker_dir() -> Path:
+    """This worker's folder for the clones of trials cloned from a git URL."""
+    return Path(os.environ.get(WORKDIR_ENV) or WORKDIR).expanduser()
 
-    With `cache`, the clone stores its DVC data there (the repo's own cache, on this machine);
-    without, it keeps its own cache and gets data with `dvc pull` (another machine).
-    """
-    ws = sweep_dir(root, sweep) / name
+
+@dataclass(frozen=True)
+class Source:
+    """Where a trial's clone comes from: the repo on this machine, with its DVC cache, or a
+    git URL (`cache` None), when the clone keeps its own cache and its data moves through the
+    DVC remote."""
+
+    url: str  # what `git clone` reads, and where `dvc exp push origin` sends the experiment
+    cache: Path | None = None
+
+    @property
+    def here(self) -> bool:
+        return self.cache is not None
+
+    def clone_dir(self, sweep: str, name: str) -> Path:
+        base = Path(self.url) / SWEEPS_DIR if self.here else worker_dir()
+        return base / sweep / name
+
+
+def workspace(source: Source, sweep: str, name: str, commit: str) -> Path:
+    """The trial's clone of `source` at `commit`, made on first use and kept for retries."""
+    ws = source.clone_dir(sweep, name)
+    if (ws / ".git").exists() and git(ws, "remote", "get-url", "origin") != source.url:
+        shutil.rmtree(ws)  # a clone of another repo, from a sweep of the same name
     if not (ws / ".git").exists():
         tmp = ws.with_name(f".{name}.cloning")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.parent.mkdir(parents=True, exist_ok=True)
-        git(root, "clone", "--quiet", "--no-checkout", str(root), str(tmp))
+        git(tmp.parent, "clone", "--quiet", "--no-checkout", source.url, str(tmp))
         tmp.rename(ws)
-    if subprocess.run(["git", "cat-file", "-e", f"{commit}^{{commit}}"], cwd=ws).returncode:
+    if not _has_commit(ws, commit):
         git(ws, "fetch", "--quiet", "origin")
     # -f: a killed attempt may have left params.yaml or dvc.lock changed; ignored files (the
     # training checkpoint) stay, which is what lets a retry resume.
     git(ws, "checkout", "--quiet", "-f", "--detach", commit)
-    if cache is not None:
+    if source.cache is not None:
         from dvc.config import Config
 
         with Config(dvc_dir=str(ws / ".dvc")).edit("local") as conf:
-            conf["cache"]["dir"] = str(cache)
+            conf["cache"]["dir"] = str(source.cache)
             # Hard links where copy-on-write is missing: stages replace their outputs, never
             # write into them, so a linked cache file is never changed in place.
             conf["cache"]["type"] = "reflink,hardlink,copy"
@@ -123,8 +156,9 @@ def run_trial(
 ) -> TrialRun:
     """`dvc exp run` one trial in its clone `ws` and push the experiment to its origin.
 
-    `shared` stages are checked out from the cache first (their outputs are the same for
-    every trial). Raises `StepFailed` (with DVC's verdict on whether a retry can help).
+    `shared` stages' outputs (the same for every trial) are checked out of the cache first, or
+    without `shared_cache` pulled from the DVC remote, where the experiment's outputs then go
+    too. Raises `StepFailed` (with DVC's verdict on whether a retry can help).
     """
     start = time.perf_counter()
     rev = experiment_rev(ws, name)
@@ -132,8 +166,11 @@ def run_trial(
     cached: list[str] = []
     reused = rev is not None
     if rev is None:
-        if shared:  # the shared stages' outputs, from the cache the shared clone filled
-            dvc_repo.run(ws, ["checkout", "--quiet", *shared], timeout_s, echo=lambda _: None)
+        if shared:  # the shared stages' outputs: from the cache the shared clone filled
+            take = ["checkout" if shared_cache else "pull", "--quiet", *shared]
+            done = dvc_repo.run(ws, take, timeout_s, echo=lambda _: None)
+            if not done.ok and not shared_cache:
+                raise StepFailed(f"dvc pull {' '.join(shared)}", done.returncode, done.tail)
         args = ["exp", "run", "-n", name]
         for o in overrides:
             args += ["-S", o]
@@ -163,28 +200,98 @@ def run_shared(
     cache would not do it: it skips stages with persistent outputs, as `prepare`'s downloads.)
     """
     if not stages:
-        return SharedRun([], [])
+        return SharedRun([], {})
     dvc_repo.run(ws, ["checkout", "--quiet", *stages], timeout_s, echo=lambda _: None)
     done = dvc_repo.run(ws, ["repro", *stages], timeout_s, echo=echo)
     if not done.ok:
         raise StepFailed(f"shared stages {', '.join(stages)}", done.returncode, done.tail)
     changed = git(ws, "diff", "--name-only", "HEAD").splitlines()
-    return SharedRun(_RAN.findall(done.tail), changed)
+    files = {rel: (ws / rel).read_bytes() for rel in changed if (ws / rel).is_file()}
+    return SharedRun(_RAN.findall(done.tail), files)
 
 
 @dataclass(frozen=True)
 class SharedRun:
     ran: list[str]  # the stages that ran (none when the commit's outputs were in the cache)
-    changed: list[str]  # tracked files the run changed (dvc.lock, run records)
+    changed: dict[str, bytes]  # tracked files the run changed (dvc.lock, run records)
 
 
-def take_shared(ws: Path, shared_ws: Path, changed: list[str]) -> None:
+def take_shared(ws: Path, changed: dict[str, bytes]) -> None:
     """Start the trial from the shared stages' lock entries and records."""
-    for rel in changed:
-        src = shared_ws / rel
-        if src.is_file():
-            (ws / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(src, ws / rel)
+    for rel, data in changed.items():
+        (ws / rel).parent.mkdir(parents=True, exist_ok=True)
+        (ws / rel).write_bytes(data)
+
+
+# --- a git URL for the workers ------------------------------------------------------------------
+
+
+def origin_url(root: Path, origin: str) -> str:
+    """`--origin` as the workers' `git clone` reads it: a git remote of the repo by name, an
+    absolute path for a folder here, or the URL as given."""
+    named = subprocess.run(
+        ["git", "remote", "get-url", origin], cwd=root, capture_output=True, text=True
+    )
+    if named.returncode == 0:
+        origin = named.stdout.strip()
+    path = Path(origin).expanduser()
+    return str(path.resolve()) if "://" not in origin and path.exists() else origin
+
+
+def check_origin(root: Path, url: str, commit: str) -> str:
+    """Refuse a sweep the workers could not run: `commit` not on a branch or tag of `url`, or
+    no default DVC remote in the commit's `.dvc/config`. Returns that remote's URL."""
+    listed = subprocess.run(["git", "ls-remote", url], cwd=root, capture_output=True, text=True)
+    if listed.returncode:
+        raise UsageError(f"--origin {url}: git cannot read it: {listed.stderr.strip()}")
+    tips = {}
+    for line in listed.stdout.splitlines():
+        sha, ref = line.split("\t", 1)
+        if ref.startswith(("refs/heads/", "refs/tags/")):
+            tips[ref.removesuffix("^{}")] = sha
+    unknown = [ref for ref, sha in tips.items() if not _has_commit(root, sha)]
+    if unknown:  # into FETCH_HEAD only: no ref of the repo moves
+        git(root, "fetch", "--quiet", "--no-tags", url, *unknown)
+    if not any(_is_ancestor(root, commit, sha) for sha in tips.values()):
+        raise UsageError(
+            f"commit {commit[:12]} is not in {url} (on no branch or tag there): the workers "
+            f"clone it from there; push it first (git push <remote> HEAD)"
+        )
+    from dvc.repo import Repo
+
+    with Repo(str(root), rev=commit) as repo:
+        conf = repo.config.load_one("repo")  # the committed .dvc/config: what a clone has
+    name = conf["core"].get("remote")
+    remote = conf["remote"].get(name, {}).get("url") if name else None
+    if not remote:
+        raise UsageError(
+            f"commit {commit[:12]} has no default DVC remote in .dvc/config: the workers take "
+            "the shared stages' outputs from it and push their own there "
+            "(dvc remote add -d <name> <url>, then commit .dvc/config)"
+        )
+    if "://" not in remote:
+        log.warning(
+            "the DVC remote %s is a folder: every worker must see it (a shared mount)", remote
+        )
+    return remote
+
+
+def _has_commit(root: Path, sha: str) -> bool:
+    return _git_ok(root, "cat-file", "-e", f"{sha}^{{commit}}")
+
+
+def _is_ancestor(root: Path, commit: str, tip: str) -> bool:
+    return _git_ok(root, "merge-base", "--is-ancestor", commit, tip)
+
+
+def _git_ok(cwd: Path, *args: str) -> bool:
+    return subprocess.run(["git", *args], cwd=cwd, capture_output=True).returncode == 0
+
+
+def fetch_experiments(root: Path, url: str, commit: str, sweep: str) -> None:
+    """The sweep's experiments from `url` into the repo's refs, where `dvc exp show` reads."""
+    refs = f"refs/exps/{commit[:2]}/{commit[2:]}/{sweep}-*"
+    git(root, "fetch", "--quiet", "--no-tags", url, f"+{refs}:{refs}")
 
 
 # --- the experiments as the repo sees them -----------------------------------------------------
