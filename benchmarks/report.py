@@ -132,7 +132,8 @@ def targets_table(rows: list[dict[str, Any]]) -> Table:
 
 ORCHESTRATION_ROWS = {
     ("noop", "dvc_repro_noop_s"): "dvc repro, nothing changed",
-    ("noop", "flow_noop_s"): "Prefect flow, nothing changed",
+    ("noop", "flow_noop_s"): "Prefect flow, nothing changed (temporary server)",
+    ("noop", "flow_noop_server_s"): "Prefect flow, nothing changed (running server)",
     ("full", "dvc_repro_full_s"): "dvc repro, every stage (fresh copy)",
     ("full", "flow_full_s"): "Prefect flow, every stage (fresh copy)",
     ("fresh", "dvc_repro_noop_s"): "dvc repro, nothing changed (fresh copy)",
