@@ -210,10 +210,11 @@ class Completed:
     returncode: int | None
     seconds: float
     tail: str  # the last lines of its merged stdout and stderr
+    stopped: bool = False  # `run`'s `stop` asked for it to end, and it was stopped
 
     @property
     def ok(self) -> bool:
-        return self.returncode == 0
+        return self.returncode == 0 and not self.stopped
 
     @property
     def run_cache_hit(self) -> bool:
@@ -227,10 +228,13 @@ def run(
     echo: Callable[[str], None] = log.info,
     tail_lines: int = 200,
     extra_env: dict[str, str] | None = None,
+    stop: Callable[[], bool] | None = None,
+    poll_s: float = 1.0,
 ) -> Completed:
     """Run `dvc <args>` in `root`, streaming its output line by line to `echo`.
 
-    On timeout the whole process group gets SIGTERM, then SIGKILL 30 s later.
+    On timeout the whole process group gets SIGTERM, then SIGKILL 30 s later; so it does
+    when `stop`, called every `poll_s` while the command runs, returns True (`stopped`).
     """
     env = {**os.environ, **(extra_env or {})}
     # The stage commands run `python -m stages.<name>`: make that this environment's python.
@@ -261,18 +265,39 @@ def run(
     reader = threading.Thread(target=pump, name=f"dvc {' '.join(args)}", daemon=True)
     reader.start()
     try:
-        returncode: int | None = proc.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        echo(f"dvc {' '.join(args)}: timed out after {timeout_s:.0f} s, stopping it")
-        _kill_group(proc)
-        returncode = None
+        returncode, why = _wait(proc, timeout_s, stop, poll_s)
+        if why:
+            echo(f"dvc {' '.join(args)}: {why}, stopping it")
+            _kill_group(proc)
+            returncode = proc.returncode if why == _ASKED else None  # None: timed out
     except BaseException:  # the flow was cancelled or interrupted: take the stage down with it
         _kill_group(proc)
         raise
     finally:
         reader.join(timeout=10)
         written(root)
-    return Completed(tuple(args), returncode, time.perf_counter() - start, "\n".join(tail))
+    seconds = time.perf_counter() - start
+    return Completed(tuple(args), returncode, seconds, "\n".join(tail), why == _ASKED)
+
+
+_ASKED = "asked to stop"
+
+
+def _wait(
+    proc: subprocess.Popen, timeout_s: float | None, stop: Callable[[], bool] | None, poll_s: float
+) -> tuple[int | None, str]:
+    """(exit status, ""), or (None, why) when it must be stopped: a timeout, or `stop()`."""
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    while True:
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        wait_s = left if stop is None or (left is not None and left < poll_s) else poll_s
+        try:
+            return proc.wait(timeout=wait_s), ""
+        except subprocess.TimeoutExpired:
+            if left is not None and left <= wait_s:
+                return None, f"timed out after {timeout_s:.0f} s"
+            if stop is not None and stop():
+                return None, _ASKED
 
 
 def _kill_group(proc: subprocess.Popen, grace_s: float = 30.0) -> None:

@@ -21,7 +21,10 @@
    `train.num_threads` so that they share the cores. A transient failure (a killed process)
    is retried and `train` resumes from its checkpoint; any other failure fails that trial
    alone. A trial whose experiment already exists with the same params is not run again, so a
-   killed sweep, run again, picks up where it stopped.
+   killed sweep, run again, picks up where it stopped. In the adaptive mode each trial's
+   per-epoch `val/acc` is followed and told to the study with its outcome; with
+   `--prune-trials median|percentile` an Optuna pruner stops the hopeless ones where they run
+   (`pipelines.pruning`): PRUNED in the study and the report, with no experiment.
 4. `report`: a leaderboard table artifact, a markdown summary with the best trial and the
    command that applies it, `plots/sweeps/<sweep>.png` and `sweeps/<sweep>.json`.
 5. `--promote`: `dvc exp apply` the best trial here (with `--origin`, its outputs pulled from
@@ -34,6 +37,7 @@ Exit code: 0 when every trial succeeded (or was pruned), 1 when some failed, 2 f
 # No `from __future__ import annotations`: Prefect validates flow parameters from the
 # annotations (see pipelines/flow.py).
 import argparse
+import dataclasses
 import json
 import os
 import re
@@ -50,7 +54,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.tasks import exponential_backoff
 
 from mnist_pipeline import errors
-from pipelines import dvc_repo, overrides, sweep_space, trials
+from pipelines import dvc_repo, overrides, pruning, sweep_space, trials
 from pipelines import sweep_report as sr
 from pipelines.flow import MODEL_NAME, register_version
 from pipelines.registry import Bump
@@ -163,21 +167,35 @@ def run_trial(
     shared: list[str],
     shared_files: dict[str, bytes],
     timeout_s: float,
+    watch: pruning.Watch | None = None,
 ) -> trials.TrialRun:
+    """One trial; with `watch`, its per-epoch metric is followed, and it is pruned when the
+    pruner (if any) says so: then it returns a `pruned` run without an experiment."""
     logger = get_run_logger()
     ws = trials.workspace(source, sweep, name, commit)
     trials.take_shared(ws, shared_files)
     logger.info("trial %s in %s: %s", name, ws, " ".join(trial_overrides))
-    run = trials.run_trial(
-        ws,
-        name,
-        trial_overrides,
-        targets,
-        shared,
-        shared_cache=source.here,
-        timeout_s=timeout_s,
-        echo=lambda line: logger.info("[%s] %s", name, line),
-    )
+    watcher = pruning.Watcher(watch, ws) if watch is not None else None
+    try:
+        run = trials.run_trial(
+            ws,
+            name,
+            trial_overrides,
+            targets,
+            shared,
+            shared_cache=source.here,
+            timeout_s=timeout_s,
+            echo=lambda line: logger.info("[%s] %s", name, line),
+            stop=watcher,
+        )
+    except trials.TrialStopped as stopped:  # only a watcher stops a trial
+        curve = watcher.finish()
+        logger.info("trial %s: pruned %s", name, pruning.describe(curve, watch.metric))
+        return trials.TrialRun(
+            name, "", {}, stopped.seconds, worker=stopped.worker, curve=curve, pruned=True
+        )
+    if watcher is not None:
+        run = dataclasses.replace(run, curve=watcher.finish(reused=run.reused))
     logger.info(
         "trial %s: experiment %s in %.1f s (ran %s; from the run cache %s)",
         name,
@@ -249,6 +267,31 @@ def _result(
         note=note,
         ran=list(run.ran) if run else [],
         worker=run.worker if run else "",
+        curve=dict(run.curve) if run else {},
+    )
+
+
+def _pruned(
+    trial: Trial,
+    curve: dict[int, float],
+    metric: str,
+    seconds: float | None,
+    attempts: int,
+    worker: str = "",
+    when: str = "",
+) -> sr.TrialResult:
+    """A trial the pruner stopped: no experiment, no objective, its epochs until then."""
+    note = f"pruned{when} {pruning.describe(curve, metric)}"
+    return sr.TrialResult(
+        trial.name,
+        sr.PRUNED,
+        trial.values,
+        seconds=seconds,
+        attempts=attempts,
+        note=note,
+        ran=[pruning.STAGE],
+        worker=worker,
+        curve=dict(sorted(curve.items())),
     )
 
 
@@ -300,6 +343,11 @@ def sweep(
     bump: Bump = "minor",
     min_test_acc: float = 0.98,
     origin: str | None = None,
+    prune_trials: pruning.Pruner = "none",
+    prune_metric: str | None = None,
+    prune_startup_trials: int = 5,
+    prune_warmup_epochs: int = 1,
+    prune_percentile: float = 25.0,
 ) -> dict[str, Any]:
     """Run a sweep of DVC experiments in `root` and report it.
 
@@ -325,6 +373,14 @@ def sweep(
         min_test_acc: the test accuracy a model needs to be registered.
         origin: a git URL (or a git remote's name) every worker can clone the commit from;
             default: none, the trials run in clones of `root` with its DVC cache (one machine).
+        prune_trials: with trials_n, stop hopeless trials on their per-epoch metric: none,
+            median or percentile (Optuna's pruners; see pipelines.pruning).
+        prune_metric: the per-epoch metric `train` logs with DVCLive that pruning reads;
+            default: val/acc when maximising, val/loss when minimising.
+        prune_startup_trials: no pruning until this many trials completed.
+        prune_warmup_epochs: a trial's first epochs are never pruned.
+        prune_percentile: with percentile, a trial not among the best this % at an epoch is
+            pruned.
     """
     logger = get_run_logger()
     repo = Path(root).resolve()
@@ -334,6 +390,10 @@ def sweep(
     name = name or sweep_space.default_name(user, mode)  # not N: --trials 20 extends a run of 10
     if register_model and not promote:
         raise errors.UsageError("--register needs --promote: the best trial is what is tagged")
+    metric = prune_metric or ("val/acc" if maximize else "val/loss")
+    prune = _pruning(
+        prune_trials, trials_n, prune_startup_trials, prune_warmup_epochs, prune_percentile
+    )
     dvc_repo.stage_order(repo, targets)  # an unknown stage is a usage error, before anything
     check_objective(repo, objective)
     commit = trials.head_commit(repo)
@@ -355,6 +415,12 @@ def sweep(
     else:
         plan = sweep_space.grid_trials(name, user, extra)
         swept, study = sweep_space.swept_keys(user), None
+    # A stage that reads a key set to one value for all trials is not shared either: the shared
+    # clone runs the commit's params.
+    shared = shared_stages(repo, targets, overridden_keys([*user, *extra]))
+    watch = None  # a grid's trials are not followed: no study to tell their epochs to
+    if study is not None:
+        watch = _watch(repo, commit, targets, shared, metric, maximize, prune)
     invalid = {b.trial.name: b for b in sweep_space.validate(base_params, plan)}
     if invalid and not skip_invalid:
         raise sweep_space.refuse(list(invalid.values()), len(plan))
@@ -388,16 +454,15 @@ def sweep(
             )
         results[t.name] = _result(t, exp, None, objective, files, None, 0, "done earlier")
     if study is not None:  # the study's finished trials that left no experiment
+        told = _finished(study, name)
         for t in plan:
-            results.setdefault(t.name, _failed(t, "failed in an earlier run of this sweep"))
+            r = results.setdefault(t.name, _study_outcome(t, told[t.name], metric))
+            r.curve = r.curve or dict(told[t.name].intermediate_values)
     if results:
         logger.info("already done, not run again: %s", sorted(results))
 
     cache = trials.cache_dir(repo)
     source = trials.Source(url) if url else trials.Source(str(repo), cache)
-    # A stage that reads a key set to one value for all trials is not shared either: the shared
-    # clone runs the commit's params.
-    shared = shared_stages(repo, targets, overridden_keys([*user, *extra]))
     todo = [t for t in plan if t.name not in results]
     shared_files: dict[str, bytes] = {}
     if todo or trials_n:
@@ -409,6 +474,8 @@ def sweep(
     )
 
     def submit(t: Trial) -> Any:
+        # The study's finished trials as they are now: what the pruner compares this one with.
+        past = pruning.snapshot(study) if watch and watch.pruning else ()
         return trial_task.submit(
             source,
             name,
@@ -419,6 +486,7 @@ def sweep(
             shared,
             shared_files,
             trial_timeout_s,
+            watch=dataclasses.replace(watch, past=past) if watch else None,
         )
 
     def collect(t: Trial, future: Any) -> sr.TrialResult:
@@ -427,6 +495,8 @@ def sweep(
         attempts = _attempts(future)
         if state.is_completed():
             run = state.result()
+            if run.pruned:
+                return _pruned(t, run.curve, metric, run.seconds, attempts, run.worker)
             return _result(t, None, run, objective, files, run.seconds, attempts)
         err = exception_of(state)
         note = _cause(str(err) if err else state.message or "failed")
@@ -440,7 +510,9 @@ def sweep(
             results[t.name] = collect(t, future)
     else:
         results.update(
-            _optuna_loop(study, name, user, extra, base_params, trials_n, jobs, submit, collect)
+            _optuna_loop(
+                study, name, user, extra, base_params, trials_n, jobs, submit, collect, metric
+            )
         )
 
     # The leaderboard reads the experiments back from this repo: what `dvc exp show` shows.
@@ -449,6 +521,8 @@ def sweep(
     shown = trials.experiments(repo)
     earlier = _earlier_seconds(repo / RESULTS_DIR / f"{name}.json")
     for key, r in results.items():
+        if r.seconds is None:
+            r.seconds = earlier.get(key)
         if r.status != sr.SUCCEEDED:
             continue
         if key not in shown:
@@ -456,8 +530,6 @@ def sweep(
             continue
         r.metrics = sr.other_metrics(shown[key].metrics, files) or r.metrics
         r.rev = shown[key].rev
-        if r.seconds is None:
-            r.seconds = earlier.get(key)
     ordered = sorted(results.values(), key=lambda r: r.name)
     data = publish_report(repo, name, commit, mode, ordered, swept, objective, maximize)
     c = data["counts"]
@@ -642,8 +714,10 @@ def _optuna_loop(
     jobs: int,
     submit: Any,
     collect: Any,
+    metric: str,
 ) -> dict[str, sr.TrialResult]:
-    """Ask TPE for trials, `jobs` in flight at a time, until the study has `n` finished."""
+    """Ask TPE for trials, `jobs` in flight at a time, until the study has `n` finished; tell
+    it each one's outcome, with the epochs of `metric` it reported (what pruners compare)."""
     from optuna.trial import TrialState
 
     dims = sweep_space.optuna_space(user)
@@ -674,12 +748,82 @@ def _optuna_loop(
         ot, t = in_flight.pop(future)
         result = collect(t, future)
         out[t.name] = result
-        if result.status == sr.SUCCEEDED:
-            study.tell(ot, result.objective)
-        else:
-            study.tell(ot, state=TrialState.FAIL)
+        state = {sr.SUCCEEDED: TrialState.COMPLETE, sr.PRUNED: TrialState.PRUNED}.get(
+            result.status, TrialState.FAIL
+        )
+        value = result.objective if state == TrialState.COMPLETE else None
+        pruning.tell(study, ot, result.curve, metric, value, state)
         finished += 1
     return out
+
+
+def _pruning(
+    pruner: str, trials_n: int | None, startup: int, warmup: int, percentile: float
+) -> pruning.Pruning | None:
+    """The pruner's settings, or None; refused for a grid (no study to compare with)."""
+    if pruner == "none":
+        return None
+    if not trials_n:
+        raise errors.UsageError(
+            f"--prune-trials {pruner} needs --trials: a grid has no study whose finished "
+            "trials a pruner could compare a trial with"
+        )
+    if startup < 0 or warmup < 0 or not 0.0 <= percentile <= 100.0:
+        raise errors.UsageError(
+            "--prune-startup-trials and --prune-warmup-epochs must be at least 0, "
+            "--prune-percentile between 0 and 100"
+        )
+    return pruning.Pruning(pruner, startup, warmup, percentile)
+
+
+def _watch(
+    root: Path,
+    commit: str,
+    targets: list[str],
+    shared: list[str],
+    metric: str,
+    maximize: bool,
+    prune: pruning.Pruning | None,
+) -> pruning.Watch | None:
+    """What each trial follows: `train`'s per-epoch `metric`, which the study records for
+    every trial (so a later run with a pruner has the epochs it compares), and `prune`.
+    None when the trials do not run `train`; then pruning is refused."""
+    live = dvc_repo.stage_arg(root, pruning.STAGE, "--live-dir")
+    runs_train = pruning.STAGE in dvc_repo.stage_order(root, targets)
+    if live is None or not runs_train or pruning.STAGE in shared:
+        if prune is not None:
+            raise errors.UsageError(
+                f"--prune-trials needs trials that run the {pruning.STAGE!r} stage with its "
+                "DVCLive metrics (--live-dir in dvc.yaml), whose epochs it watches"
+            )
+        return None
+    live_dir = live.relative_to(root)
+    folder = (live_dir / pruning.METRICS_DIR).as_posix()
+    known = trials.git(root, "ls-tree", "-r", "--name-only", commit, "--", folder).splitlines()
+    tsv = pruning.metric_tsv(live_dir, metric).as_posix()
+    if known and tsv not in known:
+        if prune is None:
+            return None  # no such curve to record, and no pruner asked for one
+        names = [k.removeprefix(f"{folder}/").removesuffix(".tsv") for k in known]
+        raise errors.UsageError(
+            f"--prune-metric {metric}: train logs no such per-epoch metric (in {folder}: "
+            f"{', '.join(n for n in names if n != 'epoch')})"
+        )
+    return pruning.Watch(metric, maximize, live_dir.as_posix(), prune)
+
+
+def _finished(study: Any, name: str) -> dict[str, Any]:
+    """The study's finished trials, by trial name: they are not run again."""
+    done = study.get_trials(deepcopy=False)
+    return {sweep_space.trial_name(name, ft.number): ft for ft in done if ft.state.is_finished()}
+
+
+def _study_outcome(trial: Trial, ft: Any, metric: str) -> sr.TrialResult:
+    """A trial the study has finished that left no experiment: pruned, or else failed."""
+    if ft.state.name != "PRUNED":
+        return _failed(trial, "failed in an earlier run of this sweep")
+    metric = ft.user_attrs.get(pruning.METRIC_ATTR, metric)
+    return _pruned(trial, ft.intermediate_values, metric, None, 0, when=" in an earlier run")
 
 
 # --- command line ----------------------------------------------------------------------------
@@ -740,6 +884,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--model-name", default=MODEL_NAME)
     p.add_argument("--bump", choices=["major", "minor", "patch"], default="minor")
     p.add_argument("--min-test-acc", type=float, default=0.98)
+    g = p.add_argument_group("pruning (with --trials; see pipelines.pruning)")
+    g.add_argument(
+        "--prune-trials",
+        choices=pruning.PRUNERS,
+        default="none",
+        help="stop hopeless trials on their per-epoch metric with this Optuna pruner",
+    )
+    g.add_argument("--prune-metric", help="default: val/acc (val/loss with --minimize)")
+    g.add_argument(
+        "--prune-startup-trials", type=int, default=5, help="completed trials before any pruning"
+    )
+    g.add_argument(
+        "--prune-warmup-epochs", type=int, default=1, help="first epochs of a trial never pruned"
+    )
+    g.add_argument(
+        "--prune-percentile", type=float, default=25.0, help="percentile: keep the best P %%"
+    )
     args = p.parse_args(argv)
     if args.jobs < 1 or (args.trials is not None and args.trials < 1):
         p.error("--jobs and --trials must be at least 1")
@@ -770,6 +931,11 @@ def run_from_args(argv: list[str] | None = None) -> dict[str, Any]:
         bump=args.bump,
         min_test_acc=args.min_test_acc,
         origin=args.origin,
+        prune_trials=args.prune_trials,
+        prune_metric=args.prune_metric,
+        prune_startup_trials=args.prune_startup_trials,
+        prune_warmup_epochs=args.prune_warmup_epochs,
+        prune_percentile=args.prune_percentile,
     )
 
 

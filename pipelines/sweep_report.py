@@ -31,6 +31,7 @@ class TrialResult:
     note: str = ""  # the error, or "done earlier" for a trial found finished
     ran: list[str] = field(default_factory=list)  # the stages DVC ran for it
     worker: str = ""  # host:pid that ran it
+    curve: dict[int, float] = field(default_factory=dict)  # the pruned-on metric, by epoch
 
 
 def find_metric(metrics: dict[str, dict[str, Any]], name: str) -> float | None:

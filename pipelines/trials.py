@@ -62,6 +62,17 @@ class TrialRun:
     cached: list[str] = field(default_factory=list)  # stages restored from the run cache
     reused: bool = False  # the experiment was already there, nothing ran
     worker: str = ""  # host:pid of the process that ran it (a Dask worker, or this one)
+    curve: dict[int, float] = field(default_factory=dict)  # the watched metric, by epoch
+    pruned: bool = False  # stopped by the pruner: no experiment, no metrics
+
+
+class TrialStopped(Exception):
+    """`run_trial`'s `stop` ended the trial's `dvc exp run`: no experiment, not a failure."""
+
+    def __init__(self, name: str, seconds: float) -> None:
+        super().__init__(f"trial {name} was stopped after {seconds:.1f} s")
+        self.seconds = seconds
+        self.worker = f"{socket.gethostname()}:{os.getpid()}"  # the process that ran it
 
 
 def git(cwd: Path, *args: str) -> str:
@@ -153,12 +164,14 @@ def run_trial(
     shared_cache: bool,
     timeout_s: float | None,
     echo: Callable[[str], None] = log.info,
+    stop: Callable[[], bool] | None = None,
 ) -> TrialRun:
     """`dvc exp run` one trial in its clone `ws` and push the experiment to its origin.
 
     `shared` stages' outputs (the same for every trial) are checked out of the cache first, or
     without `shared_cache` pulled from the DVC remote, where the experiment's outputs then go
-    too. Raises `StepFailed` (with DVC's verdict on whether a retry can help).
+    too. Raises `StepFailed` (with DVC's verdict on whether a retry can help), or
+    `TrialStopped` when `stop`, polled while `dvc exp run` runs, ended it (the pruner's watch).
     """
     start = time.perf_counter()
     rev = experiment_rev(ws, name)
@@ -174,7 +187,9 @@ def run_trial(
         args = ["exp", "run", "-n", name]
         for o in overrides:
             args += ["-S", o]
-        done = dvc_repo.run(ws, [*args, *targets], timeout_s, echo=echo)
+        done = dvc_repo.run(ws, [*args, *targets], timeout_s, echo=echo, stop=stop)
+        if done.stopped:
+            raise TrialStopped(name, done.seconds)
         if not done.ok:
             raise StepFailed(f"trial {name}", done.returncode, done.tail)
         ran, cached = _RAN.findall(done.tail), _CACHED.findall(done.tail)

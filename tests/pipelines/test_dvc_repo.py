@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -43,12 +44,20 @@ def test_this_repos_stage_order_starts_with_the_core_stages() -> None:
     assert sorted(order) == sorted(spec["stages"])  # every stage, none hard-coded
 
 
-def test_a_stage_past_its_timeout_is_stopped_with_its_children(tmp_path: Path) -> None:
+@pytest.mark.parametrize("why", ["timeout", "stop"])
+def test_a_stage_past_its_timeout_or_told_to_stop_is_stopped_with_its_children(
+    tmp_path: Path, why: str
+) -> None:
     # `$$` is the shell DVC starts for the command; `sleep` is its child.
     repo = _repo(tmp_path, {"slow": {"cmd": "echo $$ > pid && sleep 300", "outs": ["never"]}})
     start = time.monotonic()
-    done = dvc_repo.run(repo, ["repro", "--single-item", "slow"], timeout_s=5, echo=print)
-    assert done.returncode is None and not done.ok
+    # `stop`: the pruner's watch says so once the stage is running.
+    how: dict[str, Any] = {"timeout_s": 5}
+    if why == "stop":
+        how = {"timeout_s": 120, "stop": (repo / "pid").exists, "poll_s": 0.2}
+    done = dvc_repo.run(repo, ["repro", "--single-item", "slow"], echo=print, **how)
+    assert not done.ok and done.stopped == (why == "stop")
+    assert (done.returncode is None) == (why == "timeout")  # stopped: the signal's exit status
     assert time.monotonic() - start < 60
     shell = int((repo / "pid").read_text())
     status = Path(f"/proc/{shell}/status")

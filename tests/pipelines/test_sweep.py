@@ -9,6 +9,7 @@ S3, the copy for the host that runs the sweep, and another folder for a worker h
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -23,8 +24,8 @@ import yaml
 from mnist_pipeline.errors import PARAMS_ERROR_EXIT, STAGE_ERROR_EXIT, ParamsError, UsageError
 from mnist_pipeline.mnist_files import md5sum
 from mnist_pipeline.scratch_repo import git
+from pipelines import pruning, sweep_space, trials
 from pipelines import sweep_report as sr
-from pipelines import sweep_space, trials
 from pipelines.sweep import shared_stages, thread_overrides
 from tests.conftest import ROOT
 from tests.pipelines.conftest import dvc, make_repo
@@ -196,6 +197,90 @@ def test_plot_has_a_panel_per_swept_param(tmp_path: Path) -> None:
         assert img.format == "PNG" and img.size == (800, 340)  # two 4-inch panels at 100 dpi
 
 
+# --- pruning ---------------------------------------------------------------------------------
+
+
+def _write_tsv(path: Path, name: str, rows: list[tuple[int, float]], partial: str = "") -> None:
+    """A DVCLive TSV as `train` leaves it (`partial`: a row it is writing)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join([f"step\t{name}\n", *(f"{s}\t{v}\n" for s, v in rows), partial]))
+
+
+def _past(*curves: dict[int, float]) -> tuple[pruning.PastTrial, ...]:
+    return tuple(pruning.PastTrial("COMPLETE", c[max(c)], c) for c in curves)
+
+
+EARLIER = _past({0: 0.50, 1: 0.80, 2: 0.90}, {0: 0.60, 1: 0.85, 2: 0.92}, {0: 0.4, 1: 0.7})
+
+
+def test_a_trial_below_the_median_is_pruned_at_its_first_epoch_after_the_warm_up(
+    tmp_path: Path,
+) -> None:
+    """The watcher in a trial's clone: the commit's own curve does not count; each epoch is
+    reported once `epoch.tsv` names it; the pruner waits out the warm-up, then prunes."""
+    metrics = tmp_path / "dvclive" / "train" / "plots" / "metrics"
+    acc, epochs = metrics / "val" / "acc.tsv", metrics / "epoch.tsv"
+    _write_tsv(acc, "acc", [(106, 0.97), (213, 0.98), (320, 0.985)])  # the commit's
+    settings = pruning.Pruning("median", startup_trials=2, warmup_epochs=1)
+    watch = pruning.Watch("val/acc", True, "dvclive/train", settings, EARLIER)
+    watcher = pruning.Watcher(watch, tmp_path)
+    assert watcher() is False and watcher.curve == {}  # the commit's curve, not this trial's
+    # (Unless nothing ran: an experiment already in the clone, with its curve.)
+    assert pruning.Watcher(watch, tmp_path).finish(reused=True) == {0: 0.97, 1: 0.98, 2: 0.985}
+    acc.unlink()  # DVCLive's fresh start
+    _write_tsv(acc, "acc", [(3, 0.11)])
+    _write_tsv(epochs, "epoch", [(3, 0), (3, 0)])
+    assert watcher() is False and watcher.curve == {0: 0.11}  # epoch 0: the warm-up
+    _write_tsv(acc, "acc", [(3, 0.11), (6, 0.12)], partial="9\t0.1")
+    assert watcher() is False and watcher.curve == {0: 0.11}  # epoch.tsv does not have 6 yet
+    _write_tsv(epochs, "epoch", [(3, 0), (3, 0), (6, 1)])
+    assert watcher() is True and watcher.pruned_at == 1  # 0.12 < the median 0.8 at epoch 1
+    assert watcher.finish() == {0: 0.11, 1: 0.12}
+    # A trial at the median goes on; so does a hopeless one before enough trials completed.
+    assert _grow(watch, tmp_path / "good", "acc", [0.6, 0.8, 0.95]) == [False] * 3
+    few = dataclasses.replace(watch, past=EARLIER[:1])
+    assert _grow(few, tmp_path / "few", "acc", [0.1] * 3) == [False] * 3
+    # Minimising val/loss: the trial whose loss stays above the median is the hopeless one.
+    loss = dataclasses.replace(
+        watch, metric="val/loss", maximize=False, past=_past({0: 1.0, 1: 0.5}, {0: 1.2, 1: 0.4})
+    )
+    assert _grow(loss, tmp_path / "loss", "loss", [1.1, 0.9]) == [False, True]
+
+
+def _grow(watch: pruning.Watch, ws: Path, name: str, values: list[float]) -> list[bool]:
+    """A watcher's answers while `train` writes `values`, an epoch at a time."""
+    watcher = pruning.Watcher(watch, ws)
+    answers = []
+    for n in range(1, len(values) + 1):
+        rows = [(10 * (e + 1), v) for e, v in enumerate(values[:n])]
+        _write_tsv(ws / watch.tsv, name, rows)
+        _write_tsv(ws / watch.epochs_tsv, "epoch", [(s, s // 10 - 1) for s, _ in rows])
+        answers.append(watcher())
+    return answers
+
+
+def test_the_driver_tells_the_study_what_the_worker_saw() -> None:
+    """The journal study gets each trial's epochs and outcome; its snapshot is what the next
+    trial's pruner compares with, and a pruned trial counts as pruned, not as completed."""
+    import optuna
+    from optuna.trial import TrialState
+
+    study = optuna.create_study(direction="maximize")
+    for curve, value, state in [
+        ({0: 0.5, 1: 0.9}, 0.95, TrialState.COMPLETE),
+        ({0: 0.1}, None, TrialState.PRUNED),
+        ({}, None, TrialState.FAIL),
+    ]:
+        pruning.tell(study, study.ask(), curve, "val/acc", value, state)
+    past = pruning.snapshot(study)
+    assert past == (
+        pruning.PastTrial("COMPLETE", 0.95, {0: 0.5, 1: 0.9}),
+        pruning.PastTrial("PRUNED", 0.1, {0: 0.1}),  # Optuna's value: its last epoch's
+    )
+    assert study.trials[1].user_attrs == {pruning.METRIC_ATTR: "val/acc"}
+    assert pruning.describe({0: 0.1, 1: 0.1125}, "val/acc") == "after epoch 2: val/acc 0.1125"
+
+
 # --- the flow, for real ----------------------------------------------------------------------
 
 
@@ -320,7 +405,9 @@ def test_rerun_runs_nothing_that_finished(
     assert other.is_failed() and "exists with other params" in other.message
 
 
-def test_bad_params_stop_the_sweep_before_any_trial(sweep_repo: Path, grid_run: Any) -> None:
+def test_bad_params_stop_the_sweep_before_any_trial(
+    sweep_repo: Path, grid_run: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
     from pipelines.sweep import main
 
     code = main(["--root", str(sweep_repo), "--name", "bad", "-S", "train.optimizer.lr=1e-2,20.0"])
@@ -328,6 +415,18 @@ def test_bad_params_stop_the_sweep_before_any_trial(sweep_repo: Path, grid_run: 
     assert not trials.sweep_dir(sweep_repo, "bad").joinpath("bad-000").exists()
     assert main(["--root", str(sweep_repo), "-S", "train.optimizer.lr=("]) == PARAMS_ERROR_EXIT
     assert main(["--root", str(sweep_repo), "--objective", "nope", "-S", "train.seed=1"]) == 2
+    # Pruning needs a study (--trials) and a per-epoch metric that train logs.
+    capsys.readouterr()
+    grid = ["--root", str(sweep_repo), "-S", "train.seed=1,2", "--prune-trials", "median"]
+    assert main(grid) == 2 and "--prune-trials median needs --trials" in capsys.readouterr().err
+    tpe = [*grid, "--trials", "2", "--prune-metric", "val/accuracy"]
+    assert main(tpe) == 2
+    assert (
+        "no such per-epoch metric (in dvclive/train/plots/metrics: train/acc, train/loss, "
+        "val/acc, val/loss)" in capsys.readouterr().err
+    )
+    evaluate_only = [*grid[:2], "-S", "evaluate.batch_size=128,256", *grid[4:], "--trials", "2"]
+    assert main(evaluate_only) == 2 and "that run the 'train' stage" in capsys.readouterr().err
 
 
 # --- trials on other hosts: through a git server and a DVC remote ---------------------------
@@ -530,3 +629,51 @@ def test_optuna_trials_are_experiments_and_a_rerun_only_adds_the_missing_ones(
     values = [tuple(t["values"].items()) for t in data["trials"]]
     assert len(set(values)) == 3  # a resumed study proposes new points, not its first ones
     assert {"tpe-000", "tpe-001", "tpe-002"} <= set(trials.experiments(sweep_repo))
+
+
+@pytest.mark.slow
+def test_a_hopeless_trial_is_pruned_counted_and_not_run_again(
+    sweep_repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A study that knows one good trial (its epochs recorded without a pruner), extended with
+    the median pruner and a hopeless learning rate, on a Dask worker (which cannot see the
+    study): stopped after its first epoch, counted as pruned, exit code 0; the study has it as
+    PRUNED with its epoch, so a rerun does not run it."""
+    import optuna
+    from distributed import LocalCluster
+
+    from pipelines.sweep import _storage, main
+
+    ran: list[str] = []
+    real = trials.run_trial
+    monkeypatch.setattr(trials, "run_trial", lambda *a, **k: ran.append(a[1]) or real(*a, **k))
+    good = ["train.optimizer.lr=tag(log,interval(8e-3,1.6e-2))"]
+    state = _sweep(sweep_repo, overrides=good, name="prune", trials_n=1)
+    assert state.is_completed(), state.message
+    good_s = state.result()["trials"][0]["seconds"]
+    args = ["--root", str(sweep_repo), "--name", "prune", "--trials", "2", "--retry-delay-s", "0"]
+    args += ["-S", "train.optimizer.lr=tag(log,interval(1e-4,1.5e-4))", "--prune-trials", "median"]
+    args += ["--prune-startup-trials", "1", "--prune-warmup-epochs", "0"]
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True) as cluster:
+        assert main([*args, "--cluster", cluster.scheduler_address]) == 0  # pruned: not failed
+        (worker,) = (w.process.pid for w in cluster.workers.values())
+    data = _report(sweep_repo, "prune")
+    assert data["counts"] == {"succeeded": 1, "failed": 0, "pruned": 1}
+    rows = {r["name"]: r for r in data["trials"]}
+    hopeless = rows["prune-001"]
+    assert hopeless["status"] == "pruned" and list(hopeless["curve"]) == ["0"]
+    assert hopeless["note"].startswith("pruned after epoch 1: val/acc ")
+    assert hopeless["curve"]["0"] < rows["prune-000"]["curve"]["0"]
+    assert hopeless["seconds"] < good_s  # it did not train its second epoch
+    assert int(hopeless["worker"].rsplit(":", 1)[1]) == worker  # decided there
+    assert "prune-001" not in trials.experiments(sweep_repo)  # stopped before its commit
+    storage = _storage(sweep_repo, "prune")
+    (study_name,) = optuna.get_all_study_names(storage)
+    told = optuna.load_study(study_name=study_name, storage=storage).trials
+    assert [t.state.name for t in told] == ["COMPLETE", "PRUNED"]
+    assert set(told[0].intermediate_values) == {0, 1} and set(told[1].intermediate_values) == {0}
+    ran.clear()
+    assert main(args) == 0
+    assert ran == []  # the study knows it finished
+    again = {r["name"]: r for r in _report(sweep_repo, "prune")["trials"]}["prune-001"]
+    assert again["status"] == "pruned" and again["note"].startswith("pruned in an earlier run")
