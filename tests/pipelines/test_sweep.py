@@ -574,6 +574,15 @@ def test_failing_trials_fail_alone_and_a_killed_one_resumes(
     assert record["resumed_from_epoch"] == 1  # the retry went on from the checkpoint
 
 
+def _workers_env() -> dict[str, str]:
+    """The Prefect API of the tests' server, for a Dask cluster's worker processes, as a
+    worker host's `dask worker` gets PREFECT_API_URL (README). Without it each worker would
+    start a temporary server of its own for its logs, which outlives the cluster here."""
+    from prefect.settings import PREFECT_API_URL
+
+    return {"PREFECT_API_URL": str(PREFECT_API_URL.value())}
+
+
 @pytest.mark.slow
 def test_a_dask_cluster_of_two_workers_runs_the_trials_side_by_side(sweep_repo: Path) -> None:
     """The distributed engine: a scheduler and two worker processes, reached by address as a
@@ -582,7 +591,9 @@ def test_a_dask_cluster_of_two_workers_runs_the_trials_side_by_side(sweep_repo: 
 
     from pipelines.sweep import main
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True) as cluster:
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, env=_workers_env()
+    ) as cluster:
         assert cluster.scheduler_address.startswith("tcp://")
         code = main(
             [
@@ -654,7 +665,9 @@ def test_a_hopeless_trial_is_pruned_counted_and_not_run_again(
     args = ["--root", str(sweep_repo), "--name", "prune", "--trials", "2", "--retry-delay-s", "0"]
     args += ["-S", "train.optimizer.lr=tag(log,interval(1e-4,1.5e-4))", "--prune-trials", "median"]
     args += ["--prune-startup-trials", "1", "--prune-warmup-epochs", "0"]
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True) as cluster:
+    with LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=True, env=_workers_env()
+    ) as cluster:
         assert main([*args, "--cluster", cluster.scheduler_address]) == 0  # pruned: not failed
         (worker,) = (w.process.pid for w in cluster.workers.values())
     data = _report(sweep_repo, "prune")

@@ -95,7 +95,13 @@ def test_a_sweep_on_a_dask_cluster_reports_to_a_prefect_server_on_postgresql(
 
     api, pg = prefect_server
     repo = make_repo(tmp_path / "repo", tmp_path / "remote")
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True) as cluster:
+    # Workers report to the server named in their environment, as `dask worker` on a host
+    # does when started with PREFECT_API_URL (README); without it each would start a temporary
+    # server of its own for its logs.
+    workers_env = {"PREFECT_API_URL": api}
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, env=workers_env
+    ) as cluster:
         cmd = [sys.executable, "-m", "pipelines.sweep", "--root", str(repo), "--name", "pg"]
         cmd += ["-S", "train.optimizer.lr=8e-3,1.6e-2", "--jobs", "2"]
         cmd += ["--cluster", cluster.scheduler_address]
