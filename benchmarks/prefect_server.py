@@ -1,10 +1,11 @@
 """A Prefect server in its own process, for figures and tests that need a running one (the
-flow against a server, workers reporting to it), as `prefect server start` runs it."""
+flow against a server, deployments and workers, Dask workers reporting to it), as
+`prefect server start` runs it."""
 
 from __future__ import annotations
 
 import os
-import socket
+import signal
 import subprocess
 import sys
 import time
@@ -13,17 +14,22 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from benchmarks.serving import free_port
 
 
 def without_prefect_settings(**extra: str) -> dict[str, str]:
     """This process's environment without its `PREFECT_*` settings, plus `extra`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     return {**env, **extra}
+
+
+def server_settings(home: Path) -> dict[str, str]:
+    """The settings the server runs with, which its clients share: its home, no telemetry."""
+    return {
+        "PREFECT_HOME": str(home),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_UI_ENABLED": "false",
+    }
 
 
 @contextmanager
@@ -35,8 +41,7 @@ def running_server(
     home.mkdir(parents=True, exist_ok=True)
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"
-    settings = {"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    settings["PREFECT_UI_ENABLED"] = "false"
+    settings = server_settings(home)
     if database_url:
         settings["PREFECT_API_DATABASE_CONNECTION_URL"] = database_url
     cmd = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1"]
@@ -47,6 +52,7 @@ def running_server(
             env=without_prefect_settings(**settings),
             stdout=log,
             stderr=subprocess.STDOUT,
+            start_new_session=True,  # stopped as a group, with anything it started
         )
         try:
             deadline = time.monotonic() + timeout_s
@@ -57,8 +63,20 @@ def running_server(
                 time.sleep(0.5)
             yield api
         finally:
-            server.terminate()
-            server.wait(timeout=60)
+            stop_group(server)
+
+
+def stop_group(proc: subprocess.Popen) -> None:
+    """SIGTERM the process's group, SIGKILL it if it is still there 20 s later."""
+    for sig, wait_s in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(proc.pid, sig)
+            proc.wait(timeout=wait_s)
+            return
+        except ProcessLookupError:
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def _healthy(api: str) -> bool:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from benchmarks.prefect_server import (
+    running_server,
+    server_settings,
+    stop_group,
+    without_prefect_settings,
+)
 from mnist_pipeline.scratch_repo import GIT_IDENTITY
 from tests.pipelines.conftest import make_repo
 
@@ -24,12 +29,6 @@ pytestmark = pytest.mark.slow
 
 DEPLOYMENT = "mnist-pipeline/nightly-retrain"
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start(cmd: list[str], cwd: Path, env: dict[str, str], log: Path) -> subprocess.Popen:
@@ -43,52 +42,12 @@ def start(cmd: list[str], cwd: Path, env: dict[str, str], log: Path) -> subproce
     )
 
 
-def stop(proc: subprocess.Popen) -> None:
-    for sig, wait_s in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(proc.pid, sig)
-            proc.wait(timeout=wait_s)
-            return
-        except ProcessLookupError:
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[str, str]]]:
     """A Prefect server of its own (SQLite in a temp folder); yields (API URL, client env)."""
-    tmp_path = tmp_path_factory.mktemp("prefect-server")
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env |= {
-        "PREFECT_HOME": str(tmp_path / "prefect-home"),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_UI_ENABLED": "false",
-    }
-    log = tmp_path / "server.log"
-    proc = start(
-        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-         "--port", str(port)],
-        tmp_path,
-        env,
-        log,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}/api"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None, f"server exited:\n{log.read_text()[-3000:]}"
-            assert time.monotonic() < deadline, f"no server:\n{log.read_text()[-3000:]}"
-            time.sleep(1)
-        yield url, {**env, "PREFECT_API_URL": url}
-    finally:
-        stop(proc)
+    home = tmp_path_factory.mktemp("prefect-server") / "prefect-home"
+    with running_server(home) as url:
+        yield url, without_prefect_settings(**server_settings(home), PREFECT_API_URL=url)
 
 
 def client_env(env: dict[str, str], mirror: Path) -> dict[str, str]:
@@ -159,7 +118,7 @@ def test_deployed_flow_runs_on_a_worker_against_a_real_server(
     try:
         state = wait_for(api, flow_run_id, worker, tmp_path / "worker.log")
     finally:
-        stop(worker)
+        stop_group(worker)
     log = (tmp_path / "worker.log").read_text()
     assert state["type"] == "COMPLETED", f"{state}\n{log[-4000:]}"
 
@@ -209,5 +168,5 @@ def test_served_flow_runs_and_pauses_its_schedule_on_exit(
         try:
             serving.wait(timeout=60)
         finally:
-            stop(serving)
+            stop_group(serving)
     assert api.get(f"/deployments/name/{name}").json()["paused"] is True

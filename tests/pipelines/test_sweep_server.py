@@ -22,7 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.prefect_server import free_port, running_server, without_prefect_settings
+from benchmarks.prefect_server import running_server, without_prefect_settings
+from benchmarks.serving import free_port
 from pipelines import trials
 from tests.conftest import ROOT
 from tests.pipelines.conftest import make_repo

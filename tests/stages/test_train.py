@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ import pytest
 import torch
 import yaml
 
+from benchmarks.serving import free_port
 from mnist_pipeline import checkpoints, training
 from mnist_pipeline.dataset import load_split
 from mnist_pipeline.errors import ParamsError
@@ -187,12 +187,6 @@ def test_ddp_on_two_cpu_processes(tmp_path: Path, prepared: Path) -> None:
     assert (predict_logits(net, test.images).argmax(1) == test.labels).float().mean() >= 0.9
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _two_nodes(
     tmp: Path,
     out: str,
@@ -203,7 +197,7 @@ def _two_nodes(
     """The train stage on two "machines" (node ranks 0 and 1, one process each, on 127.0.0.1),
     each started as the README's recipe starts it: by torchrun, or as srun starts a SLURM
     job's tasks (the environment variables Lightning's SLURMEnvironment reads)."""
-    port = _free_port()
+    port = free_port()
     procs = []
     for node in (0, 1):
         args = _train_args(tmp, out, ckpt_dirs[node])
