@@ -66,6 +66,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--full-runs", action="store_true", help="also time full pipeline runs (many minutes)"
     )
+    p.add_argument(
+        "--profiles",
+        action="store_true",
+        help="also time a whole dvc repro under each compute profile (many minutes)",
+    )
     p.add_argument("--workdir", type=Path, default=None, help="keep run folders here")
     p.add_argument("--timeout-s", type=float, default=1800, help="per training run")
     p.add_argument(
@@ -95,17 +100,26 @@ def make_variants(args: argparse.Namespace, quick: list[str]) -> list[Variant]:
     """The project's defaults (params.yaml, with `quick` overrides), the baselines, and each
     `--variant NAME:KEY=VALUE,...`: `train` keys in the syntax of `dvc exp run -S`, applied and
     validated by the flow's own code, so a bad override fails before any run."""
-    train = overrides.overridden(args.params, quick)[0].train.model_dump(mode="json")
-    variants = [Variant(PROJECT, "project", train)]
+    params = overrides.overridden(args.params, quick)[0]
+    train, compute = (params.train.model_dump(mode="json"), params.compute.model_dump(mode="json"))
+    variants = [Variant(PROJECT, "project", train, compute)]
     if "plain" not in args.skip:
-        variants.insert(0, Variant(PLAIN, "plain", train))
+        variants.insert(0, Variant(PLAIN, "plain", train, compute))
     if "seed" not in args.skip:
-        variants.insert(0, Variant(SEED, "seed", train))
+        variants.insert(0, Variant(SEED, "seed", train, compute))
     for spec in args.variant:
         name, _, sets = spec.partition(":")
-        keys = [s if s.startswith("train.") else f"train.{s}" for s in sets.split(",") if s]
-        params, _ = overrides.overridden(args.params, [*quick, *keys])
-        variants.append(Variant(name, "project", params.train.model_dump(mode="json")))
+        sections = ("train.", "compute.")
+        keys = [s if s.startswith(sections) else f"train.{s}" for s in sets.split(",") if s]
+        other, _ = overrides.overridden(args.params, [*quick, *keys])
+        variants.append(
+            Variant(
+                name,
+                "project",
+                other.train.model_dump(mode="json"),
+                other.compute.model_dump(mode="json"),
+            )
+        )
     return variants
 
 
@@ -166,6 +180,8 @@ def run_orchestration(
     out = {"noop": orchestration.noop(root, reps)}
     if args.full_runs:
         out["full"] = orchestration.full_runs(root, workdir, max(1, reps // 3), raw)
+    if args.profiles:
+        out["profiles"] = orchestration.profiles(root, workdir, max(1, reps // 3), raw)
     return out
 
 

@@ -112,3 +112,44 @@ def full_runs(
                 noop_times["flow_noop_s"].append(timed(flow_cmd(dest), dest, 600, env))
             shutil.rmtree(dest, ignore_errors=True)
     return {**_medians(times), "noop_in_fresh_copy": _medians(noop_times)}
+
+
+def profiles(root: Path, workdir: Path, reps: int, mirror: Path, timeout_s: float = 3600) -> dict:
+    """A whole `dvc repro` from scratch under each compute profile (params.yaml's, and the
+    other), in fresh copies taking turns; with each copy's `train` fit time and stage times
+    (from its measurements and run records)."""
+    import yaml
+
+    from mnist_pipeline.compute import environment_for
+    from mnist_pipeline.params import load_params
+
+    env = {**os.environ, "MNIST_MIRROR": str(mirror.resolve())}
+    for key in environment_for(load_params(root / "params.yaml").compute):
+        env.pop(key, None)  # each stage pins its own profile
+    raw = yaml.safe_load((root / "params.yaml").read_text())
+    runs: dict[str, dict[str, list[float]]] = {}
+    for rep in range(reps):
+        order = ["portable", "fast"] if rep % 2 == 0 else ["fast", "portable"]
+        for profile in order:
+            raw["compute"]["profile"] = profile
+            text = yaml.safe_dump(raw, sort_keys=False)
+            dest = copy_repo(
+                root, workdir / f"repo-{profile}-{rep}", replace={"params.yaml": text}
+            )
+            times = runs.setdefault(profile, {"dvc_repro_full_s": []})
+            times["dvc_repro_full_s"].append(timed(dvc_cmd("repro"), dest, timeout_s, env))
+            fit = json.loads((dest / "measurements" / "train.json").read_text())["fit_time_s"]
+            times.setdefault("train_fit_s", []).append(fit)
+            for record in sorted((dest / "provenance").glob("*.json")):
+                seconds = json.loads(record.read_text())["seconds"]
+                times.setdefault(f"{record.stem}_stage_s", []).append(seconds)
+            test_acc = json.loads((dest / "metrics" / "evaluate.json").read_text())["test"]["acc"]
+            times.setdefault("test_acc", []).append(test_acc)
+            shutil.rmtree(dest, ignore_errors=True)
+    out: dict[str, Any] = {p: _medians(t) for p, t in runs.items()}
+    if "portable" in out and "fast" in out:
+        out["portable_over_fast"] = {
+            k: round(out["portable"][k] / out["fast"][k], 3)
+            for k in ("dvc_repro_full_s", "train_fit_s")
+        }
+    return out

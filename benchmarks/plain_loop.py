@@ -17,11 +17,12 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.clocks import EpochLog, Stopwatch, summary
+from mnist_pipeline import compute as compute_mod
 from mnist_pipeline.datamodule import TensorBatches
 from mnist_pipeline.dataset import Split, load_split
 from mnist_pipeline.lightning_module import build_optimizer, build_scheduler
 from mnist_pipeline.model import LeNet5, accuracy
-from mnist_pipeline.params import TrainParams
+from mnist_pipeline.params import ComputeParams, TrainParams
 from mnist_pipeline.training import resolve_precision
 
 
@@ -39,12 +40,13 @@ def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContex
     return contextlib.nullcontext()
 
 
-def run(params: TrainParams, data_dir: Path, target: float) -> dict[str, Any]:
+def run(
+    params: TrainParams, compute: ComputeParams, data_dir: Path, target: float
+) -> dict[str, Any]:
     watch = Stopwatch()
-    if params.num_threads:
-        torch.set_num_threads(params.num_threads)
+    compute_mod.apply(compute, check=False)  # the thread count; the kernels are this process's
     device = device_for(params.accelerator)
-    precision = resolve_precision(params.precision, params.accelerator)
+    precision = resolve_precision(params.precision, params.accelerator, compute.profile)
     fmt = torch.channels_last if params.channels_last else torch.contiguous_format
 
     def load(name: str) -> Split:

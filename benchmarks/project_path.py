@@ -9,11 +9,13 @@ from typing import Any
 from benchmarks.clocks import EpochTimer, Stopwatch, summary
 from mnist_pipeline.dataset import Split, load_split, split_sizes
 from mnist_pipeline.model import accuracy
-from mnist_pipeline.params import TrainParams
+from mnist_pipeline.params import ComputeParams, TrainParams
 from stages import train
 
 
-def run(params: TrainParams, data_dir: Path, workdir: Path, target: float) -> dict[str, Any]:
+def run(
+    params: TrainParams, compute: ComputeParams, data_dir: Path, workdir: Path, target: float
+) -> dict[str, Any]:
     watch = Stopwatch()
     test: list[Split] = []
 
@@ -24,7 +26,7 @@ def run(params: TrainParams, data_dir: Path, workdir: Path, target: float) -> di
 
     timer = EpochTimer(watch, acc_on_test)
     _, run_summary = train.train(
-        params, data_dir, workdir / "ckpt", workdir / "live", extra_callbacks=[timer]
+        params, compute, data_dir, workdir / "ckpt", workdir / "live", extra_callbacks=[timer]
     )
     n_train, batch = split_sizes(data_dir)["train"], run_summary["batch_size"]
     return {

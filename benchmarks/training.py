@@ -31,6 +31,7 @@ class Variant:
     name: str
     kind: Kind
     train: dict[str, Any]  # the `train` params section, overrides applied (unused by `seed`)
+    compute: dict[str, Any]  # the `compute` section: the child pins it before torch loads
 
 
 @dataclass(frozen=True)
@@ -56,13 +57,20 @@ def run_once(variant: Variant, setup: Setup, rep: int, in_process: bool) -> dict
         return _run_child(spec)
     write_json(run_dir / "spec.json", spec)
     log = run_dir / "log.txt"
+    from mnist_pipeline.compute import environment_for
+    from mnist_pipeline.params import ComputeParams
+
+    compute = ComputeParams.model_validate(variant.compute)
+    portable_pins = environment_for(compute.model_copy(update={"profile": "portable"}))
+    env = {k: v for k, v in os.environ.items() if k not in portable_pins}
+    env |= {"PYTHONWARNINGS": "ignore", **environment_for(compute)}
     with log.open("w") as out:
         done = subprocess.run(
             [sys.executable, "-m", "benchmarks.training", str(run_dir / "spec.json")],
             stdout=out,
             stderr=subprocess.STDOUT,
             timeout=setup.timeout_s,
-            env={**os.environ, "PYTHONWARNINGS": "ignore"},
+            env=env,
         )
     if done.returncode != 0:
         tail = "\n".join(log.read_text().splitlines()[-30:])
@@ -144,7 +152,7 @@ def ratios(summary: dict[str, Any]) -> dict[str, float]:
 
 def _run_child(spec: dict[str, Any]) -> dict[str, Any]:
     from benchmarks import memory, plain_loop, project_path, seed_recipe
-    from mnist_pipeline.params import TrainParams
+    from mnist_pipeline.params import ComputeParams, TrainParams
 
     v, s = spec["variant"], spec["setup"]
     workdir, target = Path(s["workdir"]), float(s["target_acc"])
@@ -162,10 +170,11 @@ def _run_child(spec: dict[str, Any]) -> dict[str, Any]:
         )
     else:
         params = TrainParams.model_validate(v["train"])
+        compute = ComputeParams.model_validate(v["compute"])
         if v["kind"] == "plain":
-            result = plain_loop.run(params, Path(s["data_dir"]), target)
+            result = plain_loop.run(params, compute, Path(s["data_dir"]), target)
         else:
-            result = project_path.run(params, Path(s["data_dir"]), workdir, target)
+            result = project_path.run(params, compute, Path(s["data_dir"]), workdir, target)
     return {
         **result,
         **memory.peak(),

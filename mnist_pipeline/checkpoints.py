@@ -42,29 +42,27 @@ FAIL_ENV = "MNIST_FAIL_AFTER_EPOCH"  # test hook: see `KillAfterEpoch`
 # The shared code whose edits change what a fit produces (`train`'s, and `prune`'s
 # fine-tuning): part of their resume fingerprints, with the stage's own module.
 TRAINING_CODE: tuple[ModuleType, ...] = (model, lightning_module, datamodule, dataset, training)
-# Left out of the fingerprint: the progress bar changes nothing, and the thread count goes in
-# as the number of threads it resolves to (0 means one per core, which varies by machine).
-NOT_IN_FINGERPRINT = {"progress_bar", "num_threads"}
+# Left out of the fingerprint: the progress bar changes nothing.
+NOT_IN_FINGERPRINT = {"progress_bar"}
 
 
 def fingerprint(
     params: BaseModel,
     precision: str,
-    num_threads: int,
+    compute: dict[str, Any],
     files: Iterable[Path],
     code: Iterable[ModuleType],
 ) -> str:
     """A hash of what determines the weights: `params` (all of them, but the fields above),
     the resolved `precision` (`auto` means other arithmetic on other hardware), the bytes of
     `files` (the data) and of the `code` modules' sources, the installed versions of the
-    compute libraries, and PyTorch's CPU kernel level and thread count (each changes the last
-    bits of every step, and so the weights)."""
+    compute libraries, and how the process computes (`compute.apply`'s facts: profile, kernel
+    levels, MKL branch and thread count, each of which changes the last bits of every step)."""
     h = hashlib.sha256()
     h.update(json.dumps(params.model_dump(exclude=NOT_IN_FINGERPRINT), sort_keys=True).encode())
     h.update(f"precision={precision}".encode())
     h.update(json.dumps(environment.installed_versions(), sort_keys=True).encode())
-    threads = num_threads or torch.get_num_threads()
-    h.update(f"{torch.backends.cpu.get_cpu_capability()} threads={threads}".encode())
+    h.update(json.dumps(compute, sort_keys=True).encode())
     for path in files:
         with path.open("rb") as f:
             h.update(hashlib.file_digest(f, "sha256").digest())

@@ -24,7 +24,10 @@ def build_optimizer(params: OptimizerParams, model: torch.nn.Module) -> torch.op
             weight_decay=params.weight_decay,
         )
     cls = torch.optim.AdamW if params.name == "adamw" else torch.optim.Adam
-    return cls(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
+    # fused: one kernel of PyTorch's own (CPU and GPU) whose square root is the exact IEEE
+    # one; the default path takes torch.sqrt through MKL's VML, whose code path MKL chooses by
+    # CPU vendor, so the weights would differ in the last bits between Intel and AMD.
+    return cls(model.parameters(), lr=params.lr, weight_decay=params.weight_decay, fused=True)
 
 
 def build_scheduler(

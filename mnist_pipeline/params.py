@@ -149,9 +149,10 @@ class TrainParams(_Section):
     )
     precision: Precision = Field(
         description=(
-            "Lightning's precision. auto: bf16-mixed where the hardware computes bf16 "
-            "natively (a GPU that supports it, or a CPU with AVX512-BF16 or AMX), 32-true "
-            "elsewhere; the resolved precision is recorded with the model."
+            "Lightning's precision. auto: 32-true under the portable compute profile; under "
+            "the fast one, bf16-mixed where the hardware computes bf16 natively (a GPU that "
+            "supports it, or a CPU with AVX512-BF16 or AMX) and 32-true elsewhere. The "
+            "resolved precision is recorded with the model."
         )
     )
     channels_last: bool = Field(
@@ -162,16 +163,6 @@ class TrainParams(_Section):
     )
     val_every_n_epochs: int = Field(
         ge=1, description="Validate every n epochs; the last epoch is always validated."
-    )
-    num_threads: int = Field(
-        default=0,
-        ge=0,
-        le=1024,
-        description=(
-            "CPU threads; 0 keeps torch's default (one per core). It changes the last bits of "
-            "every step, and so the trained weights; a checkpoint resumes only under the "
-            "thread count it was made with."
-        ),
     )
     progress_bar: bool = Field(
         default=True,
@@ -435,8 +426,41 @@ class QuantizeParams(_TimingParams):
     )
 
 
+class ComputeParams(_Section):
+    """The `compute` section: how every stage computes (see `mnist_pipeline.compute`)."""
+
+    profile: Literal["portable", "fast"] = Field(
+        description=(
+            "portable: pinned kernels (`isa`), MKL's cross-vendor branch, `threads` threads and "
+            "32-bit training, so every hashed output has the same bytes on any x86-64 CPU with "
+            "AVX2. fast: native kernels, bf16 where the CPU computes it, every core; results "
+            "reproduce on the same CPU model only (see README, Reproducible runs)."
+        )
+    )
+    isa: Literal["avx2", "avx512"] = Field(
+        description=(
+            "portable only: the highest instruction set PyTorch and oneDNN may use. avx2 runs "
+            "on every x86-64 CPU of the last decade; avx512 is faster where there is AVX-512, "
+            "and its results then hold on AVX-512 CPUs only."
+        )
+    )
+    threads: int = Field(
+        ge=1,
+        le=1024,
+        description=(
+            "portable only: the threads every stage computes with, whatever the machine's "
+            "cores (the thread count splits every reduction, so it changes the last bits). "
+            "The fast profile uses one thread per core."
+        ),
+    )
+
+
 class Params(_Section):
-    """The whole `params.yaml`: one section per stage."""
+    """The whole `params.yaml`: how every stage computes, then one section per stage."""
+
+    compute: ComputeParams = Field(
+        description="Every stage: kernels, threads and precision (portable or fast)."
+    )
 
     prepare: PrepareParams = Field(
         description="Stage `prepare`: fetch and verify MNIST, split and normalize it."
@@ -454,6 +478,16 @@ class Params(_Section):
     quantize: QuantizeParams = Field(
         description="Stage `quantize`: INT8 ONNX models, checked against the float ones."
     )
+
+    @model_validator(mode="after")
+    def _portable_is_32_bit(self) -> Params:
+        if self.compute.profile == "portable" and self.train.precision not in ("auto", "32-true"):
+            raise ValueError(
+                f"train.precision: {self.train.precision} needs compute.profile: fast; 16-bit "
+                "arithmetic on a CPU depends on its bf16 and fp16 support, so the portable "
+                "profile trains in 32-true (or auto)"
+            )
+        return self
 
 
 def _allowed(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str] | None:

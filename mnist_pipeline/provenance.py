@@ -26,6 +26,7 @@ from pydantic import BaseModel
 
 from mnist_pipeline import environment
 from mnist_pipeline.atomic import write_json
+from mnist_pipeline.params import ComputeParams
 
 # A dirty tree lists at most this many changed paths.
 _MAX_CHANGED = 20
@@ -82,10 +83,22 @@ class Run:
 
 @contextmanager
 def record(
-    path: Path | None, stage: str, inputs: Iterable[Path], params: Iterable[BaseModel]
+    path: Path | None,
+    stage: str,
+    inputs: Iterable[Path],
+    params: Iterable[BaseModel],
+    compute: ComputeParams | None = None,
 ) -> Iterator[Run]:
-    """Write the record to `path` once the block succeeds (`path` None: record nothing)."""
+    """Write the record to `path` once the block succeeds (`path` None: record nothing).
+
+    With `compute`, the block runs as it says (`mnist_pipeline.compute.apply`: threads set, the
+    portable profile checked), and the record says how the libraries computed, from inside."""
     run = Run()
+    if compute is not None:
+        from mnist_pipeline import compute as compute_mod  # imports torch: not for prepare
+
+        run.facts["compute"] = compute_mod.apply(compute)
+        params = [*params, compute]
     started, clock = _now(), time.perf_counter()
     yield run
     if path is None or not run.keep:

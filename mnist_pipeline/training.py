@@ -11,8 +11,9 @@ import torch
 from pytorch_lightning.callbacks import Callback, TQDMProgressBar
 from pytorch_lightning.plugins.environments import SLURMEnvironment
 
+from mnist_pipeline.compute import PORTABLE
 from mnist_pipeline.datamodule import MNISTDataModule
-from mnist_pipeline.params import TrainParams
+from mnist_pipeline.params import ComputeParams, TrainParams
 
 
 def cpu_has_bf16() -> bool:
@@ -24,11 +25,14 @@ def cpu_has_bf16() -> bool:
         return False
 
 
-def resolve_precision(precision: str, accelerator: str) -> str:
-    """`auto`: bf16-mixed where the hardware computes bf16 natively (a GPU that supports it, a
-    CPU with AVX512-BF16 or AMX), 32-true elsewhere."""
+def resolve_precision(precision: str, accelerator: str, profile: str) -> str:
+    """`auto`: 32-true under the portable profile; under the fast one, bf16-mixed where the
+    hardware computes bf16 natively (a GPU that supports it, a CPU with AVX512-BF16 or AMX),
+    32-true elsewhere."""
     if precision != "auto":
         return precision
+    if profile == PORTABLE:
+        return "32-true"
     on_gpu = accelerator in ("gpu", "cuda") or (
         accelerator == "auto" and torch.cuda.is_available()
     )
@@ -54,14 +58,14 @@ def make_datamodule(params: TrainParams, data_dir: Path) -> MNISTDataModule:
 
 def make_trainer(
     params: TrainParams,
+    compute: ComputeParams,
     max_epochs: int,
     callbacks: list[Callback],
     logger: pl.loggers.Logger | bool,
     root_dir: Path,
 ) -> pl.Trainer:
-    """A Trainer set up from the `train` params, for `max_epochs`."""
-    if params.num_threads:
-        torch.set_num_threads(params.num_threads)
+    """A Trainer set up from the `train` params, for `max_epochs`; the thread count is
+    `compute.apply`'s."""
     show_bar = params.progress_bar and sys.stderr.isatty()
     if show_bar:
         callbacks = [*callbacks, TQDMProgressBar(refresh_rate=20)]
@@ -75,7 +79,10 @@ def make_trainer(
         devices=params.devices,
         num_nodes=params.num_nodes,
         strategy=params.strategy,
-        precision=resolve_precision(params.precision, params.accelerator),
+        precision=resolve_precision(params.precision, params.accelerator, compute.profile),
+        # Portable: deterministic algorithms (on a GPU, cuDNN's and cuBLAS's; Lightning sets
+        # CUBLAS_WORKSPACE_CONFIG), so a run repeats bit for bit on the same GPU model.
+        deterministic=compute.profile == PORTABLE,
         logger=logger,
         callbacks=callbacks,
         check_val_every_n_epoch=params.val_every_n_epochs,

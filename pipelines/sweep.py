@@ -18,7 +18,7 @@
 3. One `trial` task per trial (`pipelines.trials`): `dvc exp run -n <sweep>-<i> -S ...` in the
    trial's clone, then `dvc exp push` to this repo (with `--origin`, to that URL, and fetched
    from there), so `dvc exp show` lists it. `--jobs J` runs J at a time and sets
-   `train.num_threads` so that they share the cores. A transient failure (a killed process)
+   `compute.threads` so that they share the cores. A transient failure (a killed process)
    is retried and `train` resumes from its checkpoint; any other failure fails that trial
    alone. A trial whose experiment already exists with the same params is not run again, so a
    killed sweep, run again, picks up where it stopped. In the adaptive mode each trial's
@@ -63,7 +63,7 @@ from pipelines.sweep_space import Trial
 
 LEADERBOARD_KEY, SUMMARY_KEY = "mnist-sweep-leaderboard", "mnist-sweep-summary"
 RESULTS_DIR, PLOTS_DIR = Path("sweeps"), Path("plots") / "sweeps"
-THREADS_KEY = "train.num_threads"
+THREADS_KEY = "compute.threads"
 _ERROR_LINE = re.compile(r"^\s*(\w+\.)*\w*(Error|Exception): |^error: ")
 
 
@@ -76,7 +76,7 @@ def cores() -> int:
 
 
 def thread_overrides(user: list[str], jobs: int, threads: int | None) -> list[str]:
-    """`train.num_threads` for J trials sharing the cores, unless the sweep sets it itself."""
+    """`compute.threads` for J trials sharing the cores, unless the sweep sets it itself."""
     if THREADS_KEY in overridden_keys(user):
         return []
     if threads is None:
@@ -360,7 +360,7 @@ def sweep(
         trials_n: Optuna TPE with this many trials instead of the grid.
         seed: the TPE sampler's seed.
         jobs: trials running at once.
-        threads_per_trial: `train.num_threads` of each trial; default: the cores / jobs.
+        threads_per_trial: `compute.threads` of each trial; default: the cores / jobs.
         targets: the stages each trial runs, with their upstream; default: evaluate.
         skip_invalid: a trial whose params do not validate fails alone instead of the sweep.
         retries: retries of a trial after a transient failure (its training resumes).
@@ -865,7 +865,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--trials", type=int, help="Optuna TPE with this many trials (not a grid)")
     p.add_argument("--seed", type=int, default=0, help="the TPE sampler's seed")
     p.add_argument("-j", "--jobs", type=int, default=1, help="trials at once")
-    p.add_argument("--threads-per-trial", type=int, help="train.num_threads of each trial")
+    p.add_argument("--threads-per-trial", type=int, help="compute.threads of each trial")
     p.add_argument("--target", dest="targets", action="append", help="stage(s) a trial runs")
     p.add_argument("--skip-invalid", action="store_true", help="invalid trials fail alone")
     p.add_argument("--engine", choices=["threads", "dask"], default="threads")

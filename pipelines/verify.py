@@ -5,10 +5,13 @@
     uv run python -m pipelines.verify --rev main --keep /tmp/audit
 
 It clones the commit into a temporary folder (nothing of this working tree comes along: no
-DVC cache, no checkpoints, no uncommitted change), runs `dvc repro` there, and prints for
-each output the hash the commit's `dvc.lock` records, the rebuilt hash, and whether they are
-the same. Exit status 0 only when every output is the same, 1 when one differs or the run
-fails, 2 for a usage error. Where it can, it says why an output differs: the commit's
+DVC cache, no checkpoints, no uncommitted change), runs `dvc repro --force` there, so that
+every stage is recomputed whatever is committed to git (`evaluate`'s outputs are, and DVC
+would otherwise take them as up to date), checks from each stage's run record that it ran and
+with which compute profile, and prints for each output the hash the commit's `dvc.lock`
+records, the rebuilt hash, and whether they are the same. Exit status 0 only when every
+stage was rebuilt and every output is the same, 1 when one differs or the run fails, 2 for a
+usage error. Where it can, it says why an output differs: the commit's
 `dvc.lock` was stale, an upstream output differed, or the run's provenance differs from the
 committed one (resolved precision, CPU, library versions), or the environment is not the
 locked one.
@@ -40,7 +43,7 @@ from pipelines import dvc_repo
 SAME, DIFFERENT, MISSING = "same", "different", "missing"
 RAW_DATA = Path("data/raw")  # the prepare stage's verified downloads, reused as a mirror
 # Provenance facts whose difference explains a different output.
-_EXPLAINING = ("precision", "device", "cpu", "libraries")
+_EXPLAINING = ("compute", "precision", "device", "cpu", "libraries")
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,8 @@ class Audit:
     outputs: list[Output] = field(default_factory=list)
     reasons: list[str] = field(default_factory=list)  # why outputs differ, where known
     notes: list[str] = field(default_factory=list)  # worth knowing, whatever the verdict
+    rebuilt: list[str] = field(default_factory=list)  # the stages the clone recomputed
+    profiles: dict[str, str] = field(default_factory=dict)  # stage -> compute profile it used
     failed: str | None = None  # the rebuild itself failed
 
     @property
@@ -215,14 +220,25 @@ def verify(
         before = {s: _read_provenance(clone, s) for s in order}
         audit.notes += environment_notes(clone)
         env = mirror_env(root)
-        echo(f"running `dvc repro {' '.join(stages or [])}` ({' -> '.join(order)})")
-        done = dvc_repo.run(clone, ["repro", *(stages or [])], timeout_s, echo, extra_env=env)
+        echo(f"running `dvc repro --force {' '.join(stages or [])}` ({' -> '.join(order)})")
+        argv = ["repro", "--force", *(stages or [])]
+        done = dvc_repo.run(clone, argv, timeout_s, echo, extra_env=env)
         if not done.ok:
             audit.failed = f"`dvc repro` failed (exit {done.returncode}):\n{done.tail[-3000:]}"
             return audit
         rebuilt = yaml.safe_load((clone / "dvc.lock").read_text())
         audit.outputs = compare(committed, rebuilt, order)
         after = {s: _read_provenance(clone, s) for s in order}
+        # A stage recomputed in the clone left a run record of its own there.
+        audit.rebuilt = [s for s in order if after[s] and after[s] != before[s]]
+        audit.profiles = {
+            s: str((after[s].get("compute") or {}).get("profile", "unknown"))
+            for s in audit.rebuilt
+            if after[s]
+        }
+        skipped = [s for s in order if s not in audit.rebuilt]
+        if skipped:
+            audit.failed = f"these stages were not recomputed in the clone: {', '.join(skipped)}"
         provs = {s: (before[s], after[s]) for s in order}
         audit.reasons = explain(committed, rebuilt, audit.outputs, provs)
         return audit
@@ -239,6 +255,17 @@ def _read_provenance(root: Path, stage: str) -> dict | None:
 def report(audit: Audit) -> str:
     """The audit as text: a table of outputs, then the verdict and the reasons."""
     lines = [f"audit of commit {audit.commit}"]
+    if audit.rebuilt:
+        profiles = sorted(set(audit.profiles.values()))
+        lines.append(
+            f"rebuilt {len(audit.rebuilt)} stages in a fresh clone ({', '.join(audit.rebuilt)}), "
+            f"compute profile: {', '.join(profiles)}"
+            + (
+                ""
+                if profiles == ["portable"]
+                else " (results of the fast profile reproduce on the same CPU model only)"
+            )
+        )
     if audit.outputs:
         width = max(len(o.path) for o in audit.outputs)
         lines.append(

@@ -153,9 +153,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logs.setup_logging()
-    params = load_params(args.params).evaluate
+    every = load_params(args.params)
+    params = every.evaluate
     inputs = [args.model, args.data / "test.safetensors"]
-    with provenance.record(args.provenance, "evaluate", inputs, [params]):
+    with provenance.record(args.provenance, "evaluate", inputs, [params], every.compute):
         run(params, args.model, args.data, args.metrics, args.plots)
 
 

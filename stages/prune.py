@@ -50,6 +50,9 @@ from mnist_pipeline import (
     logs,
     provenance,
 )
+from mnist_pipeline import (
+    compute as compute_mod,
+)
 from mnist_pipeline.atomic import write_json, write_torch
 from mnist_pipeline.datamodule import MNISTDataModule
 from mnist_pipeline.dataset import Split, load_split
@@ -64,6 +67,7 @@ from mnist_pipeline.model import (
     widths_of,
 )
 from mnist_pipeline.params import (
+    ComputeParams,
     OptimizerParams,
     PruneParams,
     SchedulerParams,
@@ -215,16 +219,23 @@ def plain_copy(net: LeNet5) -> LeNet5:
 
 
 def fingerprint(
-    params: PruneParams, train_params: TrainParams, model_path: Path, data_dir: Path
+    params: PruneParams,
+    train_params: TrainParams,
+    compute: ComputeParams,
+    model_path: Path,
+    data_dir: Path,
 ) -> str:
     """The resume fingerprint of a `prune` run: `train`'s rules (its params, the resolved
-    precision and threads, the environment), plus the prune params, the dense model, all the
-    splits (the test accuracy is in each round's report) and this stage's code."""
+    precision, how the process computes, the environment), plus the prune params, the dense
+    model, all the splits (the test accuracy is in each round's report) and this stage's code."""
     splits = [f"{name}.safetensors" for name in dataset.SPLITS]
     files = [model_path, *(data_dir / n for n in ("meta.json", *splits))]
-    precision = resolve_precision(train_params.precision, train_params.accelerator)
+    precision = resolve_precision(
+        train_params.precision, train_params.accelerator, compute.profile
+    )
     code = (*checkpoints.TRAINING_CODE, sys.modules[__name__])
-    base = checkpoints.fingerprint(train_params, precision, train_params.num_threads, files, code)
+    computed = compute_mod.apply(compute)
+    base = checkpoints.fingerprint(train_params, precision, computed, files, code)
     return hashlib.sha256(f"{base} prune={params.model_dump_json()}".encode()).hexdigest()
 
 
@@ -357,13 +368,13 @@ class DistilledLitLeNet5(LitLeNet5):
         x, y = batch  # (B, 1, 28, 28), (B,)
         logits = self.net(x)  # (B, 10)
         with torch.no_grad():
-            soft = F.log_softmax(self.teacher(x) / self.temperature, dim=1)
-        kd = F.kl_div(
-            F.log_softmax(logits / self.temperature, dim=1),
-            soft,
-            log_target=True,
-            reduction="batchmean",
-        )
+            teacher = self.teacher(x) / self.temperature  # (B, 10)
+            p_teacher, log_p_teacher = F.softmax(teacher, dim=1), F.log_softmax(teacher, dim=1)
+        # KL(teacher || student), batch mean: F.kl_div's value, written out with softmax and
+        # log_softmax, whose kernels are PyTorch's own; F.kl_div would take torch.exp, which
+        # MKL's VML computes with a code path chosen by CPU vendor (mnist_pipeline.compute).
+        log_p_student = F.log_softmax(logits / self.temperature, dim=1)
+        kd = (p_teacher * (log_p_teacher - log_p_student)).sum() / x.shape[0]
         # T^2 keeps the soft-target gradients on the scale of the hard-label ones (Hinton 2015).
         loss = (1 - self.alpha) * F.cross_entropy(logits, y) + (
             self.alpha * self.temperature**2 * kd
@@ -379,6 +390,7 @@ def finetune(
     teacher: nn.Module | None,
     params: PruneParams,
     train_params: TrainParams,
+    compute: ComputeParams,
     data: MNISTDataModule,
     seed: int,
 ) -> dict[str, float]:
@@ -403,7 +415,7 @@ def finetune(
         # On this machine only: `train.num_nodes` is for `train`, started by a launcher on
         # every machine; prune runs where DVC runs it.
         here = train_params.model_copy(update={"num_nodes": 1})
-        trainer = make_trainer(here, ft.epochs, [], logger=False, root_dir=Path(root))
+        trainer = make_trainer(here, compute, ft.epochs, [], logger=False, root_dir=Path(root))
         with warnings.catch_warnings():
             # The teacher is in eval mode on purpose.
             warnings.filterwarnings("ignore", r"Found \d+ module\(s\) in eval mode")
@@ -421,6 +433,7 @@ def prune_and_finetune(
     dense: LeNet5,
     params: PruneParams,
     train_params: TrainParams,
+    compute: ComputeParams,
     data_dir: Path,
     test: Split,
     ckpt_dir: Path | None = None,
@@ -452,7 +465,7 @@ def prune_and_finetune(
         acc_pruned = accuracy(net, test.images, test.labels)
         fit = {}
         if params.finetune.epochs > 0:
-            fit = finetune(net, teacher, params, train_params, data, params.seed + r)
+            fit = finetune(net, teacher, params, train_params, compute, data, params.seed + r)
         acc_tuned = accuracy(net, test.images, test.labels)
         report[f"round{r}"] = {
             **model_stats(net),
@@ -520,18 +533,27 @@ def main(argv: list[str] | None = None) -> None:
     all_params = load_params(args.params)
     inputs = [args.model, args.data]
     sections = [all_params.prune, all_params.train]
-    with provenance.record(args.provenance, "prune", inputs, sections) as record:
+    compute = all_params.compute
+    with provenance.record(args.provenance, "prune", inputs, sections, compute) as record:
         record.facts["precision"] = resolve_precision(
-            all_params.train.precision, all_params.train.accelerator
+            all_params.train.precision, all_params.train.accelerator, compute.profile
         )
         record.facts["resumed_after_round"] = run(
-            *sections, args.model, args.data, args.out, args.metrics, args.timings, args.ckpt_dir
+            *sections,
+            compute,
+            args.model,
+            args.data,
+            args.out,
+            args.metrics,
+            args.timings,
+            args.ckpt_dir,
         )
 
 
 def run(
     params: PruneParams,
     train_params: TrainParams,
+    compute: ComputeParams,
     model_path: Path,
     data: Path,
     out: Path,
@@ -550,8 +572,14 @@ def run(
         **file_sizes(model_path),
         "test_acc": round(accuracy(dense, test.images, test.labels), 5),
     }
-    fp = fingerprint(params, train_params, model_path, data) if ckpt_dir is not None else ""
-    pruned, report = prune_and_finetune(dense, params, train_params, data, test, ckpt_dir, fp)
+    fp = (
+        fingerprint(params, train_params, compute, model_path, data)
+        if ckpt_dir is not None
+        else ""
+    )
+    pruned, report = prune_and_finetune(
+        dense, params, train_params, compute, data, test, ckpt_dir, fp
+    )
     timings = {"finetune_time_s": report.pop("finetune_time_s")}
     resumed_after = report.pop("resumed_after_round")
     prune_meta = {"prune_method": params.method, "widths_dense": asdict(widths_of(dense))}

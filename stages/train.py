@@ -33,26 +33,32 @@ from mnist_pipeline import (
     provenance,
     training,
 )
+from mnist_pipeline import (
+    compute as compute_mod,
+)
 from mnist_pipeline.atomic import write_json
 from mnist_pipeline.checkpoints import LAST, METRICS_KEY
 from mnist_pipeline.dataset import load_normalization
 from mnist_pipeline.lightning_module import LitLeNet5
 from mnist_pipeline.model import LeNet5, save_model
-from mnist_pipeline.params import TrainParams, load_params
+from mnist_pipeline.params import ComputeParams, TrainParams, load_params
 
 log = logging.getLogger(__name__)
 
 
-def fingerprint(params: TrainParams, data_dir: Path) -> str:
-    """The resume fingerprint of a `train` run: params, data, training code, environment."""
+def fingerprint(params: TrainParams, compute: ComputeParams, data_dir: Path) -> str:
+    """The resume fingerprint of a `train` run: params, data, training code, environment and
+    how the process computes (`mnist_pipeline.compute.apply`'s facts)."""
+    computed = compute_mod.apply(compute)
     files = [data_dir / name for name in ("meta.json", "train.safetensors", "val.safetensors")]
     code = (*checkpoints.TRAINING_CODE, sys.modules[__name__])
-    precision = training.resolve_precision(params.precision, params.accelerator)
-    return checkpoints.fingerprint(params, precision, params.num_threads, files, code)
+    precision = training.resolve_precision(params.precision, params.accelerator, compute.profile)
+    return checkpoints.fingerprint(params, precision, computed, files, code)
 
 
 def train(
     params: TrainParams,
+    compute: ComputeParams,
     data_dir: Path,
     ckpt_dir: Path,
     live_dir: Path,
@@ -63,7 +69,7 @@ def train(
 
     `extra_callbacks` observe the fit without changing it (the benchmarks' clocks).
     """
-    fp = fingerprint(params, data_dir)
+    fp = fingerprint(params, compute, data_dir)
     resume_from = checkpoints.find_resumable(ckpt_dir, fp)
     if resume_from is None and ckpt_dir.exists():
         # ignore_errors: under DDP on one filesystem, every process clears the same folder.
@@ -95,6 +101,7 @@ def train(
     callbacks.extend(extra_callbacks)
     trainer = training.make_trainer(
         params,
+        compute,
         params.max_epochs,
         callbacks,
         training.make_logger(live_dir, resume=resume_from is not None),
@@ -155,10 +162,12 @@ RUN_FACTS = ("resumed_from_epoch", "device", "precision", "fingerprint")
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logs.setup_logging()
-    params = load_params(args.params).train
-    with provenance.record(args.provenance, "train", [args.data], [params]) as run:
+    every = load_params(args.params)
+    params = every.train
+    with provenance.record(args.provenance, "train", [args.data], [params], every.compute) as run:
         net, summary = train(
             params,
+            every.compute,
             args.data,
             args.ckpt_dir,
             args.live_dir,

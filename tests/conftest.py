@@ -7,10 +7,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mnist_pipeline.params import Params, parse_params
-from mnist_pipeline.synthetic import write_mirror
+from mnist_pipeline.compute import pin_environment
+from mnist_pipeline.params import Params, load_params, parse_params
 
 ROOT = Path(__file__).resolve().parents[1]
+# Before anything imports torch: the tests that call a stage's `main` in this process compute
+# as the repo's params say, as `python -m stages.<name>` does (mnist_pipeline.compute).
+pin_environment(load_params(ROOT / "params.yaml").compute)
+
+from mnist_pipeline.synthetic import write_mirror  # noqa: E402
 
 
 def tiny_params_dict() -> dict:

@@ -7,9 +7,13 @@ import pytest
 from mnist_pipeline import training
 
 
-def test_precision_auto_follows_native_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_precision_auto_follows_native_bf16_under_the_fast_profile(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setattr(training, "cpu_has_bf16", lambda: False)
-    assert training.resolve_precision("auto", "cpu") == "32-true"
+    assert training.resolve_precision("auto", "cpu", "fast") == "32-true"
     monkeypatch.setattr(training, "cpu_has_bf16", lambda: True)
-    assert training.resolve_precision("auto", "cpu") == "bf16-mixed"
-    assert training.resolve_precision("32-true", "cpu") == "32-true"
+    assert training.resolve_precision("auto", "cpu", "fast") == "bf16-mixed"
+    assert training.resolve_precision("32-true", "cpu", "fast") == "32-true"
+    # The portable profile trains in 32 bits whatever the CPU computes natively.
+    assert training.resolve_precision("auto", "cpu", "portable") == "32-true"

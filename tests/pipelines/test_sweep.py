@@ -132,10 +132,10 @@ def test_jobs_share_the_cores_unless_the_sweep_sets_threads(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr("pipelines.sweep.cores", lambda: 8)
-    assert thread_overrides([], jobs=2, threads=None) == ["train.num_threads=4"]
+    assert thread_overrides([], jobs=2, threads=None) == ["compute.threads=4"]
     assert thread_overrides([], jobs=1, threads=None) == []
-    assert thread_overrides([], jobs=16, threads=None) == ["train.num_threads=1"]
-    assert thread_overrides(["train.num_threads=1,2"], jobs=2, threads=None) == []
+    assert thread_overrides([], jobs=16, threads=None) == ["compute.threads=1"]
+    assert thread_overrides(["compute.threads=1,2"], jobs=2, threads=None) == []
 
 
 def test_stages_no_swept_param_reaches_run_once_for_the_sweep() -> None:
@@ -328,8 +328,9 @@ def test_two_trials_at_once_are_dvc_experiments_with_their_metrics(
     }
     assert set(exps) >= {"lr-000", "lr-001"}
     for name, lr in [("lr-000", 0.008), ("lr-001", 0.016)]:
-        params = exps[name]["params"]["params.yaml"]["data"]["train"]
-        assert params["optimizer"]["lr"] == lr and params["num_threads"] == 1  # 2 jobs, 2 cores
+        params = exps[name]["params"]["params.yaml"]["data"]
+        assert params["train"]["optimizer"]["lr"] == lr
+        assert params["compute"]["threads"] == 1  # 2 jobs, 2 cores
         assert 0.0 <= exps[name]["metrics"]["metrics/evaluate.json"]["data"]["test"]["acc"] <= 1.0
     result = _report(sweep_repo, "lr")
     assert result["counts"] == {"succeeded": 2, "failed": 1, "pruned": 0}

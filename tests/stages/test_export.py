@@ -48,8 +48,10 @@ def test_metrics_record_parity_accuracy_and_timings(exported: Path) -> None:
     t = json.loads((exported / "timings.json").read_text())
     for name in ("dense", "pruned"):
         r = m[name]
-        assert r["mismatches"] == 0 and r["max_abs_diff"] <= 1e-4
+        assert r["mismatches"] == 0 and r["parity_atol"] == 1e-4
         assert r["ort_test_acc"] == r["torch_test_acc"]
+        # ONNX Runtime's difference from PyTorch depends on the CPU's kernels: a measurement.
+        assert "max_abs_diff" not in r and 0 <= t[name]["ort_max_abs_diff"] <= 1e-4
         # Raw pixels normalized in the graph give what the prepared tensors gave.
         assert r["raw_vs_prepared_max_abs_diff"] <= 1e-5
         # Timings are measurements, apart from the results DVC hashes.

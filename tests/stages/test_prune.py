@@ -282,13 +282,13 @@ def test_a_killed_prune_resumes_after_its_last_round_and_ends_the_same(
 def test_prune_resumes_only_with_its_fingerprint(
     tmp_path: Path, trained_model: Path, prepared: Path, tiny_params: Params
 ) -> None:
-    p, t = tiny_params.prune, tiny_params.train
-    fp = prune.fingerprint(p, t, trained_model, prepared)
-    assert prune.fingerprint(p.model_copy(update={"seed": 1}), t, trained_model, prepared) != fp
+    p, t, c = tiny_params.prune, tiny_params.train, tiny_params.compute
+    fp = prune.fingerprint(p, t, c, trained_model, prepared)
+    assert prune.fingerprint(p.model_copy(update={"seed": 1}), t, c, trained_model, prepared) != fp
     other_train = t.model_copy(update={"batch_size": 64})
-    assert prune.fingerprint(p, other_train, trained_model, prepared) != fp
+    assert prune.fingerprint(p, other_train, c, trained_model, prepared) != fp
     quiet = t.model_copy(update={"progress_bar": not t.progress_bar})
-    assert prune.fingerprint(p, quiet, trained_model, prepared) == fp
+    assert prune.fingerprint(p, quiet, c, trained_model, prepared) == fp
 
     net, _ = load_model(trained_model)
     prune.save_round(tmp_path, fp, 1, net, {"round1": {}})

@@ -23,6 +23,8 @@ from mnist_pipeline.params import parse_params
 from stages import train
 from tests.conftest import ROOT, tiny_params_dict
 
+COMPUTE = parse_params(tiny_params_dict()).compute
+
 
 def _train_args(tmp: Path, out: str, ckpt_dir: Path | None = None) -> list[str]:
     """The stage's arguments, as dvc.yaml passes them, with outputs under `tmp / out`."""
@@ -138,33 +140,39 @@ def test_resume_only_with_matching_fingerprint(
 ) -> None:
     params = parse_params(tiny_params_dict()).train
     params = params.model_copy(update={"max_epochs": 1})
-    train.train(params, prepared, tmp_path / "ckpt", tmp_path / "live")
-    fp = train.fingerprint(params, prepared)
+    train.train(params, COMPUTE, prepared, tmp_path / "ckpt", tmp_path / "live")
+    fp = train.fingerprint(params, COMPUTE, prepared)
     assert checkpoints.find_resumable(tmp_path / "ckpt", fp) == tmp_path / "ckpt" / "last.ckpt"
 
     other = params.model_copy(update={"seed": params.seed + 1})
-    assert train.fingerprint(other, prepared) != fp
+    assert train.fingerprint(other, COMPUTE, prepared) != fp
     # Params that do not change the weights do not block resuming.
-    assert train.fingerprint(params.model_copy(update={"progress_bar": False}), prepared) == fp
-    # The thread count does (it changes the last bits of each step), as what it resolves to.
-    default = torch.get_num_threads()
-    assert train.fingerprint(params.model_copy(update={"num_threads": default}), prepared) == fp
     assert (
-        train.fingerprint(params.model_copy(update={"num_threads": default + 1}), prepared) != fp
+        train.fingerprint(params.model_copy(update={"progress_bar": False}), COMPUTE, prepared)
+        == fp
     )
-    # So does what `precision: auto` resolves to on other hardware.
+    # How the process computes does (each changes the last bits of each step): the thread
+    # count, and the profile (the portable one's pinned kernels against the machine's).
+    other_threads = COMPUTE.model_copy(update={"threads": COMPUTE.threads + 1})
+    assert train.fingerprint(params, other_threads, prepared) != fp
+    torch.set_num_threads(COMPUTE.threads)
+    fast = COMPUTE.model_copy(update={"profile": "fast"})
+    assert train.fingerprint(params, fast, prepared) != fp
+    torch.set_num_threads(COMPUTE.threads)
+    # So does what `precision: auto` resolves to on other hardware (under the fast profile).
     auto = params.model_copy(update={"precision": "auto", "accelerator": "cpu"})
     monkeypatch.setattr(training, "cpu_has_bf16", lambda: True)
-    with_bf16 = train.fingerprint(auto, prepared)
+    with_bf16 = train.fingerprint(auto, fast, prepared)
     monkeypatch.setattr(training, "cpu_has_bf16", lambda: False)
-    assert train.fingerprint(auto, prepared) != with_bf16
+    assert train.fingerprint(auto, fast, prepared) != with_bf16
+    torch.set_num_threads(COMPUTE.threads)
     # So does another version of a compute library.
     other_env = {"torch": "0.0-other"}
     monkeypatch.setattr(checkpoints.environment, "installed_versions", lambda: other_env)
-    assert train.fingerprint(params, prepared) != fp
+    assert train.fingerprint(params, COMPUTE, prepared) != fp
     monkeypatch.undo()
     with caplog.at_level("WARNING"):
-        other_fp = train.fingerprint(other, prepared)
+        other_fp = train.fingerprint(other, COMPUTE, prepared)
         assert checkpoints.find_resumable(tmp_path / "ckpt", other_fp) is None
     assert "starting fresh" in caplog.text
 
@@ -283,7 +291,7 @@ def test_tuned_batch_size_grows_stays_within_the_split_and_survives_resume(
     params = parse_params(tiny_params_dict()).train
     params = params.model_copy(update={"max_epochs": 2, "tune_batch_size": True})
     n_train = json.loads((prepared / "meta.json").read_text())["sizes"]["train"]
-    _, summary = train.train(params, prepared, tmp_path / "ckpt", tmp_path / "live")
+    _, summary = train.train(params, COMPUTE, prepared, tmp_path / "ckpt", tmp_path / "live")
     # A CPU never runs out of memory on these batches: the tuner doubles up to the split.
     assert params.batch_size < summary["batch_size"] <= n_train
     assert summary["epochs"] == 2
@@ -292,7 +300,7 @@ def test_tuned_batch_size_grows_stays_within_the_split_and_survives_resume(
 
     # Run again: it resumes from the finished checkpoint, with that batch size and no tuning.
     monkeypatch.setattr(training, "tune_batch_size", lambda *a: pytest.fail("tuned on resume"))
-    _, again = train.train(params, prepared, tmp_path / "ckpt", tmp_path / "live")
+    _, again = train.train(params, COMPUTE, prepared, tmp_path / "ckpt", tmp_path / "live")
     assert again["resumed_from_epoch"] == 2
     assert again["batch_size"] == summary["batch_size"]
 
@@ -308,7 +316,7 @@ def test_tuning_the_batch_size_under_ddp_is_a_params_error() -> None:
 def test_compiled_training_saves_a_plain_model(tmp_path: Path, prepared: Path) -> None:
     params = parse_params(tiny_params_dict()).train
     params = params.model_copy(update={"max_epochs": 1, "compile": True})
-    net, _ = train.train(params, prepared, tmp_path / "ckpt", tmp_path / "live")
+    net, _ = train.train(params, COMPUTE, prepared, tmp_path / "ckpt", tmp_path / "live")
     save_model(net, tmp_path / "m.pt")
     back, _ = load_model(tmp_path / "m.pt")  # parameter names as without compile
     test = load_split(prepared, "test")

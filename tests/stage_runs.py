@@ -1,0 +1,81 @@
+"""Test helper: the stages of dvc.yaml run as their own processes, outside DVC and git.
+
+Each stage runs its `cmd` from dvc.yaml (so the paths are the pipeline's) in a scratch folder
+that holds a params file, with this checkout on PYTHONPATH, optionally behind a launcher
+(`taskset -c 0`, `qemu-x86_64 -cpu Haswell`). `output_hashes` then reads back the md5 of every
+output that DVC would hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shlex
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+
+
+def stage_env(mirror: Path) -> dict[str, str]:
+    """This process's environment, less the compute pins it may carry, plus the mirror."""
+    from mnist_pipeline.compute import environment_for
+    from mnist_pipeline.params import load_params
+
+    pins = environment_for(load_params(ROOT / "params.yaml").compute)
+    env = {k: v for k, v in os.environ.items() if k not in pins}
+    return env | {
+        "PYTHONPATH": str(ROOT),
+        "MNIST_MIRROR": str(mirror),
+        "MNIST_MD5SUMS": str(mirror / "MD5SUMS"),
+        "PYTHONHASHSEED": "0",
+    }
+
+
+def run_stages(
+    workdir: Path,
+    stages: Sequence[str],
+    mirror: Path,
+    launcher: Sequence[str] = (),
+    timeout: float = 1800,
+) -> None:
+    """Run `stages` in order in `workdir` (which holds params.yaml); raise on a failure."""
+    env = stage_env(mirror)
+    for name in stages:
+        argv = shlex.split(DVC["stages"][name]["cmd"])
+        assert argv[0] == "python"
+        done = subprocess.run(
+            [*launcher, sys.executable, *argv[1:]],
+            cwd=workdir,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        assert done.returncode == 0, f"{name} failed:\n{done.stderr[-3000:]}"
+
+
+def outputs(stages: Sequence[str]) -> list[str]:
+    """The paths DVC hashes for `stages`: outs, metrics and plots."""
+    paths = []
+    for name in stages:
+        stage = DVC["stages"][name]
+        for kind in ("outs", "metrics", "plots"):
+            paths += [o if isinstance(o, str) else next(iter(o)) for o in stage.get(kind, [])]
+    return paths
+
+
+def output_hashes(workdir: Path, stages: Sequence[str]) -> dict[str, str]:
+    """md5 of each file of each output of `stages` in `workdir`, keyed by path."""
+    out = {}
+    for path in outputs(stages):
+        top = workdir / path
+        files = sorted(p for p in top.rglob("*") if p.is_file()) if top.is_dir() else [top]
+        for f in files:
+            out[f.relative_to(workdir).as_posix()] = hashlib.md5(f.read_bytes()).hexdigest()
+    return out

@@ -1,0 +1,116 @@
+"""The portable compute profile: stage processes compute as params say, whatever the CPU.
+
+Each stage runs as `python -m stages.<name>` (its command in dvc.yaml) in its own process, the
+way DVC runs it, so what is pinned before torch loads is what is tested.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mnist_pipeline.errors import ParamsError
+from mnist_pipeline.params import parse_params
+from tests.conftest import tiny_params_dict
+from tests.stage_runs import output_hashes, run_stages, stage_env
+
+PIPELINE = ["prepare", "train", "evaluate", "prune", "export", "quantize"]
+
+
+def _workdir(path: Path, **compute: object) -> Path:
+    path.mkdir(parents=True)
+    raw = tiny_params_dict()
+    raw["compute"].update(compute)
+    (path / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def _train_hashes(root: Path, mirror: Path, launcher: list[str], **compute: object) -> dict:
+    work = _workdir(root, **compute)
+    run_stages(work, ["prepare", "train"], mirror, launcher)
+    return output_hashes(work, ["train"])
+
+
+def test_a_stage_reports_from_inside_that_it_computed_as_params_say(
+    tmp_path: Path, synthetic_mirror: Path
+) -> None:
+    # One thread, not the repo's two: the record follows the params, not a default.
+    work = _workdir(tmp_path / "run", threads=1)
+    run_stages(work, ["prepare", "train"], synthetic_mirror)
+    record = json.loads((work / "provenance" / "train.json").read_text())
+    assert record["compute"] == {
+        "profile": "portable",
+        "torch_capability": "AVX2",
+        "onednn_isa": record["compute"]["onednn_isa"],
+        "mkl_cbwr": "COMPATIBLE,STRICT",
+        "threads": 1,
+    }
+    assert "AVX2" in record["compute"]["onednn_isa"]
+    assert "AVX-512" not in record["compute"]["onednn_isa"]
+    assert record["precision"] == "32-true"
+
+
+@pytest.mark.skipif(shutil.which("taskset") is None, reason="needs taskset (util-linux)")
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores")
+def test_training_on_one_core_gives_the_bytes_of_training_on_two(
+    tmp_path: Path, synthetic_mirror: Path
+) -> None:
+    one = _train_hashes(tmp_path / "one", synthetic_mirror, ["taskset", "-c", "0"])
+    two = _train_hashes(tmp_path / "two", synthetic_mirror, ["taskset", "-c", "0,1"])
+    assert one == two
+    assert "models/lenet5.pt" in one
+
+
+def test_a_different_thread_count_gives_different_weights(
+    tmp_path: Path, synthetic_mirror: Path
+) -> None:
+    """Why `compute.threads` is a param: the comparison above could not pass by accident."""
+    one = _train_hashes(tmp_path / "one", synthetic_mirror, [], threads=1)
+    two = _train_hashes(tmp_path / "two", synthetic_mirror, [], threads=2)
+    assert one["models/lenet5.pt"] != two["models/lenet5.pt"]
+
+
+def test_16_bit_precision_needs_the_fast_profile() -> None:
+    raw = tiny_params_dict()
+    raw["train"]["precision"] = "bf16-mixed"
+    with pytest.raises(ParamsError, match=r"train.precision: bf16-mixed needs compute.profile"):
+        parse_params(raw)
+    raw["compute"]["profile"] = "fast"
+    assert parse_params(raw).train.precision == "bf16-mixed"
+
+
+QEMU = shutil.which("qemu-x86_64")
+
+
+@pytest.mark.slow
+def test_an_emulated_intel_haswell_computes_every_output_with_the_same_bytes(
+    tmp_path: Path, synthetic_mirror: Path
+) -> None:
+    """The whole pipeline on synthetic data, natively and under `qemu-x86_64 -cpu Haswell`: an
+    Intel CPU (GenuineIntel) with AVX2 and FMA but no AVX-512, AVX512-BF16 or AMX, whatever
+    CPU runs the test. Every output DVC hashes must have the same bytes."""
+    if QEMU is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("qemu-x86_64 not found: .ci/run installs Debian's qemu-user")
+        pytest.skip("needs qemu-x86_64 (Debian: apt-get install qemu-user)")
+    native = _workdir(tmp_path / "native")
+    emulated = _workdir(tmp_path / "haswell")
+    run_stages(native, PIPELINE, synthetic_mirror)
+    run_stages(emulated, PIPELINE, synthetic_mirror, [QEMU, "-cpu", "Haswell"], timeout=3600)
+    assert output_hashes(emulated, PIPELINE) == output_hashes(native, PIPELINE)
+    # The emulated CPU really has no AVX-512: unpinned, PyTorch finds AVX2 at best there
+    # (/proc/cpuinfo is the host's under qemu-user, so the run records cannot tell).
+    probe = "import torch; print(torch.backends.cpu.get_cpu_capability())"
+    env = {k: v for k, v in stage_env(synthetic_mirror).items() if k != "ATEN_CPU_CAPABILITY"}
+    done = subprocess.run(
+        [QEMU, "-cpu", "Haswell", sys.executable, "-c", probe],
+        env=env, capture_output=True, text=True, timeout=600, check=True,
+    )  # fmt: skip
+    assert done.stdout.split() == ["AVX2"]
