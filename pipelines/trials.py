@@ -120,8 +120,10 @@ class Source:
 
 def workspace(source: Source, sweep: str, name: str, commit: str) -> Path:
     """The trial's clone of `source` at `commit`, made on first use and kept for retries."""
-    user_values.slug("trial name", name)  # a task's parameter: checked where it runs too
-    ws = source.clone_dir(user_values.slug("sweep name", sweep), name)
+    # A task's parameters: checked where the task runs too (`SHARED` is the project's own).
+    if sweep != SHARED:
+        user_values.slug("sweep name", sweep)
+    ws = source.clone_dir(sweep, user_values.slug("trial name", name))
     if (ws / ".git").exists() and git(ws, "remote", "get-url", "origin") != source.url:
         shutil.rmtree(ws)  # a clone of another repo, from a sweep of the same name
     if not (ws / ".git").exists():
