@@ -8,13 +8,14 @@ import shutil
 import signal
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
-from benchmarks.serving import free_port
+from benchmarks.ports import PortTaken, on_a_free_port, port_taken
 from mnist_pipeline import checkpoints, training
 from mnist_pipeline.dataset import load_split
 from mnist_pipeline.errors import ParamsError
@@ -198,7 +199,18 @@ def _two_nodes(
     """The train stage on two "machines" (node ranks 0 and 1, one process each, on 127.0.0.1),
     each started as the README's recipe starts it: by torchrun, or as srun starts a SLURM
     job's tasks (the environment variables Lightning's SLURMEnvironment reads)."""
-    port = free_port()
+    return on_a_free_port(partial(_two_nodes_on, tmp, out, launcher, env, ckpt_dirs))[0]
+
+
+def _two_nodes_on(
+    tmp: Path,
+    out: str,
+    launcher: str,
+    env: dict | None,
+    ckpt_dirs: tuple[Path | None, Path | None],
+    port: int,
+) -> list[subprocess.CompletedProcess]:
+    """`_two_nodes` with rank 0 listening on `port`; `PortTaken` if another process had it."""
     procs = []
     for node in (0, 1):
         args = _train_args(tmp, out, ckpt_dirs[node])
@@ -231,6 +243,8 @@ def _two_nodes(
     for proc, cmd in zip(procs, [p.args for p in procs], strict=True):
         stdout, _ = proc.communicate(timeout=300)
         done.append(subprocess.CompletedProcess(cmd, proc.returncode, stdout.decode(), ""))
+    if any(port_taken(d.stdout) for d in done):
+        raise PortTaken(f"port {port} was taken before rank 0 bound it")
     return done
 
 
