@@ -12,9 +12,11 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
+from typing import Any
 
-from benchmarks.serving import free_port
+from benchmarks.ports import PortTaken, on_a_free_port, port_taken
 
 
 def without_prefect_settings(**extra: str) -> dict[str, str]:
@@ -34,16 +36,30 @@ def server_settings(home: Path) -> dict[str, str]:
 
 @contextmanager
 def running_server(
-    home: Path, database_url: str | None = None, timeout_s: float = 180
+    home: Path,
+    database_url: str | None = None,
+    timeout_s: float = 180,
+    auth_string: str | None = None,
 ) -> Iterator[str]:
     """`prefect server start` on 127.0.0.1 with its state in `home` (SQLite there, or
-    `database_url`); yields its API URL once it answers, and stops it on exit."""
+    `database_url`), and basic auth with `auth_string` (`user:password`) if given; yields its
+    API URL once it answers, and stops it on exit. Another port if its port was taken."""
     home.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    api = f"http://127.0.0.1:{port}/api"
     settings = server_settings(home)
     if database_url:
         settings["PREFECT_API_DATABASE_CONNECTION_URL"] = database_url
+    if auth_string:
+        settings["PREFECT_SERVER_API_AUTH_STRING"] = auth_string
+    server, port = on_a_free_port(partial(_start, home, settings, timeout_s))
+    try:
+        yield f"http://127.0.0.1:{port}/api"
+    finally:
+        stop_group(server)
+
+
+def _start(home: Path, settings: dict[str, str], timeout_s: float, port: int) -> Any:
+    """The server on `port`, once it answers; `PortTaken` if another process has it."""
+    api = f"http://127.0.0.1:{port}/api"
     cmd = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1"]
     log_path = home / "server.log"
     with log_path.open("w") as log:
@@ -54,16 +70,15 @@ def running_server(
             stderr=subprocess.STDOUT,
             start_new_session=True,  # stopped as a group, with anything it started
         )
-        try:
-            deadline = time.monotonic() + timeout_s
-            while not _healthy(api):
-                if server.poll() is not None or time.monotonic() > deadline:
-                    tail = log_path.read_text()[-3000:]
-                    raise RuntimeError(f"the Prefect server did not start:\n{tail}")
-                time.sleep(0.5)
-            yield api
-        finally:
+    deadline = time.monotonic() + timeout_s
+    while not _healthy(api):
+        if server.poll() is not None or time.monotonic() > deadline:
             stop_group(server)
+            tail = log_path.read_text()[-3000:]
+            error = PortTaken if port_taken(tail) else RuntimeError
+            raise error(f"the Prefect server did not start:\n{tail}")
+        time.sleep(0.5)
+    return server
 
 
 def stop_group(proc: subprocess.Popen) -> None:
@@ -80,6 +95,7 @@ def stop_group(proc: subprocess.Popen) -> None:
 
 
 def _healthy(api: str) -> bool:
+    """Whether the server answers `/health` (which basic auth leaves open)."""
     try:
         with urllib.request.urlopen(f"{api}/health", timeout=2) as r:
             return r.status == 200

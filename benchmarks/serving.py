@@ -11,16 +11,21 @@ from __future__ import annotations
 
 import asyncio
 import io
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
+
+from benchmarks.ports import PortTaken, free_port, on_a_free_port, port_taken
+
+# `free_port` stays importable from here, where its callers found it first.
+__all__ = ["free_port", "measure", "start_server"]
 
 MODELS = {
     "dense": "lenet5.onnx",
@@ -42,12 +47,6 @@ BOUNDARY = "mnist-load-test"
 TARGET = {"model": "pruned-int8", "concurrency": 8, "rps": 1000.0, "p99_ms": 20.0}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def png_request(pixels: np.ndarray) -> bytes:
     """A multipart body with one PNG digit, encoded once so the client spends no time on it."""
     buf = io.BytesIO()
@@ -60,6 +59,7 @@ def png_request(pixels: np.ndarray) -> bytes:
 
 
 def start_server(model: Path, port: int, extra: list[str], timeout_s: float = 60) -> Any:
+    """`mnist-serve` on `port`, once it answers; `PortTaken` if another process has it."""
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -80,7 +80,8 @@ def start_server(model: Path, port: int, extra: list[str], timeout_s: float = 60
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"mnist-serve exited: {proc.stderr.read()[-2000:]}")
+            err = proc.stderr.read()[-2000:]
+            raise (PortTaken if port_taken(err) else RuntimeError)(f"mnist-serve exited: {err}")
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
                 if r.status == 200:
@@ -151,8 +152,7 @@ def measure(
     runs: dict[str, Any] = {}
     for name, file in models.items():
         for setting, extra in SETTINGS.items():
-            port = free_port()
-            proc = start_server(models_dir / file, port, extra)
+            proc, port = on_a_free_port(partial(start_server, models_dir / file, extra=extra))
             try:
                 url = f"http://127.0.0.1:{port}/predict"
                 for c in concurrency:

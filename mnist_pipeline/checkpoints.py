@@ -5,6 +5,10 @@ prepared data, the training code, the compute libraries, the CPU's kernels and t
 and the metrics of the epoch it ends. A run resumes from `last.ckpt` only when the
 fingerprints match; otherwise it starts fresh and says why. A run that resumes a finished
 checkpoint trains nothing and reports that checkpoint's metrics.
+
+Checkpoints are only ever unpickled with `weights_only=True` (tensors, containers and plain
+values): the checkpoint folder may be shared storage, and a file planted there must not run
+code in the process that reads it, before or after its fingerprint is checked.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ import hashlib
 import json
 import logging
 import os
+import pickle
+import re
 import signal
 from collections.abc import Iterable
 from pathlib import Path
@@ -71,11 +77,30 @@ def fingerprint(
     return h.hexdigest()
 
 
+class Refused(Exception):
+    """A checkpoint that is not only tensors and plain values: not unpickled."""
+
+
+def load(path: Path) -> dict[str, Any]:
+    """A checkpoint's contents, unpickled with `weights_only=True`; `Refused` if it holds
+    anything else (a cut-short file, or one whose pickle would run code)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        # torch's message goes on to suggest `weights_only=False`: keep only what was refused.
+        found = re.search(r"WeightsUnpickler error:\s*(.+?)(?: Please use|\n|$)", str(err))
+        what = (found.group(1) if found else str(err).splitlines()[0]).rstrip(". ")
+        raise Refused(
+            f"{path} is unreadable as tensors and plain values ({what}): cut short, or made to "
+            "run code when unpickled; refused unread"
+        ) from None
+
+
 def saved(ckpt: Path, key: str) -> Any:
     """One entry of a checkpoint (None if the file or the entry is missing)."""
     if not ckpt.is_file():
         return None
-    return torch.load(ckpt, map_location="cpu", weights_only=False).get(key)
+    return load(ckpt).get(key)
 
 
 def find_resumable(ckpt_dir: Path, fp: str) -> Path | None:
@@ -86,6 +111,9 @@ def find_resumable(ckpt_dir: Path, fp: str) -> Path | None:
         return None
     try:
         fp_saved = saved(last, "fingerprint")
+    except Refused as err:
+        log.warning("checkpoint %s: starting fresh", err)
+        return None
     except Exception as err:  # a checkpoint cut short by a kill is not worth dying for
         log.warning("checkpoint %s is unreadable (%s): starting fresh", last, err)
         return None

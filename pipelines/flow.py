@@ -37,7 +37,7 @@ from prefect.states import Completed, State
 from prefect.tasks import exponential_backoff
 
 from mnist_pipeline import errors, provenance
-from pipelines import dvc_repo, overrides, registry, report, verify
+from pipelines import dvc_repo, overrides, registry, report, user_values, verify
 from pipelines.registry import Bump
 from pipelines.report import StageRun
 from pipelines.retry import StepFailed, retry_condition
@@ -257,6 +257,7 @@ def pipeline(
         stage_timeout_s: a stage still running after this long is stopped (and retried).
     """
     logger = get_run_logger()
+    user_values.check(model_name=model_name)  # it becomes a git tag
     repo = Path(root).resolve()
     with dvc_repo.one_repo(repo):
         declared: dict[str, Path] = {}

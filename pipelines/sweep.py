@@ -54,7 +54,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.tasks import exponential_backoff
 
 from mnist_pipeline import errors
-from pipelines import dvc_repo, overrides, pruning, sweep_space, trials
+from pipelines import dvc_repo, overrides, pruning, sweep_space, trials, user_values
 from pipelines import sweep_report as sr
 from pipelines.flow import MODEL_NAME, register_version
 from pipelines.registry import Bump
@@ -383,6 +383,8 @@ def sweep(
             pruned.
     """
     logger = get_run_logger()
+    # First: they become folders, refs and git arguments (and may come from any flow run).
+    user_values.check(name=name, origin=origin, prune_metric=prune_metric, model_name=model_name)
     repo = Path(root).resolve()
     user = list(overrides or [])
     targets = list(targets or ["evaluate"])
@@ -576,10 +578,10 @@ def promote_best(root: Path, best: str, targets: list[str], url: str | None = No
     of another machine (`url`) left its outputs in the DVC remote: they are pulled first."""
     logger = get_run_logger()
     if url:
-        done = dvc_repo.run(root, ["exp", "pull", url, best], 600, echo=logger.info)
+        done = dvc_repo.run(root, ["exp", "pull", "--", url, best], 600, echo=logger.info)
         if not done.ok:
             raise StepFailed(f"dvc exp pull {best}", done.returncode, done.tail)
-    done = dvc_repo.run(root, ["exp", "apply", best], 600, echo=logger.info)
+    done = dvc_repo.run(root, ["exp", "apply", "--", best], 600, echo=logger.info)
     if not done.ok:
         missing = _checkout_failed(done.tail)
         own = {

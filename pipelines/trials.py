@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from mnist_pipeline.errors import UsageError
-from pipelines import dvc_repo
+from pipelines import dvc_repo, user_values
 from pipelines.retry import StepFailed
 
 log = logging.getLogger(__name__)
@@ -120,14 +120,17 @@ class Source:
 
 def workspace(source: Source, sweep: str, name: str, commit: str) -> Path:
     """The trial's clone of `source` at `commit`, made on first use and kept for retries."""
-    ws = source.clone_dir(sweep, name)
+    # A task's parameters: checked where the task runs too (`SHARED` is the project's own).
+    if sweep != SHARED:
+        user_values.slug("sweep name", sweep)
+    ws = source.clone_dir(sweep, user_values.slug("trial name", name))
     if (ws / ".git").exists() and git(ws, "remote", "get-url", "origin") != source.url:
         shutil.rmtree(ws)  # a clone of another repo, from a sweep of the same name
     if not (ws / ".git").exists():
         tmp = ws.with_name(f".{name}.cloning")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.parent.mkdir(parents=True, exist_ok=True)
-        git(tmp.parent, "clone", "--quiet", "--no-checkout", source.url, str(tmp))
+        git(tmp.parent, "clone", "--quiet", "--no-checkout", "--", source.url, str(tmp))
         tmp.rename(ws)
     if not _has_commit(ws, commit):
         git(ws, "fetch", "--quiet", "origin")
@@ -184,10 +187,9 @@ def run_trial(
             done = dvc_repo.run(ws, take, timeout_s, echo=lambda _: None)
             if not done.ok and not shared_cache:
                 raise StepFailed(f"dvc pull {' '.join(shared)}", done.returncode, done.tail)
-        args = ["exp", "run", "-n", name]
-        for o in overrides:
-            args += ["-S", o]
-        done = dvc_repo.run(ws, [*args, *targets], timeout_s, echo=echo, stop=stop)
+        args = ["exp", "run", "--name", user_values.slug("trial name", name)]
+        args += [f"--set-param={o}" for o in overrides]  # one argument each, never an option
+        done = dvc_repo.run(ws, [*args, "--", *targets], timeout_s, echo=echo, stop=stop)
         if done.stopped:
             raise TrialStopped(name, done.seconds)
         if not done.ok:
@@ -196,7 +198,7 @@ def run_trial(
         rev = experiment_rev(ws, name)
         if rev is None:
             raise StepFailed(f"trial {name}", 1, f"{done.tail}\nno experiment named {name}")
-    push = ["exp", "push", *([] if not shared_cache else ["--no-cache"]), "origin", name]
+    push = ["exp", "push", *([] if not shared_cache else ["--no-cache"]), "--", "origin", name]
     done = dvc_repo.run(ws, push, timeout_s, echo=echo)
     if not done.ok:
         raise StepFailed(f"dvc exp push of {name}", done.returncode, done.tail)
@@ -243,9 +245,10 @@ def take_shared(ws: Path, changed: dict[str, bytes]) -> None:
 
 def origin_url(root: Path, origin: str) -> str:
     """`--origin` as the workers' `git clone` reads it: a git remote of the repo by name, an
-    absolute path for a folder here, or the URL as given."""
+    absolute path for a folder here, or the URL as given (never one git reads as an option)."""
+    user_values.not_an_option("--origin", origin)
     named = subprocess.run(
-        ["git", "remote", "get-url", origin], cwd=root, capture_output=True, text=True
+        ["git", "remote", "get-url", "--", origin], cwd=root, capture_output=True, text=True
     )
     if named.returncode == 0:
         origin = named.stdout.strip()
@@ -256,7 +259,10 @@ def origin_url(root: Path, origin: str) -> str:
 def check_origin(root: Path, url: str, commit: str) -> str:
     """Refuse a sweep the workers could not run: `commit` not on a branch or tag of `url`, or
     no default DVC remote in the commit's `.dvc/config`. Returns that remote's URL."""
-    listed = subprocess.run(["git", "ls-remote", url], cwd=root, capture_output=True, text=True)
+    user_values.not_an_option("--origin", url)
+    listed = subprocess.run(
+        ["git", "ls-remote", "--", url], cwd=root, capture_output=True, text=True
+    )
     if listed.returncode:
         raise UsageError(f"--origin {url}: git cannot read it: {listed.stderr.strip()}")
     tips = {}
@@ -266,7 +272,7 @@ def check_origin(root: Path, url: str, commit: str) -> str:
             tips[ref.removesuffix("^{}")] = sha
     unknown = [ref for ref, sha in tips.items() if not _has_commit(root, sha)]
     if unknown:  # into FETCH_HEAD only: no ref of the repo moves
-        git(root, "fetch", "--quiet", "--no-tags", url, *unknown)
+        git(root, "fetch", "--quiet", "--no-tags", "--", url, *unknown)
     if not any(_is_ancestor(root, commit, sha) for sha in tips.values()):
         raise UsageError(
             f"commit {commit[:12]} is not in {url} (on no branch or tag there): the workers "
@@ -305,8 +311,8 @@ def _git_ok(cwd: Path, *args: str) -> bool:
 
 def fetch_experiments(root: Path, url: str, commit: str, sweep: str) -> None:
     """The sweep's experiments from `url` into the repo's refs, where `dvc exp show` reads."""
-    refs = f"refs/exps/{commit[:2]}/{commit[2:]}/{sweep}-*"
-    git(root, "fetch", "--quiet", "--no-tags", url, f"+{refs}:{refs}")
+    refs = f"refs/exps/{commit[:2]}/{commit[2:]}/{user_values.slug('sweep name', sweep)}-*"
+    git(root, "fetch", "--quiet", "--no-tags", "--", url, f"+{refs}:{refs}")
 
 
 # --- the experiments as the repo sees them -----------------------------------------------------

@@ -38,7 +38,7 @@ import yaml
 
 from mnist_pipeline import environment, errors, provenance
 from mnist_pipeline.errors import StageError, UsageError
-from pipelines import dvc_repo
+from pipelines import dvc_repo, user_values
 
 SAME, DIFFERENT, MISSING = "same", "different", "missing"
 RAW_DATA = Path("data/raw")  # the prepare stage's verified downloads, reused as a mirror
@@ -203,13 +203,14 @@ def verify(
 ) -> Audit:
     """Clone `rev` of `root`, rebuild `stages` (default all) there, compare with its dvc.lock."""
     root = root.resolve()
-    commit = git(root, "rev-parse", "--verify", f"{rev}^{{commit}}")
+    user_values.check(rev=rev)
+    commit = git(root, "rev-parse", "--verify", "--end-of-options", f"{rev}^{{commit}}")
     audit = Audit(commit, notes=source_notes(root) if rev == "HEAD" else [])
     work = Path(tempfile.mkdtemp(prefix="mnist-verify-")) if keep is None else keep
     clone = work / "repo"
     try:
         echo(f"cloning {commit[:12]} into {clone}")
-        git(root, "clone", "--quiet", "--no-checkout", str(root), str(clone))
+        git(root, "clone", "--quiet", "--no-checkout", "--", str(root), str(clone))
         git(clone, "checkout", "--quiet", commit)
         committed = (
             yaml.safe_load((clone / "dvc.lock").read_text())

@@ -270,7 +270,10 @@ def load_round(ckpt_dir: Path, fp: str) -> dict[str, Any] | None:
         log.info("no prune checkpoint in %s: starting at round 1", ckpt_dir)
         return None
     try:
-        saved = torch.load(path, map_location="cpu", weights_only=False)
+        saved = checkpoints.load(path)
+    except checkpoints.Refused as err:
+        log.warning("prune checkpoint %s: starting at round 1", err)
+        return None
     except Exception as err:  # a checkpoint cut short by a kill is not worth dying for
         log.warning("prune checkpoint %s is unreadable (%s): starting at round 1", path, err)
         return None

@@ -113,7 +113,8 @@ def train(
         start_batch = data.batch_size
         training.tune_batch_size(trainer, lit, data)
         log.info("batch size tuned: %d -> %d", start_batch, data.batch_size)
-    trainer.fit(lit, datamodule=data, ckpt_path=resume_from)
+    # weights_only: never unpickle code, even with TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD set.
+    trainer.fit(lit, datamodule=data, ckpt_path=resume_from, weights_only=True)
     fit_s = time.perf_counter() - start
     # The final checkpoint's metrics, not the trainer's: a run that resumes a finished
     # checkpoint trains nothing, and must report what that checkpoint's run did.

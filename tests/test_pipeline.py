@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from unittest import mock
 
@@ -125,7 +124,6 @@ def test_real_mnist_audit_reproduces_the_committed_outputs(tmp_path: Path) -> No
     acc = json.loads((repo / "metrics" / "evaluate.json").read_text())["test"]["acc"]
     assert acc >= 0.99
 
-    start = time.perf_counter()
+    # Nothing runs again (how long that takes is `python -m benchmarks`' noop figure).
     again = dvc(repo, "repro", MNIST_MIRROR=mirror)
     assert _ran(again) == set() and "up to date" in again
-    assert time.perf_counter() - start < 30

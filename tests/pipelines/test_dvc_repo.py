@@ -50,7 +50,6 @@ def test_a_stage_past_its_timeout_or_told_to_stop_is_stopped_with_its_children(
 ) -> None:
     # `$$` is the shell DVC starts for the command; `sleep` is its child.
     repo = _repo(tmp_path, {"slow": {"cmd": "echo $$ > pid && sleep 300", "outs": ["never"]}})
-    start = time.monotonic()
     # `stop`: the pruner's watch says so once the stage is running.
     how: dict[str, Any] = {"timeout_s": 5}
     if why == "stop":
@@ -58,7 +57,6 @@ def test_a_stage_past_its_timeout_or_told_to_stop_is_stopped_with_its_children(
     done = dvc_repo.run(repo, ["repro", "--single-item", "slow"], echo=print, **how)
     assert not done.ok and done.stopped == (why == "stop")
     assert (done.returncode is None) == (why == "timeout")  # stopped: the signal's exit status
-    assert time.monotonic() - start < 60
     shell = int((repo / "pid").read_text())
     status = Path(f"/proc/{shell}/status")
     deadline = time.monotonic() + 10

@@ -52,3 +52,24 @@ def exported(
     params.write_text(yaml.safe_dump(tiny_params_dict(), sort_keys=False))
     export.main(export_argv(tmp, params, trained_model, pruned_model, prepared))
     return tmp
+
+
+class RunsCode:
+    """Unpickling this creates `marker`: a stand-in for a checkpoint planted to run code."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return (open, (str(self.marker), "w"))
+
+
+def plant_checkpoint(path: Path, fp: str, **entries: object) -> Path:
+    """Write a checkpoint at `path` with fingerprint `fp` whose pickle would create a marker
+    file next to it; returns the marker's path (which must never come to exist)."""
+    import torch
+
+    marker = path.parent / "code-ran"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"fingerprint": fp, **entries, "payload": RunsCode(marker)}, path)
+    return marker

@@ -18,6 +18,7 @@ from mnist_pipeline.model import LeNet5, Widths, count_params, load_model, save_
 from mnist_pipeline.params import Params, parse_params
 from stages import prune
 from tests.conftest import ROOT, tiny_params_dict
+from tests.stages.conftest import plant_checkpoint
 
 # torch-pruning's count for LeNet5() on one 28x28 digit: conv and linear MACs plus one op per
 # ReLU and pooling output (the ReLUs come after the pools, on 6x14x14 and 16x5x5 outputs).
@@ -296,6 +297,21 @@ def test_prune_resumes_only_with_its_fingerprint(
     assert prune.load_round(tmp_path, "other") is None
     (tmp_path / prune.ROUND_CKPT).write_bytes(b"cut short by a kill")
     assert prune.load_round(tmp_path, fp) is None
+
+
+def test_a_prune_checkpoint_that_would_run_code_is_refused_unread(
+    tmp_path: Path, trained_model: Path, prepared: Path, capsys: pytest.CaptureFixture
+) -> None:
+    raw = tiny_params_dict()
+    params = parse_params(raw)
+    run_dir = tmp_path / "run"
+    fp = prune.fingerprint(params.prune, params.train, trained_model, prepared)
+    marker = plant_checkpoint(run_dir / "ckpt" / prune.ROUND_CKPT, fp, round=1)
+    prune.main(_prune_argv(run_dir, trained_model, prepared, raw))
+    assert not marker.exists()
+    log = capsys.readouterr().err  # the stage's own logging, set up by its main
+    assert "made to run code when unpickled; refused unread: starting at round 1" in log
+    assert _resumed_after(run_dir) is None and (run_dir / "pruned.pt").is_file()
 
 
 def test_unstructured_masks_survive_a_saved_round(tmp_path: Path, trained_model: Path) -> None:

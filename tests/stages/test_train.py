@@ -8,13 +8,14 @@ import shutil
 import signal
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
-from benchmarks.serving import free_port
+from benchmarks.ports import PortTaken, on_a_free_port, port_taken
 from mnist_pipeline import checkpoints, training
 from mnist_pipeline.dataset import load_split
 from mnist_pipeline.errors import ParamsError
@@ -22,6 +23,7 @@ from mnist_pipeline.model import load_model, predict_logits, save_model
 from mnist_pipeline.params import parse_params
 from stages import train
 from tests.conftest import ROOT, tiny_params_dict
+from tests.stages.conftest import plant_checkpoint
 
 COMPUTE = parse_params(tiny_params_dict()).compute
 
@@ -85,7 +87,7 @@ def test_killed_training_resumes_at_next_epoch_with_the_same_result(
     killed = _run_train(tmp_path, params, "run", {checkpoints.FAIL_ENV: "1"})
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert not (tmp_path / "run" / "model.pt").exists()
-    ckpt = torch.load(tmp_path / "run" / "ckpt" / "last.ckpt", weights_only=False)
+    ckpt = torch.load(tmp_path / "run" / "ckpt" / "last.ckpt", weights_only=True)
     assert ckpt["epoch"] == 0  # one epoch done, killed halfway through the second
 
     # The retry keeps the env var (as a Prefect retry would): a resumed run is not killed again.
@@ -205,7 +207,18 @@ def _two_nodes(
     """The train stage on two "machines" (node ranks 0 and 1, one process each, on 127.0.0.1),
     each started as the README's recipe starts it: by torchrun, or as srun starts a SLURM
     job's tasks (the environment variables Lightning's SLURMEnvironment reads)."""
-    port = free_port()
+    return on_a_free_port(partial(_two_nodes_on, tmp, out, launcher, env, ckpt_dirs))[0]
+
+
+def _two_nodes_on(
+    tmp: Path,
+    out: str,
+    launcher: str,
+    env: dict | None,
+    ckpt_dirs: tuple[Path | None, Path | None],
+    port: int,
+) -> list[subprocess.CompletedProcess]:
+    """`_two_nodes` with rank 0 listening on `port`; `PortTaken` if another process had it."""
     procs = []
     for node in (0, 1):
         args = _train_args(tmp, out, ckpt_dirs[node])
@@ -238,6 +251,8 @@ def _two_nodes(
     for proc, cmd in zip(procs, [p.args for p in procs], strict=True):
         stdout, _ = proc.communicate(timeout=300)
         done.append(subprocess.CompletedProcess(cmd, proc.returncode, stdout.decode(), ""))
+    if any(port_taken(d.stdout) for d in done):
+        raise PortTaken(f"port {port} was taken before rank 0 bound it")
     return done
 
 
@@ -278,6 +293,22 @@ def test_two_nodes_train_as_one_run_and_resume_a_kill_with_the_same_weights(
     assert "rank 1: fingerprint" in apart[0].stdout and "from scratch" in apart[0].stdout
 
 
+def test_a_checkpoint_that_would_run_code_is_refused_unread_and_training_starts_fresh(
+    tmp_path: Path, prepared: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    params = parse_params(tiny_params_dict()).train
+    ckpt_dir = tmp_path / "ckpt"
+    # The right fingerprint, as someone who can write to a shared checkpoint folder could copy.
+    marker = plant_checkpoint(ckpt_dir / checkpoints.LAST, train.fingerprint(params, prepared))
+    _, summary = train.train(params, prepared, ckpt_dir, tmp_path / "live")
+    assert not marker.exists()
+    assert "made to run code when unpickled; refused unread" in caplog.text
+    assert "starting fresh" in caplog.text
+    assert summary["resumed_from_epoch"] is None and summary["epochs"] == params.max_epochs
+    # The planted file is gone, replaced by the fresh run's own checkpoint.
+    assert checkpoints.saved(ckpt_dir / checkpoints.LAST, "epoch") == params.max_epochs - 1
+
+
 def test_several_nodes_need_ddp() -> None:
     raw = tiny_params_dict()
     raw["train"].update(num_nodes=2, strategy="auto")
@@ -295,7 +326,7 @@ def test_tuned_batch_size_grows_stays_within_the_split_and_survives_resume(
     # A CPU never runs out of memory on these batches: the tuner doubles up to the split.
     assert params.batch_size < summary["batch_size"] <= n_train
     assert summary["epochs"] == 2
-    ckpt = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)
+    ckpt = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)
     assert ckpt["MNISTDataModule"] == {"batch_size": summary["batch_size"]}
 
     # Run again: it resumes from the finished checkpoint, with that batch size and no tuning.
