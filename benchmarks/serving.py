@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import io
+import re
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -59,36 +62,58 @@ def png_request(pixels: np.ndarray) -> bytes:
     return head + buf.getvalue() + f"\r\n--{BOUNDARY}--\r\n".encode()
 
 
-def start_server(model: Path, port: int, extra: list[str], timeout_s: float = 60) -> Any:
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mnist_pipeline.server",
-            "--model",
-            str(model),
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-            *extra,
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+@dataclass
+class Served:
+    """A running `mnist-serve`: its process, base URL and the file its stderr goes to."""
+
+    proc: subprocess.Popen
+    url: str
+    log: Path
+
+    def stop(self, timeout_s: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        return self.proc.wait(timeout=timeout_s)
+
+
+def start_server(
+    model: Path | str,
+    extra: list[str],
+    timeout_s: float = 60,
+    log: Path | None = None,
+    ready: bool = True,
+) -> Served:
+    """`mnist-serve` on a port the kernel picks (`--port 0`, read back from its log), once
+    `/readyz` answers 200 (or once it listens, with `ready=False`)."""
+    if log is None:
+        log = Path(tempfile.mkstemp(prefix="mnist-serve-", suffix=".log")[1])
+    argv = ["--model", str(model), "--port", "0", "--log-level", "warning", *extra]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mnist_pipeline.server", *argv],
+            stdout=subprocess.DEVNULL,
+            stderr=out,
+        )
     deadline = time.monotonic() + timeout_s
+    url = None
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"mnist-serve exited: {proc.stderr.read()[-2000:]}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
-                if r.status == 200:
-                    return proc
-        except OSError:
-            time.sleep(0.1)
+            raise RuntimeError(f"mnist-serve exited: {log.read_text()[-2000:]}")
+        if url is None:
+            found = re.search(r"serving .* on (http://\S+)", log.read_text())
+            url = found.group(1) if found else None
+            if url is not None and not ready:
+                return Served(proc, url, log)
+        else:
+            try:
+                with urllib.request.urlopen(f"{url}/readyz", timeout=1) as r:
+                    if r.status == 200:
+                        return Served(proc, url, log)
+            except OSError:
+                pass
+        time.sleep(0.05)
     proc.kill()
-    raise RuntimeError(f"mnist-serve did not answer within {timeout_s} s")
+    raise RuntimeError(f"mnist-serve not ready within {timeout_s} s: {log.read_text()[-2000:]}")
 
 
 async def send(
@@ -151,18 +176,17 @@ def measure(
     runs: dict[str, Any] = {}
     for name, file in models.items():
         for setting, extra in SETTINGS.items():
-            port = free_port()
-            proc = start_server(models_dir / file, port, extra)
+            served = start_server(models_dir / file, extra)
             try:
-                url = f"http://127.0.0.1:{port}/predict"
+                url = f"{served.url}/predict"
                 for c in concurrency:
                     lat, wall = asyncio.run(send(url, body, requests, c))
                     runs.setdefault(name, {}).setdefault(setting, {})[str(c)] = summarize(
                         lat, wall
                     )
             finally:
-                proc.terminate()
-                proc.wait(timeout=30)
+                served.stop()
+                served.log.unlink(missing_ok=True)
     out: dict[str, Any] = {"requests": requests, "runs": runs, "target": TARGET}
     got = runs.get(TARGET["model"], {})
     at = [r[str(TARGET["concurrency"])] for r in got.values() if str(TARGET["concurrency"]) in r]
