@@ -256,48 +256,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--port", type=int, default=8000, help="0: any free port (it is logged)")
     p.add_argument("--max-bytes", type=int, default=DEFAULT_MAX_BYTES, help="per uploaded file")
     p.add_argument("--max-files", type=int, default=DEFAULT_MAX_FILES, help="per request")
-    p.add_argument(
-        "--max-body-bytes",
-        type=int,
-        default=None,
-        help="per multipart body (default: --max-files files of --max-bytes)",
-    )
-    p.add_argument(
-        "--max-json-bytes",
-        type=int,
-        default=None,
-        help="per JSON or other body (default: what --max-files digits need)",
-    )
-    p.add_argument(
-        "--max-in-flight",
-        type=int,
-        default=DEFAULT_MAX_IN_FLIGHT,
-        help="requests served at once per process; more get 503 with Retry-After",
-    )
-    p.add_argument(
-        "--body-timeout-s",
-        type=float,
-        default=DEFAULT_BODY_TIMEOUT_S,
-        help="longest wait for the next piece of a request body (408 after it)",
-    )
-    p.add_argument(
-        "--keep-alive-s",
-        type=int,
-        default=DEFAULT_KEEP_ALIVE_S,
-        help="idle keep-alive connections are closed after this",
-    )
-    p.add_argument(
-        "--max-connections",
-        type=int,
-        default=DEFAULT_MAX_CONNECTIONS,
-        help="open connections per process; requests beyond get 503 (uvicorn's)",
-    )
-    p.add_argument(
-        "--grace-s",
-        type=int,
-        default=DEFAULT_GRACE_S,
-        help="on SIGTERM, how long requests in flight may take to finish",
-    )
+    for flag, kind, default, what in (
+        ("--max-body-bytes", int, None, "per multipart body (default: --max-files files)"),
+        ("--max-json-bytes", int, None, "per other body (default: what --max-files digits need)"),
+        ("--max-in-flight", int, DEFAULT_MAX_IN_FLIGHT, "per process; more get 503, Retry-After"),
+        ("--body-timeout-s", float, DEFAULT_BODY_TIMEOUT_S, "wait for a body's next piece (408)"),
+        ("--keep-alive-s", int, DEFAULT_KEEP_ALIVE_S, "idle keep-alive connections close then"),
+        ("--max-connections", int, DEFAULT_MAX_CONNECTIONS, "per process; more get 503 (uvicorn)"),
+        ("--grace-s", int, DEFAULT_GRACE_S, "on SIGTERM, time for requests in flight to finish"),
+    ):
+        p.add_argument(flag, type=kind, default=default, help=what)
     p.add_argument(
         "--max-batch",
         type=int,
