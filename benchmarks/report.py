@@ -115,7 +115,8 @@ def scraping_verdict(serve: dict[str, Any]) -> str:
     if not sc:
         return "scraping: not measured"
     cells = [
-        f"{setting} {v['rps_off']:.0f} -> {v['rps_on']:.0f} req/s ({v['cost']:+.1%})"
+        f"{setting} {v['rps_off']:.0f} -> {v['rps_on']:.0f} req/s (cost {v['cost']:.1%}; "
+        f"one scrape {v['scrape_ms']:.1f} ms)"
         for setting, v in sc.items()
         if isinstance(v, dict)
     ]

@@ -435,6 +435,14 @@ class QuantizeParams(_TimingParams):
     )
 
 
+class CardParams(_Section):
+    """Stage `card`: a model card for every artifact."""
+
+    weakest_classes: int = Field(
+        ge=1, le=10, description="Classes of lowest test F1 that each card lists."
+    )
+
+
 class Params(_Section):
     """The whole `params.yaml`: one section per stage."""
 
@@ -453,6 +461,9 @@ class Params(_Section):
     )
     quantize: QuantizeParams = Field(
         description="Stage `quantize`: INT8 ONNX models, checked against the float ones."
+    )
+    card: CardParams = Field(
+        description="Stage `card`: a model card for every artifact, from the results only."
     )
 
 
