@@ -109,10 +109,28 @@ def serving_verdict(serve: dict[str, Any]) -> str:
     )
 
 
+def scraping_verdict(serve: dict[str, Any]) -> str:
+    """What scraping `/metrics` meanwhile cost the target's cell, setting by setting."""
+    sc = serve.get("scraping")
+    if not sc:
+        return "scraping: not measured"
+    cells = [
+        f"{setting} {v['rps_off']:.0f} -> {v['rps_on']:.0f} req/s (cost {v['cost']:.1%}; "
+        f"one scrape {v['scrape_ms']:.1f} ms)"
+        for setting, v in sc.items()
+        if isinstance(v, dict)
+    ]
+    return (
+        f"scraping /metrics every {sc['every_s']:g} s at c={sc['concurrency']} (medians): "
+        f"{'; '.join(cells)}; bound {sc['max_cost']:.0%}: "
+        f"{'met' if sc['bound_met'] else 'not met'}"
+    )
+
+
 def serving_table(serve: dict[str, Any]) -> Table:
     t = Table(
         title=f"Serving: {serve['requests']} single-PNG requests per cell on 127.0.0.1",
-        caption=serving_verdict(serve),
+        caption=f"{serving_verdict(serve)}\n{scraping_verdict(serve)}",
     )
     for i, col in enumerate(serving_columns(serve)):
         t.add_column(col, justify="left" if i < 2 else "right")
@@ -279,7 +297,7 @@ def markdown(results: dict[str, Any]) -> str:
             "|---|---|" + "--:|" * (len(cols) - 2),
         ]
         lines += ["| " + " | ".join(row) + " |" for row in serving_rows(serve)]
-        lines += ["", serving_verdict(serve), ""]
+        lines += ["", serving_verdict(serve), "", scraping_verdict(serve), ""]
     orch = results.get("orchestration")
     if orch and "skipped" not in orch:
         lines += ["| orchestration | s |", "|---|--:|"]

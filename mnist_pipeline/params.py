@@ -455,6 +455,14 @@ class ComputeParams(_Section):
     )
 
 
+class CardParams(_Section):
+    """Stage `card`: a model card for every artifact."""
+
+    weakest_classes: int = Field(
+        ge=1, le=10, description="Classes of lowest test F1 that each card lists."
+    )
+
+
 class Params(_Section):
     """The whole `params.yaml`: how every stage computes, then one section per stage."""
 
@@ -477,6 +485,9 @@ class Params(_Section):
     )
     quantize: QuantizeParams = Field(
         description="Stage `quantize`: INT8 ONNX models, checked against the float ones."
+    )
+    card: CardParams = Field(
+        description="Stage `card`: a model card for every artifact, from the results only."
     )
 
     @model_validator(mode="after")

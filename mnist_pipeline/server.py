@@ -8,49 +8,65 @@
   JSON `{"pixels": ...}`: raw 0-255 digits, one 28x28 list of rows or a list of them. The
   answer is a JSON list of `{"file", "digit", "probability", "probabilities"}`, the fields of
   `mnist-predict --json`; images go through the same preprocessing (`predict.load_digit`).
-- `GET /healthz`, `GET /model` (name, file hash, input contract, metadata), `GET /docs`.
+- `GET /healthz` (liveness), `GET /readyz` (200 once a model is loaded and warmed up, 503
+  before), `GET /model` (name, version, sha256, input contract, metadata), `GET /model/card`
+  (the artifact's model card), `GET /metrics` (Prometheus), `GET /docs`.
 - `GET /`: a page where you draw a digit and see the prediction and the ten probabilities as
   you draw (`static/index.html`; no CDN, it works offline).
+- SIGHUP loads the model `--model` names now and swaps it in once it passes its checks
+  (`served_model`); SIGTERM stops accepting, finishes the requests in flight within
+  `--grace-s`, and exits 0. With `--workers N` the parent passes SIGHUP to every worker.
 
 Bad input gets a 4xx JSON error `{"error": ..., "file": ...}` that names the problem, and the
 server keeps serving: a file that is not an image, truncated or over `--max-bytes`; a
-decompression bomb; pixels of the wrong shape or range; more than `--max-files` files. It
-binds 127.0.0.1 unless `--host` says otherwise. One ONNX Runtime session per process serves
-every request (its `run` is thread-safe); each request's decoding and inference run in one trip
-to a worker thread, off the event loop, or in a shared run with other requests' digits
-(`--max-batch`, `--max-wait-ms`: micro-batching).
+decompression bomb; pixels of the wrong shape or range; more than `--max-files` files; a body
+over its cap, or too slow (`server_limits`). It binds 127.0.0.1 unless `--host` says
+otherwise. One ONNX Runtime session per process serves every request (its `run` is
+thread-safe); each request's decoding and inference run in one trip to a worker thread, off
+the event loop, or in a shared run with other requests' digits (`--max-batch`,
+`--max-wait-ms`: micro-batching).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
-import io
+import contextlib
 import json
+import logging
 import os
+import shutil
+import signal
 import sys
-import time
-from collections.abc import Callable
+import tempfile
 from contextlib import asynccontextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import onnxruntime as ort
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse
-from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import UploadFile
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from pydantic import BaseModel
 
-from mnist_pipeline import model_ref, onnx_runtime, predict
+from mnist_pipeline import served_model, server_metrics
 from mnist_pipeline.errors import UsageError
+from mnist_pipeline.micro_batcher import MicroBatcher
 from mnist_pipeline.model_ref import ModelSource
+from mnist_pipeline.served_model import DEFAULT_WARMUP_RUNS, ModelInfo, ModelSlot, ModelSpec
+from mnist_pipeline.server_inputs import BadInput, decode_uploads, pixels_from_json, read_uploads
+from mnist_pipeline.server_limits import (
+    DEFAULT_BODY_TIMEOUT_S,
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_FILES,
+    DEFAULT_MAX_IN_FLIGHT,
+    RETRY_AFTER_S,
+    Limits,
+    RequestLimits,
+)
+from mnist_pipeline.server_metrics import Observe, ServerMetrics
 
+log = logging.getLogger(__name__)
 PAGE = Path(__file__).with_name("static") / "index.html"
-DEFAULT_MAX_BYTES = 5 * 1024 * 1024
-DEFAULT_MAX_FILES = 64
 # Micro-batching is off by default: for single-image requests on 2 cores it served no more
 # requests than running each at once (parsing HTTP and images costs more than the model), and
 # waiting 2 ms for company halved the rate of a lone client (README, "Serving").
@@ -58,233 +74,163 @@ DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_MS = 1, 0.0
 # One ONNX Runtime thread per run: a LeNet is too small to split across cores, and the cores
 # are better spent on concurrent requests.
 DEFAULT_THREADS = 1
+# uvicorn's: idle keep-alive connections are closed after this; open connections beyond the
+# cap get 503 (slow clients that never finish their headers count too); SIGTERM waits this
+# long for requests in flight.
+DEFAULT_KEEP_ALIVE_S, DEFAULT_MAX_CONNECTIONS, DEFAULT_GRACE_S = 5, 1024, 30
 # How `--workers` processes get the options the parent parsed.
 OPTIONS_ENV = "MNIST_SERVE_OPTIONS"
+__all__ = ["BadInput", "Limits", "MicroBatcher", "ModelSource"]
 
 
-Digits = tuple[list[np.ndarray], list[str]]  # uint8 (28, 28) digits and their names
+class PredictionOut(BaseModel):
+    file: str
+    digit: int
+    probability: float
+    probabilities: list[float]
 
 
-class BadInput(Exception):
-    """A request the server refuses: its status code and a message that names the problem."""
-
-    def __init__(self, status: int, message: str, file: str | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.file = status, message, file
+class ErrorOut(BaseModel):
+    error: str
+    file: str | None
 
 
-@dataclass(frozen=True)
-class Limits:
-    max_bytes: int = DEFAULT_MAX_BYTES  # per uploaded file
-    max_files: int = DEFAULT_MAX_FILES  # per request, files or JSON digits
-    max_pixels: int = predict.MAX_PIXELS  # per image, as its header declares
-
-
-class MicroBatcher:
-    """Classifies the digits of concurrent requests together, in one session run.
-
-    A request that finds no run in progress runs at once, alone. The others queue, and a run
-    takes the requests that queued while earlier ones ran, up to `max_batch` digits (a request
-    with more runs alone), waiting at most `max_wait_ms` for more when that leaves room (0:
-    none). So batching only happens under load, and a lone request pays nothing for it. Runs
-    are off the event loop. With `max_batch` 1 every request runs on its own, at once.
-    """
-
-    def __init__(self, sess: ort.InferenceSession, max_batch: int, max_wait_ms: float) -> None:
-        self.sess, self.max_batch, self.max_wait = sess, max_batch, max_wait_ms / 1000
-        self._running = 0  # session runs in progress
-        # The queue and its worker task belong to the event loop that serves (uvicorn has one).
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._queue: asyncio.Queue[tuple[list[np.ndarray], list[str], asyncio.Future]]
-        self._worker: asyncio.Task | None = None
-
-    async def classify(self, load: Callable[[], Digits]) -> list[predict.Prediction]:
-        """The predictions for the digits `load` gives (it runs off the event loop too).
-
-        With nothing running, a request runs at once, loading and classifying in one trip to a
-        worker thread; otherwise its digits queue for the next shared run."""
-        loop = asyncio.get_running_loop()
-        idle = self._running == 0 and (loop is not self._loop or self._queue.empty())
-        if self.max_batch <= 1 or idle:
-            self._running += 1
-            try:
-                return await run_in_threadpool(lambda: predict.classify(self.sess, *load()))
-            finally:
-                self._running -= 1
-        digits, names = await run_in_threadpool(load)
-        if loop is not self._loop:
-            await self.close()
-            self._loop, self._queue = loop, asyncio.Queue()
-            self._worker = loop.create_task(self._serve(self._queue))
-        done = loop.create_future()
-        await self._queue.put((digits, names, done))
-        return await done
-
-    async def _serve(self, queue: asyncio.Queue) -> None:
-        carry = None  # a request that would have made the last run too big: the next one's
-        while True:
-            jobs = [carry if carry is not None else await queue.get()]
-            carry, size = None, len(jobs[0][0])
-            deadline = time.monotonic() + self.max_wait
-            while size < self.max_batch:
-                try:
-                    job = queue.get_nowait()
-                except asyncio.QueueEmpty:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        break
-                    try:
-                        job = await asyncio.wait_for(queue.get(), left)
-                    except TimeoutError:
-                        break
-                if size + len(job[0]) > self.max_batch:
-                    carry = job
-                    break
-                jobs.append(job)
-                size += len(job[0])
-            await self._run(jobs)
-
-    async def _run(self, jobs: list[tuple[list[np.ndarray], list[str], asyncio.Future]]) -> None:
-        digits = [d for job in jobs for d in job[0]]
-        names = [n for job in jobs for n in job[1]]
-        self._running += 1
-        try:
-            preds = await run_in_threadpool(predict.classify, self.sess, digits, names)
-        except Exception as err:  # each waiting request gets the error
-            for *_, done in jobs:
-                if not done.done():
-                    done.set_exception(err)
-            return
-        finally:
-            self._running -= 1
-        start = 0
-        for job_digits, _, done in jobs:
-            if not done.done():  # a request whose client went away
-                done.set_result(preds[start : start + len(job_digits)])
-            start += len(job_digits)
-
-    async def close(self) -> None:
-        if self._worker is not None and self._loop is asyncio.get_running_loop():
-            self._worker.cancel()
-        self._worker = None
-
-
-def pixels_from_json(body: Any, limits: Limits) -> np.ndarray:
-    """`{"pixels": ...}` as uint8 digits (N, 28, 28); `BadInput` (422) names what is wrong."""
-    if not isinstance(body, dict) or "pixels" not in body:
-        raise BadInput(422, 'expected a JSON object {"pixels": [...]} of 28x28 raw pixels')
-    try:
-        arr = np.asarray(body["pixels"], dtype=np.float64)
-    except (TypeError, ValueError):
-        raise BadInput(422, "pixels must be a 28x28 list of numbers, or a list of them") from None
-    if arr.ndim == 2:
-        arr = arr[None]
-    if arr.ndim != 3 or arr.shape[1:] != (predict.FIELD, predict.FIELD) or len(arr) == 0:
-        raise BadInput(422, f"pixels must have shape (28, 28) or (N, 28, 28), got {arr.shape}")
-    if len(arr) > limits.max_files:
-        raise BadInput(413, f"{len(arr)} digits in one request; at most {limits.max_files}")
-    if not np.isfinite(arr).all() or arr.min() < 0 or arr.max() > 255:
-        raise BadInput(422, "pixels must be raw values between 0 and 255")
-    return np.round(arr).astype(np.uint8)
-
-
-async def read_uploads(request: Request, limits: Limits) -> list[tuple[str, bytes]]:
-    """The `file` fields of a multipart request, (name, bytes) in order, within the limits."""
-    form = await request.form(max_files=limits.max_files + 1)
-    uploads = [u for u in form.getlist("file") if isinstance(u, UploadFile)]
-    if not uploads:
-        raise BadInput(422, "no image: send one or more files in the multipart field `file`")
-    if len(uploads) > limits.max_files:
-        raise BadInput(413, f"{len(uploads)} files in one request; at most {limits.max_files}")
-    files = []
-    for upload in uploads:
-        name = upload.filename or "file"
-        data = await upload.read(limits.max_bytes + 1)
-        if len(data) > limits.max_bytes:
-            raise BadInput(413, f"larger than the limit of {limits.max_bytes:,} bytes", name)
-        files.append((name, data))
-    return files
-
-
-def decode_uploads(files: list[tuple[str, bytes]], limits: Limits) -> Digits:
-    """Uploaded images as digits, through `mnist-predict`'s preprocessing; `BadInput` (422)
-    names the first file that is not a digit image."""
-    digits = []
-    for name, data in files:
-        try:
-            digits.append(predict.load_digit(io.BytesIO(data), "auto", limits.max_pixels))
-        except predict.ImageError as err:
-            raise BadInput(422, str(err), name) from None
-    return digits, [name for name, _ in files]
-
-
-def model_card(source: ModelSource, sess: ort.InferenceSession) -> dict[str, Any]:
-    """What `GET /model` answers: the file, its registered version if any, its contract."""
-    meta = sess.get_modelmeta().custom_metadata_map
-    inp = sess.get_inputs()[0]
-    return {
-        "name": source.artifact or source.path.name,
-        "version": source.version,
-        "stage": source.stage,
-        "commit": source.commit,
-        "path": str(source.path),
-        "sha256": hashlib.sha256(source.path.read_bytes()).hexdigest(),
-        "input": {"name": inp.name, "type": inp.type, "shape": inp.shape},
-        "input_contract": meta.get("input_contract"),
-        "metadata": dict(sorted(meta.items())),
-    }
+class Status(BaseModel):
+    status: str
 
 
 def create_app(
-    model: Path | ModelSource,
+    model: Path | ModelSource | ModelSpec,
     limits: Limits | None = None,
     max_batch: int = DEFAULT_MAX_BATCH,
     max_wait_ms: float = DEFAULT_MAX_WAIT_MS,
     num_threads: int = DEFAULT_THREADS,
+    warmup_runs: int = DEFAULT_WARMUP_RUNS,
+    log_format: str = "text",
+    first: ModelSource | None = None,
+    load_first: bool = False,
 ) -> FastAPI:
-    """The app serving `model`; the session is made once, here."""
-    source = model if isinstance(model, ModelSource) else ModelSource(model)
+    """The app serving `model`: a file, a resolved source, or what `--model` names (resolved
+    again on SIGHUP). It loads the model in the background once it starts; `/readyz` says
+    when it may take traffic. `first`: the model to start with, already resolved.
+    `load_first`: load it before serving instead; a `--workers` process shares its socket, and
+    must not take a share of the connections while it cannot answer them."""
+    if isinstance(model, ModelSpec):
+        spec = model
+    else:
+        first = model if isinstance(model, ModelSource) else ModelSource(model)
+        spec = ModelSpec(str(first.path))
     limits = limits or Limits()
-    sess = onnx_runtime.open_model(source.path, num_threads)
-    card = model_card(source, sess)
-    batcher = MicroBatcher(sess, max_batch, max_wait_ms)
+    metrics = ServerMetrics()
+
+    def make(source: ModelSource, data: bytes) -> served_model.ServedModel:
+        def batcher(sess: Any) -> MicroBatcher:
+            return MicroBatcher(sess, max_batch, max_wait_ms, metrics.batch_size.observe)
+
+        return served_model.load(source, data, num_threads, warmup_runs, batcher, spec.repo)
+
+    def swapped(old: served_model.ServedModel | None, new: served_model.ServedModel) -> None:
+        if old is not None:
+            metrics.reloads.inc()
+            metrics.served(old.info.name, old.info.version, old.info.sha256, up=False)
+        metrics.served(new.info.name, new.info.version, new.info.sha256, up=True)
+
+    slot = ModelSlot(spec, first, make, swapped, lambda _: metrics.reload_failures.inc())
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> Any:
-        yield
-        await batcher.close()
+        loop = asyncio.get_running_loop()
+        tasks: set[asyncio.Task] = set()
+        if load_first:
+            await slot.start()
+        else:
+            tasks.add(loop.create_task(slot.start()))
 
-    version = f" {card['version']}" if card["version"] else ""
+        def hup() -> None:
+            log.info("SIGHUP: loading %s again", spec.model)
+            task = loop.create_task(slot.reload())
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+        try:  # only the main thread's loop may handle signals (not a TestClient's)
+            loop.add_signal_handler(signal.SIGHUP, hup)
+        except (RuntimeError, ValueError):
+            log.debug("not handling SIGHUP: not the main thread")
+        yield
+        with contextlib.suppress(RuntimeError, ValueError):
+            loop.remove_signal_handler(signal.SIGHUP)
+        for task in tasks:
+            task.cancel()
+        if slot.current is not None:
+            await slot.current.batcher.close()
+
     app = FastAPI(
         title="MNIST digit classifier",
-        description=f"LeNet-5 `{card['name']}`{version} in ONNX Runtime. "
-        f"{card['input_contract'] or ''}",
+        description="LeNet-5 in ONNX Runtime: raw 0-255 pixels of 28x28 digits, or images.",
         lifespan=lifespan,
     )
+    access_log = server_metrics.json_access_log() if log_format == "json" else None
+    handlers = {"/", "/healthz", "/readyz", "/model", "/model/card", "/metrics", "/predict"}
+    handlers |= {"/docs", "/openapi.json"}
+    app.add_middleware(RequestLimits, limits=limits)  # inside Observe: refusals are counted
+    app.add_middleware(Observe, metrics=metrics, handlers=handlers, access_log=access_log)
+    errors: dict[int | str, dict[str, Any]] = {c: {"model": ErrorOut} for c in (413, 415, 422)}
+    errors[503] = {"model": ErrorOut, "description": "No model loaded yet, or saturated"}
+
+    def serving() -> served_model.ServedModel:
+        if slot.current is None:
+            raise BadInput(503, "no model is loaded yet: see /readyz")
+        return slot.current
 
     @app.exception_handler(BadInput)
     async def bad_input(_: Request, err: BadInput) -> JSONResponse:
-        return JSONResponse({"error": err.message, "file": err.file}, status_code=err.status)
+        headers = {"retry-after": str(RETRY_AFTER_S)} if err.status == 503 else None
+        return JSONResponse(
+            {"error": err.message, "file": err.file}, status_code=err.status, headers=headers
+        )
 
     @app.get("/", include_in_schema=False)
     async def page() -> HTMLResponse:
         return HTMLResponse(PAGE.read_text())
 
     @app.get("/healthz")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+    async def healthz() -> Status:
+        """Liveness: the process answers."""
+        return Status(status="ok")
 
-    @app.get("/model")
-    async def model_info() -> dict[str, Any]:
-        return card
+    @app.get("/readyz", responses={503: {"model": Status}})
+    async def readyz() -> Status:
+        """Readiness: a model is loaded and passed its warm-up."""
+        if slot.current is None:
+            return JSONResponse({"status": "loading"}, status_code=503)  # type: ignore[return-value]
+        return Status(status="ready")
 
-    @app.post("/predict", response_model=list[dict[str, Any]])
+    @app.get("/model", responses={503: {"model": ErrorOut}})
+    async def model_info() -> ModelInfo:
+        return serving().info
+
+    @app.get("/model/card", response_class=PlainTextResponse, responses={404: {"model": ErrorOut}})
+    async def model_card() -> PlainTextResponse:
+        """The model card (Markdown) of the artifact served."""
+        card = serving().card
+        if card is None:
+            raise BadInput(404, "this model has no model card (not a dvc.yaml artifact)")
+        return PlainTextResponse(card, media_type="text/markdown; charset=utf-8")
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    async def scrape() -> Response:
+        """Prometheus metrics, in the text format."""
+        data, kind = metrics.render()
+        return Response(data, media_type=kind)
+
+    @app.post("/predict", response_model=list[PredictionOut], responses=errors)
     async def predict_digits(request: Request) -> JSONResponse:
         """Image files (multipart field `file`, repeatable) or JSON `{"pixels": ...}`."""
+        model = serving()  # once: a swap while this request runs does not change its model
         kind = request.headers.get("content-type", "")
         if kind.startswith("multipart/form-data"):
             files = await read_uploads(request, limits)
-            preds = await batcher.classify(lambda: decode_uploads(files, limits))
+            preds, run = await model.batcher.classify(lambda: decode_uploads(files, limits))
         elif kind.startswith("application/json"):
             try:
                 body = await request.json()
@@ -292,9 +238,11 @@ def create_app(
                 raise BadInput(422, "the body is not valid JSON") from None
             batch = pixels_from_json(body, limits)
             names = [f"pixels[{i}]" for i in range(len(batch))]
-            preds = await batcher.classify(lambda: (list(batch), names))
+            preds, run = await model.batcher.classify(lambda: (list(batch), names))
         else:
             raise BadInput(415, "send multipart/form-data (field `file`) or application/json")
+        request.state.batch_size, request.state.model_sha256 = run, model.info.sha256
+        metrics.predicted(p.digit for p in preds)
         # A response made here skips FastAPI's validation of the return value (it is ours).
         return JSONResponse([p.as_json() for p in preds])
 
@@ -303,11 +251,21 @@ def create_app(
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="mnist-serve", description=__doc__.splitlines()[0])
-    model_ref.add_arguments(p)
+    served_model.model_ref.add_arguments(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=int, default=8000, help="0: any free port (it is logged)")
     p.add_argument("--max-bytes", type=int, default=DEFAULT_MAX_BYTES, help="per uploaded file")
     p.add_argument("--max-files", type=int, default=DEFAULT_MAX_FILES, help="per request")
+    for flag, kind, default, what in (
+        ("--max-body-bytes", int, None, "per multipart body (default: --max-files files)"),
+        ("--max-json-bytes", int, None, "per other body (default: what --max-files digits need)"),
+        ("--max-in-flight", int, DEFAULT_MAX_IN_FLIGHT, "per process; more get 503, Retry-After"),
+        ("--body-timeout-s", float, DEFAULT_BODY_TIMEOUT_S, "wait for a body's next piece (408)"),
+        ("--keep-alive-s", int, DEFAULT_KEEP_ALIVE_S, "idle keep-alive connections close then"),
+        ("--max-connections", int, DEFAULT_MAX_CONNECTIONS, "per process; more get 503 (uvicorn)"),
+        ("--grace-s", int, DEFAULT_GRACE_S, "on SIGTERM, time for requests in flight to finish"),
+    ):
+        p.add_argument(flag, type=kind, default=default, help=what)
     p.add_argument(
         "--max-batch",
         type=int,
@@ -324,55 +282,140 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--threads", type=int, default=DEFAULT_THREADS, help="ONNX Runtime threads (0: all)"
     )
     p.add_argument(
+        "--warmup-runs",
+        type=int,
+        default=DEFAULT_WARMUP_RUNS,
+        help="inferences a model runs before it is ready (at start and on reload)",
+    )
+    p.add_argument(
         "--workers", type=int, default=1, help="server processes, each with its own session"
     )
     p.add_argument("--log-level", default="info", help="uvicorn's log level")
+    p.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        default="text",
+        help="json: one JSON line per request instead of uvicorn's access log",
+    )
     args = p.parse_args(argv)
     if args.max_batch < 1 or args.max_wait_ms < 0 or args.threads < 0 or args.workers < 1:
         p.error("--max-batch and --workers must be >= 1, --max-wait-ms and --threads >= 0")
+    if min(args.max_in_flight, args.max_connections, args.keep_alive_s) < 1:
+        p.error("--max-in-flight, --max-connections and --keep-alive-s must be >= 1")
+    if args.warmup_runs < 0 or args.grace_s < 0 or args.body_timeout_s <= 0:
+        p.error("--warmup-runs and --grace-s must be >= 0, --body-timeout-s > 0")
     return args
+
+
+def app_options(args: argparse.Namespace, first: ModelSource) -> dict[str, Any]:
+    """`create_app`'s options as JSON, for the `--workers` processes."""
+    limits = Limits(
+        args.max_bytes,
+        args.max_files,
+        max_body=args.max_body_bytes,
+        max_json_body=args.max_json_bytes,
+        max_in_flight=args.max_in_flight,
+        body_timeout_s=args.body_timeout_s,
+    )
+    return {
+        "spec": {"model": args.model, "repo": args.repo, "cache_dir": args.cache_dir},
+        "first": asdict(first),
+        "limits": asdict(limits),
+        "max_batch": args.max_batch,
+        "max_wait_ms": args.max_wait_ms,
+        "num_threads": args.threads,
+        "warmup_runs": args.warmup_runs,
+        "log_format": args.log_format,
+    }
+
+
+def app_from_options(options: dict[str, Any], load_first: bool = False) -> FastAPI:
+    spec = options.pop("spec")
+    cache = spec.pop("cache_dir")
+    first = options.pop("first")
+    return create_app(
+        ModelSpec(**spec, cache_dir=Path(cache) if cache else None),
+        Limits(**options.pop("limits")),
+        first=ModelSource(Path(first.pop("path")), **first),
+        load_first=load_first,
+        **options,
+    )
 
 
 def app_from_env() -> FastAPI:
     """The app of one `--workers` process, made from the options its parent checked."""
-    options = json.loads(os.environ[OPTIONS_ENV])
-    source = ModelSource(Path(options.pop("path")), **options.pop("source"))
-    return create_app(source, Limits(**options.pop("limits")), **options)
+    return app_from_options(json.loads(os.environ[OPTIONS_ENV]), load_first=True)
+
+
+def _exit_ok(*_: Any) -> None:
+    # uvicorn re-raises the SIGTERM it drained on: exit 0 then, as a drained server should.
+    raise SystemExit(0)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        source = model_ref.resolve(args.model, args.repo, args.cache_dir)
-        app = create_app(
-            source,
-            Limits(args.max_bytes, args.max_files),
-            args.max_batch,
-            args.max_wait_ms,
-            args.threads,
-        )
+    spec = ModelSpec(args.model, args.repo, args.cache_dir)
+    try:  # the model must load and pass before anything listens: a bad one is a usage error
+        source, data = served_model.read_resolved(spec)
+        served_model.check_contract(served_model.session_from_bytes(data, 1), 0)
     except UsageError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"serving {source.describe()}", file=sys.stderr)
+    except Exception as err:  # onnxruntime's own errors: not a model
+        print(f"error: cannot load model {args.model}: {err}", file=sys.stderr)
+        return 2
     import uvicorn
 
-    run = {"host": args.host, "port": args.port, "log_level": args.log_level}
-    if args.workers == 1:
-        uvicorn.run(app, **run)
-        return 0
-    os.environ[OPTIONS_ENV] = json.dumps(
-        {
-            "path": str(source.path),
-            "source": {k: v for k, v in asdict(source).items() if k != "path"},
-            "limits": asdict(Limits(args.max_bytes, args.max_files)),
-            "max_batch": args.max_batch,
-            "max_wait_ms": args.max_wait_ms,
-            "num_threads": args.threads,
-        }
+    options = json.loads(json.dumps(app_options(args, source), default=str))
+    config = uvicorn.Config(
+        "mnist_pipeline.server:app_from_env" if args.workers > 1 else app_from_options(options),
+        factory=args.workers > 1,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_level=args.log_level,
+        access_log=args.log_format == "text",
+        timeout_keep_alive=args.keep_alive_s,
+        limit_concurrency=args.max_connections,
+        timeout_graceful_shutdown=args.grace_s,
     )
-    uvicorn.run("mnist_pipeline.server:app_from_env", factory=True, workers=args.workers, **run)
+    sock = config.bind_socket()
+    print(
+        f"serving {source.describe()} on http://{args.host}:{sock.getsockname()[1]}",
+        file=sys.stderr,
+        flush=True,
+    )
+    signal.signal(signal.SIGTERM, _exit_ok)
+    if args.workers == 1:
+        server = uvicorn.Server(config)
+        server.run(sockets=[sock])
+        return 0 if server.started else 1
+    os.environ[OPTIONS_ENV] = json.dumps(options)
+    made = not os.environ.get(server_metrics.MULTIPROC_ENV)
+    if made:  # the workers' metric files, summed by a scrape; wiped with the server
+        os.environ[server_metrics.MULTIPROC_ENV] = tempfile.mkdtemp(prefix="mnist-serve-metrics-")
+    try:
+        _supervisor()(config, sockets=[sock]).run()
+    finally:
+        if made:
+            shutil.rmtree(os.environ.pop(server_metrics.MULTIPROC_ENV), ignore_errors=True)
     return 0
+
+
+def _supervisor() -> type:
+    from uvicorn.supervisors import Multiprocess
+
+    class Supervisor(Multiprocess):
+        """uvicorn's, except that SIGHUP reaches every worker, each swapping its model in
+        place, instead of replacing the workers (which would drop their connections)."""
+
+        def handle_hup(self) -> None:
+            log.info("SIGHUP: every worker loads its model again")
+            for process in self.processes:
+                if process.pid is not None:
+                    os.kill(process.pid, signal.SIGHUP)
+
+    return Supervisor
 
 
 if __name__ == "__main__":

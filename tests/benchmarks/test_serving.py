@@ -22,6 +22,7 @@ def test_load_test_measures_each_setting_and_concurrency(
         requests=30,
         models={"pruned-int8": "pruned_int8.onnx"},
         concurrency=(1, 8),
+        scrape_reps=1,
     )
     cells = got["runs"]["pruned-int8"]
     assert set(cells) == set(serving.SETTINGS)
@@ -32,8 +33,14 @@ def test_load_test_measures_each_setting_and_concurrency(
     best = max((c["8"] for c in cells.values()), key=lambda r: r["rps"])
     assert got["target_best"] == best
     assert got["target_met"] == (best["rps"] >= 1000 and best["p99_ms"] <= 20)
+    for setting in serving.SCRAPE_SETTINGS:  # scraping's cost, measured beside the cell
+        cell = got["scraping"][setting]
+        assert cell["rps_off"] > 0 and cell["cost"] == round(
+            1 - cell["rps_on"] / cell["rps_off"], 4
+        )
     table = report.markdown({"machine": _machine(), "command": "x", "serving": got})
     assert "| pruned-int8 | micro-batching |" in table and "target: pruned-int8" in table
+    assert "scraping /metrics every 1 s" in table
 
 
 def test_missing_models_are_skipped_with_the_reason(tmp_path: Path) -> None:

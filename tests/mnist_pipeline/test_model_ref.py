@@ -4,6 +4,7 @@ the working tree holds; a file path is used as it is; a bad name is a usage erro
 from __future__ import annotations
 
 import hashlib
+import time
 from pathlib import Path
 
 import onnx
@@ -77,7 +78,10 @@ def test_the_server_and_predict_say_which_version_they_run(
     registry: dict[str, str], tmp_path: Path, digits: list, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     source = model_ref.resolve("digits-onnx#prod", registry["root"], tmp_path)
-    card = TestClient(server.create_app(source)).get("/model").json()
+    with TestClient(server.create_app(source)) as client:  # its lifespan loads the model
+        while client.get("/readyz").status_code != 200:
+            time.sleep(0.05)
+        card = client.get("/model").json()
     assert (card["name"], card["version"], card["stage"]) == ("digits-onnx", "v0.1.0", "prod")
     assert card["sha256"] == registry["v0.1.0"] and card["metadata"]["version_note"] == "v0.1.0"
 

@@ -3,9 +3,13 @@ concurrent requests, and the same answers as `mnist-predict`."""
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import struct
+import time
 import zlib
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -34,9 +38,19 @@ def _declared_size_png(width: int, height: int) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def client(onnx_model: Path) -> TestClient:
+def client(onnx_model: Path) -> Iterator[TestClient]:
     app = server.create_app(onnx_model, server.Limits(max_bytes=200_000, max_files=8))
-    return TestClient(app)
+    with TestClient(app) as c:  # the lifespan loads the model
+        _wait_ready(c)
+        yield c
+
+
+def _wait_ready(c: TestClient) -> None:
+    for _ in range(200):
+        if c.get("/readyz").status_code == 200:
+            return
+        time.sleep(0.05)
+    raise AssertionError("the model did not load")
 
 
 def test_health_model_card_and_docs(client: TestClient, onnx_model: Path) -> None:
@@ -45,8 +59,13 @@ def test_health_model_card_and_docs(client: TestClient, onnx_model: Path) -> Non
     assert card["name"] == onnx_model.name and len(card["sha256"]) == 64
     assert "raw grayscale pixel values 0-255" in card["input_contract"]
     assert card["input"]["name"] == "pixels"
+    assert card["sha256"] == hashlib.sha256(onnx_model.read_bytes()).hexdigest()
+    assert str(onnx_model.parent) not in json.dumps(card), "no server paths"
+    assert client.get("/readyz").json() == {"status": "ready"}
     assert client.get("/docs").status_code == 200
-    assert "/predict" in client.get("/openapi.json").json()["paths"]
+    schema = client.get("/openapi.json").json()
+    assert "/predict" in schema["paths"] and "/readyz" in schema["paths"]
+    assert {"ModelInfo", "PredictionOut", "ErrorOut"} <= set(schema["components"]["schemas"])
 
 
 def test_uploads_get_the_answers_of_mnist_predict(
@@ -144,6 +163,8 @@ def test_micro_batching_gives_the_same_answers_in_fewer_runs(
     monkeypatch.setattr(predict, "classify", counted)
     # One event loop serves every request, as under uvicorn.
     with TestClient(server.create_app(onnx_model, max_batch=16, max_wait_ms=200)) as batched:
+        _wait_ready(batched)
+        runs.clear()  # the warm-up's runs
         with ThreadPoolExecutor(max_workers=len(bodies)) as pool:
             got = list(pool.map(lambda b: ask(batched, b), bodies))
         # A request with more digits than --max-batch runs alone, whole.
@@ -156,22 +177,29 @@ def test_micro_batching_gives_the_same_answers_in_fewer_runs(
 def test_workers_get_the_options_the_parent_parsed(
     onnx_model: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import uvicorn
-
     started: dict = {}
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: started.update(app=app, **kw))
+
+    class Supervisor:
+        def __init__(self, config: object, sockets: list) -> None:
+            started.update(config=config, sockets=sockets)
+
+        def run(self) -> None:
+            started["sockets"][0].close()
+
+    monkeypatch.setattr(server, "_supervisor", lambda: Supervisor)
     monkeypatch.delenv(server.OPTIONS_ENV, raising=False)
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
     argv = ["--model", str(onnx_model), "--workers", "2", "--max-files", "3", "--max-batch", "4"]
+    argv += ["--port", "0"]
     assert server.main(argv) == 0
-    assert started["app"] == "mnist_pipeline.server:app_from_env" and started["workers"] == 2
-    worker = TestClient(server.app_from_env())
-    assert (
-        worker.get("/model").json()["sha256"]
-        == server.model_card(server.ModelSource(onnx_model), onnx_runtime.session(onnx_model))[
-            "sha256"
-        ]
-    )
-    too_many = worker.post("/predict", json={"pixels": [[[0] * 28] * 28] * 4})
+    config = started["config"]
+    assert config.app == "mnist_pipeline.server:app_from_env" and config.workers == 2
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)  # this process: one registry
+    with TestClient(server.app_from_env()) as worker:
+        _wait_ready(worker)
+        sha = worker.get("/model").json()["sha256"]
+        assert sha == hashlib.sha256(onnx_model.read_bytes()).hexdigest()
+        too_many = worker.post("/predict", json={"pixels": [[[0] * 28] * 28] * 4})
     assert too_many.status_code == 413 and "at most 3" in too_many.json()["error"]
     with pytest.raises(SystemExit):
         server.parse_args(["--model", "m", "--workers", "0"])

@@ -1,0 +1,201 @@
+"""A model card (Markdown) for each artifact of `dvc.yaml`, written from results only.
+
+What goes in: the artifact's entry (`desc`, `labels`, `meta`: which network, format and
+precision it is), the stages' metrics (`metrics/*.json`), the per-class test figures, the
+params and the prepared data's meta. Never timings, measurements or run records: the same
+results give the same bytes, so the card is hashed like any output and only moves when a
+result does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from mnist_pipeline.params import Params
+
+LIMITATIONS = (
+    "Trained on MNIST only: single handwritten digits 0-9, light on dark, scaled into a 20x20 "
+    "box and centred by mass in a 28x28 field. Images are brought to that form first "
+    "(`mnist-predict`, `mnist-serve`), which works for one digit on a plain background.",
+    "Not for letters, symbols, several digits in one image, or photos of scenes: it always "
+    "answers one of the ten digits, with no 'none of these'. A high probability does not "
+    "mean the input was a digit.",
+    "MNIST's writers are American census staff and students; other scripts and styles of "
+    "writing digits (a crossed 7, a European 1) are under-represented.",
+)
+
+
+@dataclass(frozen=True)
+class Results:
+    """Every result a card is written from."""
+
+    params: Params
+    data_meta: dict[str, Any]  # data/prepared's meta.json: sizes, mean, std
+    evaluate: dict[str, Any]
+    per_class: list[dict[str, Any]]
+    prune: dict[str, Any]
+    export: dict[str, Any]
+    quantize: dict[str, Any]
+
+
+def _pct(x: float) -> str:
+    return f"{x:.2%}"
+
+
+def test_accuracy(meta: dict[str, Any], r: Results) -> float:
+    """The artifact's own test accuracy, from the stage that made it."""
+    variant = meta["variant"]
+    if meta.get("int8"):
+        return r.quantize[variant]["int8_test_acc"]
+    if meta["format"] == "onnx":
+        return r.export[variant]["ort_test_acc"]
+    return r.evaluate["test"]["acc"]
+
+
+def size_bytes(meta: dict[str, Any], r: Results) -> int | None:
+    variant = meta["variant"]
+    if meta.get("int8"):
+        return r.quantize[variant]["int8_bytes"]
+    if meta["format"] == "onnx":
+        return r.export[variant]["onnx_bytes"]
+    return None
+
+
+def weakest(per_class: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
+    """The `n` classes of lowest F1 (ties: the lower digit first)."""
+    return sorted(per_class, key=lambda c: (c["f1"], int(c["class"])))[:n]
+
+
+def contract_lines(meta: dict[str, Any], r: Results) -> list[str]:
+    """The checks the artifact passed on its way out of the pipeline."""
+    p, variant = r.params, meta["variant"]
+    lines = []
+    if variant == "pruned":
+        pr = r.prune
+        lines.append(
+            f"- Pruning (`prune`, {p.prune.method}, {p.prune.rounds} rounds): parameters "
+            f"{pr['dense']['params']:,} -> {pr['pruned']['params']:,} "
+            f"({pr['ratio']['params']:.0%} of them), MACs {pr['dense']['macs']:,} -> "
+            f"{pr['pruned']['macs']:,}; test accuracy {_pct(pr['dense']['test_acc'])} -> "
+            f"{_pct(pr['pruned']['test_acc'])} after fine-tuning."
+        )
+    if meta["format"] == "onnx":
+        ex = r.export[variant]
+        lines.append(
+            f"- ONNX parity (`export`): largest |ONNX Runtime - PyTorch| logit difference "
+            f"{ex['max_abs_diff']:.2e} on the test set, within `export.atol` "
+            f"{p.export.atol:g}; {ex['mismatches']} different predictions."
+        )
+    if meta.get("int8"):
+        q = r.quantize[variant]
+        lines.append(
+            f"- INT8 (`quantize`, {r.quantize['method']} calibration on "
+            f"{r.quantize['calibration_size']} validation digits): accuracy drop "
+            f"{q['acc_drop_points']:+.2f} points against the float model (at most "
+            f"{p.quantize.max_acc_drop:g}), agreement {_pct(q['agreement'])} (at least "
+            f"{_pct(p.quantize.min_agreement)}), {q['size_ratio']:.2f}x the float file."
+        )
+    return lines or ["- The `evaluate` stage's test-set figures below; no further contract."]
+
+
+def render(name: str, artifact: dict[str, Any], r: Results, n_weakest: int) -> str:
+    """The card of one `dvc.yaml` artifact, as Markdown."""
+    meta, p, sizes = artifact["meta"], r.params, r.data_meta["sizes"]
+    acc = test_accuracy(meta, r)
+    size = size_bytes(meta, r)
+    dense = r.prune["dense" if meta["variant"] == "dense" else "pruned"]
+    input_line = (
+        "raw grayscale pixels 0-255, float32 `[N, 1, 28, 28]` named `pixels`, giving logits "
+        "`[N, 10]` named `logits` (the normalization is inside the graph)"
+        if meta["format"] == "onnx"
+        else "a PyTorch LeNet-5 state dict with its widths and normalization; load with "
+        "`mnist_pipeline.model.load_model`, feed normalized `[N, 1, 28, 28]` tensors"
+    )
+    t, o = p.train, p.train.optimizer
+    out = [
+        f"# Model card: {name}",
+        "",
+        artifact.get("desc", "").strip(),
+        "",
+        f"Labels: {', '.join(f'`{label}`' for label in artifact.get('labels', []))}. "
+        f"File: `{artifact['path']}`.",
+        "",
+        "## Intended use",
+        "",
+        "Classifying single handwritten digits (0-9) written MNIST-style, as a reference for "
+        "a reproducible training, pruning, export and serving pipeline: demos, tests, teaching "
+        "and benchmarks. Not for decisions about people.",
+        "",
+        "## Input contract",
+        "",
+        f"Input: {input_line}. A digit is light on dark, fitted into 20x20 and centred by mass "
+        "in 28x28, as MNIST's are; `mnist-predict` and `mnist-serve` do this for any image.",
+        "",
+        "## Training data and split",
+        "",
+        f"MNIST: {sizes['train']:,} training and {sizes['val']:,} validation digits (a split "
+        f"of the 60,000 training images, seed {p.prepare.split_seed}), tested on the "
+        f"{sizes['test']:,} test digits. Pixels normalized with the training split's mean "
+        f"{r.data_meta['mean']:.4f} and std {r.data_meta['std']:.4f}.",
+        "",
+        "## Key params",
+        "",
+        "| param | value |",
+        "|---|---|",
+        f"| `train.max_epochs` | {t.max_epochs} |",
+        f"| `train.batch_size` | {t.batch_size} |",
+        f"| `train.optimizer` | {o.name}, lr {o.lr:g}, weight decay {o.weight_decay:g} |",
+        f"| `train.scheduler.name` | {t.scheduler.name} |",
+        f"| `train.seed` | {t.seed} |",
+    ]
+    if meta["variant"] == "pruned":
+        out.append(f"| `prune.method` | {p.prune.method}, {p.prune.rounds} rounds |")
+        out.append(f"| `prune.structured.ratio` | {p.prune.structured.ratio:g} |")
+    if meta["format"] == "onnx":
+        out.append(f"| `export.opset` | {p.export.opset} |")
+    if meta.get("int8"):
+        out.append(f"| `quantize.method` | {p.quantize.method} |")
+    out += [
+        "",
+        "## Test results",
+        "",
+        f"Test accuracy: **{_pct(acc)}** on {sizes['test']:,} digits.",
+        "",
+        f"Weakest classes (F1 of the dense PyTorch model, `evaluate`; lowest {n_weakest}):",
+        "",
+        "| digit | F1 | precision | recall | support |",
+        "|---|--:|--:|--:|--:|",
+    ]
+    out += [
+        f"| {c['class']} | {c['f1']:.4f} | {c['precision']:.4f} | {c['recall']:.4f} | "
+        f"{c['support']} |"
+        for c in weakest(r.per_class, n_weakest)
+    ]
+    out += [
+        "",
+        "## Size",
+        "",
+        f"{dense['params']:,} parameters, {dense['macs']:,} multiply-accumulates per digit"
+        + (f"; {size:,} bytes on disk." if size is not None else "."),
+        "",
+        "## Contract it passed",
+        "",
+        *contract_lines(meta, r),
+        "",
+        "## Limitations",
+        "",
+        *(f"- {line}" for line in LIMITATIONS),
+        "",
+        "## How to reproduce",
+        "",
+        "```bash",
+        "git clone <this repository> && cd mnist-pipeline && uv sync --locked",
+        f"uv run dvc repro card   # the stages it needs, then the cards; {artifact['path']}",
+        "```",
+        "",
+        "At the commit of a registered version (`gto show " + name + "`), `params.yaml` and "
+        "`dvc.lock` pin every input; the figures above are that run's `metrics/`.",
+        "",
+    ]
+    return "\n".join(out)

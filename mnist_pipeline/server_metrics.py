@@ -1,0 +1,168 @@
+"""What `mnist-serve` tells its operator: Prometheus metrics at `/metrics`, and access logs.
+
+Metrics, from prometheus-client (the text format at `GET /metrics`):
+
+    http_requests_total{handler, status}       requests answered, status by class ("2xx")
+    http_request_duration_seconds{handler}     latency, a histogram
+    mnist_predictions_total{digit}             digits classified, by the digit predicted
+    mnist_batch_size                           digits per session run (the micro-batcher's)
+    mnist_model_info{name, version, sha256}    1 for the model in service (0 once swapped out)
+    mnist_model_reloads_total                  models swapped in by a reload
+    mnist_model_reload_failures_total          new models refused (the old one kept serving)
+
+With `--workers N` prometheus-client runs in multiprocess mode: each worker writes its figures
+to files in `PROMETHEUS_MULTIPROC_DIR`, and whichever worker answers a scrape sums them all.
+
+`--log-format json` writes one JSON line per request instead of uvicorn's access log: method,
+path, status, latency, the batch size of the run that served it, and the model's sha256.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Iterable
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+OTHER = "other"  # the handler label of a path the app has no route for: bounded cardinality
+ACCESS_LOGGER = "mnist_pipeline.access"
+
+
+def multiprocess() -> bool:
+    """Whether this process writes its metrics for a multiprocess scrape (`--workers N`)."""
+    return bool(os.environ.get(MULTIPROC_ENV))
+
+
+class ServerMetrics:
+    """The server's metrics: in a registry of their own, or in multiprocess files."""
+
+    def __init__(self) -> None:
+        # Multiprocess metrics go to files, not to a registry; a scrape reads all the files.
+        self.registry = None if multiprocess() else CollectorRegistry()
+        reg = self.registry
+        self.requests = Counter(
+            "http_requests", "Requests answered", ["handler", "status"], registry=reg
+        )
+        self.latency = Histogram(
+            "http_request_duration_seconds",
+            "Time from a request's start to its answer's last byte",
+            ["handler"],
+            buckets=LATENCY_BUCKETS,
+            registry=reg,
+        )
+        self.predictions = Counter(
+            "mnist_predictions",
+            "Digits classified, by the digit predicted",
+            ["digit"],
+            registry=reg,
+        )
+        self.batch_size = Histogram(
+            "mnist_batch_size", "Digits per session run", buckets=BATCH_BUCKETS, registry=reg
+        )
+        self.model_info = Gauge(
+            "mnist_model_info",
+            "The model in service (1) and those swapped out (0)",
+            ["name", "version", "sha256"],
+            multiprocess_mode="mostrecent",
+            registry=reg,
+        )
+        self.reloads = Counter(
+            "mnist_model_reloads", "Models swapped in by a reload", registry=reg
+        )
+        self.reload_failures = Counter(
+            "mnist_model_reload_failures",
+            "New models refused by a reload; the old one kept serving",
+            registry=reg,
+        )
+
+    def served(self, name: str, version: str | None, sha256: str, up: bool) -> None:
+        self.model_info.labels(name=name, version=version or "", sha256=sha256).set(int(up))
+
+    def predicted(self, digits: Iterable[int]) -> None:
+        for digit in digits:
+            self.predictions.labels(digit=str(digit)).inc()
+
+    def render(self) -> tuple[bytes, str]:
+        """The scrape: the text format, and its content type."""
+        if self.registry is not None:
+            return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        from prometheus_client import multiprocess as mp
+
+        registry = CollectorRegistry()
+        mp.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+def json_access_log() -> logging.Logger:
+    """The access logger, writing bare JSON lines to stderr."""
+    logger = logging.getLogger(ACCESS_LOGGER)
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+    return logger
+
+
+class Observe:
+    """ASGI middleware, outermost: counts and times every request (refusals by the limits
+    too) and writes its access-log line. The handler tells it, through `request.state`, the
+    batch size and model that served a prediction."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        metrics: ServerMetrics,
+        handlers: set[str],
+        access_log: logging.Logger | None,
+    ) -> None:
+        self.app, self.metrics, self.handlers, self.access_log = app, metrics, handlers, access_log
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500  # what the client gets if the app fails before answering
+        state = scope.setdefault("state", {})
+
+        async def watched_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watched_send)
+        finally:
+            seconds = time.perf_counter() - start
+            path = scope["path"]
+            handler = path if path in self.handlers else OTHER
+            self.metrics.requests.labels(handler=handler, status=f"{status // 100}xx").inc()
+            self.metrics.latency.labels(handler=handler).observe(seconds)
+            if self.access_log is not None:
+                line = {
+                    "method": scope["method"],
+                    "path": path,
+                    "status": status,
+                    "latency_ms": round(seconds * 1000, 3),
+                    "batch_size": state.get("batch_size"),
+                    "model_sha256": state.get("model_sha256"),
+                }
+                self.access_log.info(json.dumps(line))

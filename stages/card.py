@@ -1,0 +1,71 @@
+"""Write a model card for every artifact of dvc.yaml, from the pipeline's results only.
+
+Stage `card`: dvc.yaml (its `artifacts:`), data/prepared/meta.json, metrics/{evaluate,
+prune, export, quantize}.json, plots/evaluate/per_class.json -> models/cards/<artifact>.md,
+provenance/card.json.
+Params: `card` section of params.yaml, and the params each card shows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mnist_pipeline import errors, logs, model_card, provenance
+from mnist_pipeline.atomic import atomic_dir
+from mnist_pipeline.params import load_params
+
+log = logging.getLogger(__name__)
+
+
+def write_cards(
+    artifacts: dict[str, Any], results: model_card.Results, n_weakest: int, out: Path
+) -> None:
+    """`out/<artifact>.md` for each artifact, replacing the folder whole."""
+    with atomic_dir(out) as tmp:
+        for name, artifact in sorted(artifacts.items()):
+            (tmp / f"{name}.md").write_text(model_card.render(name, artifact, results, n_weakest))
+            log.info("card for %s", name)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m stages.card", description=__doc__.splitlines()[0])
+    p.add_argument("--params", type=Path, default=Path("params.yaml"))
+    p.add_argument("--dvc-yaml", type=Path, required=True, help="whose artifacts get cards")
+    p.add_argument("--data", type=Path, required=True, help="prepared data folder (its meta)")
+    p.add_argument("--plots", type=Path, required=True, help="evaluate's plots folder")
+    for stage in ("evaluate", "prune", "export", "quantize"):
+        p.add_argument(f"--{stage}", type=Path, required=True, help=f"{stage}'s metrics JSON")
+    p.add_argument("--out", type=Path, required=True, help="folder of the cards to write")
+    p.add_argument("--provenance", type=Path, default=None, help="run record JSON to write")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    logs.setup_logging()
+    params = load_params(args.params)
+    inputs = [args.dvc_yaml, args.data / "meta.json", args.plots / "per_class.json"]
+    inputs += [args.evaluate, args.prune, args.export, args.quantize]
+    with provenance.record(args.provenance, "card", inputs, [params.card]):
+        results = model_card.Results(
+            params=params,
+            data_meta=json.loads((args.data / "meta.json").read_text()),
+            evaluate=json.loads(args.evaluate.read_text()),
+            per_class=json.loads((args.plots / "per_class.json").read_text()),
+            prune=json.loads(args.prune.read_text()),
+            export=json.loads(args.export.read_text()),
+            quantize=json.loads(args.quantize.read_text()),
+        )
+        artifacts = yaml.safe_load(args.dvc_yaml.read_text())["artifacts"]
+        write_cards(artifacts, results, params.card.weakest_classes, args.out)
+
+
+if __name__ == "__main__":
+    sys.exit(errors.run(main))
