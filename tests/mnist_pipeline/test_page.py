@@ -9,6 +9,7 @@ import shutil
 import socket
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -42,6 +43,12 @@ def base_url(onnx_model: Path) -> Iterator[str]:
     while not srv.started and time.monotonic() < deadline:
         time.sleep(0.1)
     assert srv.started, "the server did not start"
+    while time.monotonic() < deadline:  # the model loads in the background: wait until ready
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1):
+                break
+        except OSError:
+            time.sleep(0.1)
     yield f"http://127.0.0.1:{port}/"
     srv.should_exit = True
     thread.join(timeout=10)
