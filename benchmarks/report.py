@@ -86,7 +86,7 @@ def serving_rows(serve: dict[str, Any]) -> list[list[str]]:
         for setting, by_c in settings.items():
             cells = [
                 f"{_f(r['rps'], '.0f')} ({_f(r['p50_ms'], '.1f')}/{_f(r['p99_ms'], '.1f')})"
-                for r in by_c.values()
+                for _, r in sorted(by_c.items(), key=lambda kv: int(kv[0]))
             ]
             rows.append([model, setting, *cells])
     return rows
@@ -94,7 +94,8 @@ def serving_rows(serve: dict[str, Any]) -> list[list[str]]:
 
 def serving_columns(serve: dict[str, Any]) -> list[str]:
     first = next(iter(next(iter(serve["runs"].values())).values()))
-    return ["model", "server", *(f"c={c} req/s (p50/p99 ms)" for c in first)]
+    # Written JSON has sorted keys ("1", "32", "8"): order the concurrencies as numbers.
+    return ["model", "server", *(f"c={c} req/s (p50/p99 ms)" for c in sorted(first, key=int))]
 
 
 def serving_verdict(serve: dict[str, Any]) -> str:
@@ -242,8 +243,67 @@ def write(results: dict[str, Any], path: Path) -> None:
     write_json(path, results)
 
 
+def training_markdown(tr: dict[str, Any]) -> list[str]:
+    """The training variants as Markdown table lines."""
+    first = next(iter(tr.values()))
+    lines = [
+        f"| variant | device | epoch s | 1st epoch s | img/s | project x | "
+        f"to {first['target_acc']:.1%} s | train s | test acc | peak RSS MiB |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for name, s in tr.items():
+        reached = _f(s["time_to_target_s"])
+        if s["target_reached"] != f"{s['repetitions']}/{s['repetitions']}":
+            reached += f" ({s['target_reached']})"
+        lines.append(
+            f"| {name} | {s['device']} {s['precision']} | {_f(s['steady_epoch_s'])} | "
+            f"{_f(s['first_epoch_s'])} | {_f(s['train_images_per_s'], '.0f')} | "
+            f"{_f(s.get('project_speedup'))} | {reached} | {_f(s['train_s'])} | "
+            f"{_f(s['final_test_acc'], '.4f')} | {_f(s['peak_rss_mb'], '.0f')} |"
+        )
+    return lines
+
+
+def inference_markdown(inf: dict[str, Any]) -> list[str]:
+    lines = [
+        f"| model | runtime | batch 1 ms | batch {inf['throughput_batch']} img/s |",
+        "|---|---|--:|--:|",
+    ]
+    for model in ("dense", "pruned"):
+        for rt, label in (("ort", "ONNX Runtime"), ("torch", "PyTorch eager")):
+            lines.append(
+                f"| {model} | {label} | {_f(inf[model][f'{rt}_latency_ms'], '.3f')} | "
+                f"{_f(inf[model][f'{rt}_throughput_ips'], '.0f')} |"
+            )
+    return lines
+
+
+def serving_markdown(serve: dict[str, Any]) -> list[str]:
+    cols = serving_columns(serve)
+    lines = ["| " + " | ".join(cols) + " |", "|---|---|" + "--:|" * (len(cols) - 2)]
+    return lines + ["| " + " | ".join(row) + " |" for row in serving_rows(serve)]
+
+
+def orchestration_markdown(orch: dict[str, Any]) -> list[str]:
+    lines = ["| orchestration | s |", "|---|--:|"]
+    return lines + [f"| {what} | {s} |" for what, s in orchestration_rows(orch)]
+
+
+def sweep_markdown(sw: dict[str, Any]) -> list[str]:
+    lines = ["| sweep | value |", "|---|--:|"]
+    return lines + [f"| {what} | {v} |" for what, v in sweep_rows(sw)]
+
+
+def targets_markdown(rows: list[dict[str, Any]]) -> list[str]:
+    lines = ["| target | bound | measured | verdict |", "|---|--:|--:|---|"]
+    return lines + [
+        f"| {r['what']} | {r['target']} | {_f(r['measured'], '.4g')} | {r['verdict']} |"
+        for r in rows
+    ]
+
+
 def markdown(results: dict[str, Any]) -> str:
-    """The same numbers as Markdown tables, for the README."""
+    """The same numbers as Markdown tables, for the docs."""
     m = results["machine"]
     lines = [
         f"Machine: {m['cpu']}, {m['cpu_cores']} cores, {m['memory_gb']} GB, GPU "
@@ -255,66 +315,24 @@ def markdown(results: dict[str, Any]) -> str:
         lines += [", ".join(f"{k}: {v}" for k, v in results["ratios"].items()), ""]
     tr = results.get("training")
     if tr and "skipped" not in tr:
-        first = next(iter(tr.values()))
-        lines += [
-            f"| variant | device | epoch s | 1st epoch s | img/s | project x | "
-            f"to {first['target_acc']:.1%} s | train s | test acc | peak RSS MiB |",
-            "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|",
-        ]
-        for name, s in tr.items():
-            reached = _f(s["time_to_target_s"])
-            if s["target_reached"] != f"{s['repetitions']}/{s['repetitions']}":
-                reached += f" ({s['target_reached']})"
-            lines.append(
-                f"| {name} | {s['device']} {s['precision']} | {_f(s['steady_epoch_s'])} | "
-                f"{_f(s['first_epoch_s'])} | {_f(s['train_images_per_s'], '.0f')} | "
-                f"{_f(s.get('project_speedup'))} | {reached} | {_f(s['train_s'])} | "
-                f"{_f(s['final_test_acc'], '.4f')} | {_f(s['peak_rss_mb'], '.0f')} |"
-            )
-        lines.append("")
+        lines += [*training_markdown(tr), ""]
     inf = results.get("inference")
     if inf and "skipped" not in inf:
-        lines += [
-            f"Inference, {inf['threads'] or 'default'} thread(s), medians:",
-            "",
-            f"| model | runtime | batch 1 ms | batch {inf['throughput_batch']} img/s |",
-            "|---|---|--:|--:|",
-        ]
-        for model in ("dense", "pruned"):
-            for rt, label in (("ort", "ONNX Runtime"), ("torch", "PyTorch eager")):
-                lines.append(
-                    f"| {model} | {label} | {_f(inf[model][f'{rt}_latency_ms'], '.3f')} | "
-                    f"{_f(inf[model][f'{rt}_throughput_ips'], '.0f')} |"
-                )
-        lines.append("")
+        lines += [f"Inference, {inf['threads'] or 'default'} thread(s), medians:", ""]
+        lines += [*inference_markdown(inf), ""]
     serve = results.get("serving")
     if serve and "skipped" not in serve:
-        cols = serving_columns(serve)
-        lines += [
-            f"Serving, {serve['requests']} single-PNG requests per cell on 127.0.0.1:",
-            "",
-            "| " + " | ".join(cols) + " |",
-            "|---|---|" + "--:|" * (len(cols) - 2),
-        ]
-        lines += ["| " + " | ".join(row) + " |" for row in serving_rows(serve)]
+        lines += [f"Serving, {serve['requests']} single-PNG requests per cell on 127.0.0.1:", ""]
+        lines += serving_markdown(serve)
         lines += ["", serving_verdict(serve), "", scraping_verdict(serve), ""]
     orch = results.get("orchestration")
     if orch and "skipped" not in orch:
-        lines += ["| orchestration | s |", "|---|--:|"]
-        lines += [f"| {what} | {s} |" for what, s in orchestration_rows(orch)]
-        lines.append("")
+        lines += [*orchestration_markdown(orch), ""]
     sw = results.get("sweep")
     if sw and "skipped" not in sw:
-        lines += ["| sweep | value |", "|---|--:|"]
-        lines += [f"| {what} | {v} |" for what, v in sweep_rows(sw)]
-        lines.append("")
+        lines += [*sweep_markdown(sw), ""]
     if results.get("targets"):
-        lines += ["| target | bound | measured | verdict |", "|---|--:|--:|---|"]
-        lines += [
-            f"| {r['what']} | {r['target']} | {_f(r['measured'], '.4g')} | {r['verdict']} |"
-            for r in results["targets"]
-        ]
-        lines.append("")
+        lines += [*targets_markdown(results["targets"]), ""]
     for section in ("training", "inference", "serving", "orchestration", "sweep"):
         value = results.get(section)
         if value and "skipped" in value:

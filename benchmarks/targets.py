@@ -1,5 +1,8 @@
 """The speed and size targets the project holds itself to, each beside what this run measured.
 
+This is the one list of targets: `python -m benchmarks` judges its run against it, the serving
+benchmark takes its cell and its scraping bound from it, and the docs' targets table
+(`python -m benchmarks.docs`) is generated from it with the committed reference results.
 Only what the run measured is judged: a target whose figure is missing (a section skipped, no
 `--full-runs`, no GPU) says "not measured", never "met". The pruned model's figures are the
 `prune` stage's committed results (its `--metrics` file in dvc.yaml), as `dvc repro` left them.
@@ -35,7 +38,24 @@ class Target:
         }
 
 
+# The load test's target cell: this model at this concurrency, on 2 cores.
+SERVING_CELL = {"model": "pruned-int8", "concurrency": 8, "rps": 1000.0, "p99_ms": 20.0}
+# Scraping /metrics once a second may cost at most this fraction of the cell's requests/s.
+SCRAPE_MAX_COST = 0.05
+
 TARGETS = [
+    Target(
+        "epoch time, seed recipe / project (x, per image)",
+        False,
+        5.0,
+        ("ratios", "project_speedup_over_seed"),
+    ),
+    Target(
+        "epoch time, project / plain PyTorch loop (x, per image)",
+        True,
+        1.10,
+        ("ratios", "project_time_over_plain"),
+    ),
     Target(
         "training epoch, steady state (s)", True, 0.8, ("training", "project", "steady_epoch_s")
     ),
@@ -61,6 +81,19 @@ TARGETS = [
         2.0,
         ("orchestration", "noop", "flow_noop_server_s"),
     ),
+    Target(
+        f"serving, {SERVING_CELL['model']} at concurrency {SERVING_CELL['concurrency']} (req/s)",
+        False,
+        SERVING_CELL["rps"],
+        ("serving", "target_best", "rps"),
+    ),
+    Target(
+        f"serving, {SERVING_CELL['model']} at concurrency {SERVING_CELL['concurrency']}, p99 (ms)",
+        True,
+        SERVING_CELL["p99_ms"],
+        ("serving", "target_best", "p99_ms"),
+    ),
+    Target("sweep, --jobs 2 over --jobs 1 on 2 cores (x)", False, 1.6, ("sweep", "ratio")),
     Target("pruned params / dense", True, 0.25, ("prune_metrics", "ratio", "params")),
     Target("pruned MACs / dense", True, 0.25, ("prune_metrics", "ratio", "macs")),
     Target("pruned accuracy lost (points)", True, 0.1, ("prune_metrics", "acc_drop_points")),
