@@ -1,9 +1,9 @@
-"""params.yaml's comments and the README's params table, generated from the params schema.
+"""params.yaml's comments and the docs' params table, generated from the params schema.
 
 Each param is described once, in `mnist_pipeline.params` (`Field(description=...)`); its
 allowed values come from its type (Literal choices, bounds, bool). This module writes both
 from there: params.yaml keeps every value's text as written, only its comments are
-regenerated; the README table is the block between the params-table markers.
+regenerated; the table is the block between the params-table markers in docs/pipeline.md.
 
     python -m mnist_pipeline.params_docs --write   # rewrite both files
     python -m mnist_pipeline.params_docs --check   # exit 1 naming the file and keys that drifted
@@ -314,7 +314,10 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--write", action="store_true", help="rewrite both files")
     mode.add_argument("--check", action="store_true", help="exit 1 if either file drifted")
     p.add_argument("--params", type=Path, default=Path("params.yaml"))
-    p.add_argument("--readme", type=Path, default=Path("README.md"))
+    # --readme: its name from when the table was in the README.
+    p.add_argument(
+        "--page", "--readme", dest="readme", type=Path, default=Path("docs/pipeline.md")
+    )
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:

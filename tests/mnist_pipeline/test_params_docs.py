@@ -13,7 +13,7 @@ from mnist_pipeline.params import load_params
 from tests.conftest import ROOT
 
 PARAMS = ROOT / "params.yaml"
-README = ROOT / "README.md"
+README = ROOT / "docs" / "pipeline.md"  # the page that holds the params table
 REGENERATE = f"regenerate: {params_docs.COMMAND}"
 
 
