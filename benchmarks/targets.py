@@ -39,7 +39,12 @@ class Target:
 
 
 # The load test's target cell: this model at this concurrency, on 2 cores.
-SERVING_CELL = {"model": "pruned-int8", "concurrency": 8, "rps": 1000.0, "p99_ms": 20.0}
+SERVING_CELL: dict[str, Any] = {
+    "model": "pruned-int8",
+    "concurrency": 8,
+    "rps": 1000.0,
+    "p99_ms": 20.0,
+}
 # Scraping /metrics once a second may cost at most this fraction of the cell's requests/s.
 SCRAPE_MAX_COST = 0.05
 

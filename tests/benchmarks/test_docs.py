@@ -1,0 +1,87 @@
+"""The docs' tables of measured figures are what the committed JSON generates."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import pytest
+
+from benchmarks import docs, targets
+
+ROOT = Path(__file__).resolve().parents[2]
+SOURCES = ("metrics", "measurements", "provenance", "benchmarks/reference", "dvc.lock")
+
+
+@pytest.fixture
+def copy(tmp_path: Path) -> Path:
+    """A copy of the docs and of every file their blocks are generated from."""
+    for rel in ("docs", *SOURCES):
+        src, dst = ROOT / rel, tmp_path / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_dir():
+            shutil.copytree(src, dst, symlinks=True)
+        else:
+            shutil.copy(src, dst)
+    return tmp_path
+
+
+def test_committed_pages_match_their_json() -> None:
+    assert docs.drift(ROOT / "docs", ROOT) == []
+
+
+def test_every_block_is_used_on_some_page() -> None:
+    used = {
+        name
+        for page in docs.pages(ROOT / "docs")
+        for name in docs.OPENING.findall(page.read_text())
+    }
+    assert used == set(docs.BLOCKS)
+
+
+def test_a_changed_figure_in_the_json_fails_the_check(
+    copy: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = copy / "measurements/export.json"
+    m = json.loads(path.read_text())
+    m["dense"]["ort_latency_ms"] = 0.132  # the README's stale figure of issue 19
+    path.write_text(json.dumps(m))
+    args = ["--check", "--docs", str(copy / "docs"), "--root", str(copy)]
+    with caplog.at_level(logging.ERROR):
+        assert docs.main(args) == 1
+    assert (
+        f"{copy / 'docs/prune-export.md'}: generated block(s) out of date: models" in caplog.text
+    )
+    assert docs.main(["--write", *args[1:]]) == 0
+    assert "| 0.1320 ms |" in (copy / "docs/prune-export.md").read_text()
+    assert docs.main(args) == 0
+
+
+def test_a_figure_edited_by_hand_is_named_and_write_restores_only_it(copy: Path) -> None:
+    page = copy / "docs/speed.md"
+    text = page.read_text()
+    target = next(t for t in targets.TARGETS if t.what == "pruned accuracy lost (points)")
+    row = f"| {target.what} | <= 0.1 |"
+    assert row in text
+    page.write_text(text.replace(row, f"| {target.what} | <= 0.15 |"))
+    assert docs.drift(copy / "docs", copy) == [f"{page}: generated block(s) out of date: targets"]
+    assert docs.write(copy / "docs", copy) == [page]
+    assert page.read_text() == text
+
+
+def test_the_targets_table_holds_every_target_once() -> None:
+    block = docs.targets_block(ROOT)
+    for t in targets.TARGETS:
+        assert block.count(f"| {t.what} |") == 1, t.what
+
+
+def test_an_unknown_or_unclosed_block_is_an_error(copy: Path) -> None:
+    page = copy / "docs/index.md"
+    page.write_text("<!-- generated: no-such-table -->\n<!-- end: no-such-table -->\n")
+    args = ["--check", "--docs", str(copy / "docs"), "--root", str(copy)]
+    assert docs.main(args) == 2
+    page.write_text("<!-- generated: evaluate -->\n")
+    with pytest.raises(ValueError, match="no `<!-- end: NAME -->` for: evaluate"):
+        docs.render(page.read_text(), copy)
