@@ -10,6 +10,7 @@ exits 1 naming each page and block that differs, so no figure in the docs goes s
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import re
@@ -221,39 +222,36 @@ def audit_sample_block(root: Path) -> str:
 # --- benchmarks/reference -------------------------------------------------------------------
 
 
-def training_block(root: Path) -> str:
-    return _reference(root, "cpu-2core.json", lambda d: report.training_markdown(d["training"]))
+def _inference(d: dict[str, Any]) -> list[str]:
+    inf = d["inference"]
+    head = (
+        f"{inf['threads']} thread; medians of {_int(inf['latency_runs'])} batch-1 runs and "
+        f"{_int(inf['throughput_runs'])} batch-{inf['throughput_batch']} runs."
+    )
+    return [head, "", *report.inference_markdown(inf)]
 
 
-def training_evening_block(root: Path) -> str:
-    name = "cpu-2core-training-2026-12-01.json"
-    return _reference(root, name, lambda d: report.training_markdown(d["training"]))
+def _serving(d: dict[str, Any]) -> list[str]:
+    s = d["serving"]
+    head = f"{_int(s['requests'])} single-PNG requests per cell, client and server on 2 cores."
+    return [head, "", *report.serving_markdown(s), "", report.serving_verdict(s)]
 
 
-def inference_block(root: Path) -> str:
-    def render(d: dict[str, Any]) -> list[str]:
-        inf = d["inference"]
-        head = (
-            f"{inf['threads']} thread; medians of {_int(inf['latency_runs'])} batch-1 runs and "
-            f"{_int(inf['throughput_runs'])} batch-{inf['throughput_batch']} runs."
-        )
-        return [head, "", *report.inference_markdown(inf)]
-
-    return _reference(root, "cpu-2core.json", render)
-
-
-def orchestration_block(root: Path) -> str:
-    name = "cpu-2core-orchestration.json"
-    return _reference(root, name, lambda d: report.orchestration_markdown(d["orchestration"]))
-
-
-def serving_block(root: Path) -> str:
-    def render(d: dict[str, Any]) -> list[str]:
-        s = d["serving"]
-        head = f"{_int(s['requests'])} single-PNG requests per cell, client and server on 2 cores."
-        return [head, "", *report.serving_markdown(s), "", report.serving_verdict(s)]
-
-    return _reference(root, "cpu-2core-serving.json", render)
+# Blocks that render one reference run: the block's name -> (its file, how to render it).
+REFERENCE_BLOCKS: dict[str, tuple[str, Callable[[dict[str, Any]], list[str]]]] = {
+    "training": ("cpu-2core.json", lambda d: report.training_markdown(d["training"])),
+    "training-evening": (
+        "cpu-2core-training-2026-12-01.json",
+        lambda d: report.training_markdown(d["training"]),
+    ),
+    "inference": ("cpu-2core.json", _inference),
+    "orchestration": (
+        "cpu-2core-orchestration.json",
+        lambda d: report.orchestration_markdown(d["orchestration"]),
+    ),
+    "serving": ("cpu-2core-serving.json", _serving),
+    "sweep": ("cpu-2core-sweep.json", lambda d: report.sweep_markdown(d["sweep"])),
+}
 
 
 def scraping_block(root: Path) -> str:
@@ -276,10 +274,6 @@ def scraping_block(root: Path) -> str:
         return [*lines, "", report.serving_verdict(s)]
 
     return _reference(root, "cpu-2core-serving-metrics.json", render)
-
-
-def sweep_block(root: Path) -> str:
-    return _reference(root, "cpu-2core-sweep.json", lambda d: report.sweep_markdown(d["sweep"]))
 
 
 def targets_block(root: Path) -> str:
@@ -310,14 +304,12 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
     "int8": int8_block,
     "stage-seconds": stage_seconds_block,
     "audit-sample": audit_sample_block,
-    "training": training_block,
-    "training-evening": training_evening_block,
-    "inference": inference_block,
-    "orchestration": orchestration_block,
-    "serving": serving_block,
     "scraping": scraping_block,
-    "sweep": sweep_block,
     "targets": targets_block,
+    **{
+        name: functools.partial(_reference, name=file, render=render)
+        for name, (file, render) in REFERENCE_BLOCKS.items()
+    },
 }
 
 
