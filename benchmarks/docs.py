@@ -338,29 +338,33 @@ def pages(docs: Path) -> list[Path]:
     return sorted(p for p in docs.rglob("*.md") if OPENING.search(p.read_text()))
 
 
-def drift(docs: Path, root: Path) -> list[str]:
-    """One message per page whose blocks differ from what `--write` would write."""
-    problems = []
+def stale(docs: Path, root: Path) -> list[tuple[Path, str, str]]:
+    """(page, its text, what `--write` would write) for each page whose blocks differ."""
+    out = []
     for page in pages(docs):
         text = page.read_text()
         want = render(text, root)
         if want != text:
-            have = {m[1]: m[2] for m in BLOCK.finditer(text)}
-            names = [m[1] for m in BLOCK.finditer(want) if have.get(m[1]) != m[2]]
-            problems.append(f"{page}: generated block(s) out of date: {', '.join(names)}")
+            out.append((page, text, want))
+    return out
+
+
+def drift(docs: Path, root: Path) -> list[str]:
+    """One message per page whose blocks differ, naming the blocks."""
+    problems = []
+    for page, text, want in stale(docs, root):
+        have = {m[1]: m[2] for m in BLOCK.finditer(text)}
+        names = [m[1] for m in BLOCK.finditer(want) if have.get(m[1]) != m[2]]
+        problems.append(f"{page}: generated block(s) out of date: {', '.join(names)}")
     return problems
 
 
 def write(docs: Path, root: Path) -> list[Path]:
     """Regenerate the pages whose blocks differ; returns the pages written."""
-    written = []
-    for page in pages(docs):
-        text = page.read_text()
-        new = render(text, root)
-        if new != text:
-            write_bytes(page, new.encode())
-            written.append(page)
-    return written
+    written = stale(docs, root)
+    for page, _, want in written:
+        write_bytes(page, want.encode())
+    return [page for page, _, _ in written]
 
 
 def main(argv: list[str] | None = None) -> int:
