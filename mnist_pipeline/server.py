@@ -380,6 +380,9 @@ def main(argv: list[str] | None = None) -> int:
         timeout_graceful_shutdown=args.grace_s,
     )
     sock = config.bind_socket()
+    # Listening now, before the line below announces the port: a client that reads it and
+    # connects at once waits in the backlog instead of being refused while the server starts.
+    sock.listen(config.backlog)
     print(
         f"serving {source.describe()} on http://{args.host}:{sock.getsockname()[1]}",
         file=sys.stderr,

@@ -305,7 +305,7 @@ def test_a_prune_checkpoint_that_would_run_code_is_refused_unread(
     raw = tiny_params_dict()
     params = parse_params(raw)
     run_dir = tmp_path / "run"
-    fp = prune.fingerprint(params.prune, params.train, trained_model, prepared)
+    fp = prune.fingerprint(params.prune, params.train, params.compute, trained_model, prepared)
     marker = plant_checkpoint(run_dir / "ckpt" / prune.ROUND_CKPT, fp, round=1)
     prune.main(_prune_argv(run_dir, trained_model, prepared, raw))
     assert not marker.exists()

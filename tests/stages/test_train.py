@@ -299,8 +299,9 @@ def test_a_checkpoint_that_would_run_code_is_refused_unread_and_training_starts_
     params = parse_params(tiny_params_dict()).train
     ckpt_dir = tmp_path / "ckpt"
     # The right fingerprint, as someone who can write to a shared checkpoint folder could copy.
-    marker = plant_checkpoint(ckpt_dir / checkpoints.LAST, train.fingerprint(params, prepared))
-    _, summary = train.train(params, prepared, ckpt_dir, tmp_path / "live")
+    fp = train.fingerprint(params, COMPUTE, prepared)
+    marker = plant_checkpoint(ckpt_dir / checkpoints.LAST, fp)
+    _, summary = train.train(params, COMPUTE, prepared, ckpt_dir, tmp_path / "live")
     assert not marker.exists()
     assert "made to run code when unpickled; refused unread" in caplog.text
     assert "starting fresh" in caplog.text
