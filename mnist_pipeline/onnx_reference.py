@@ -51,9 +51,13 @@ def _pads(attrs: dict[str, Any], dims: int) -> list[int]:
     return out
 
 
+def _padded(x: torch.Tensor, pads: list[int], value: float = 0.0) -> torch.Tensor:
+    return F.pad(x, pads, value=value) if any(pads) else x  # no copy when there is no padding
+
+
 def _conv(x: list, a: dict) -> torch.Tensor:
     inp, w = x[0], x[1]
-    inp = F.pad(inp, _pads(a, w.dim() - 2))
+    inp = _padded(inp, _pads(a, w.dim() - 2))
     return F.conv2d(
         inp, w, x[2] if len(x) > 2 else None,
         stride=a.get("strides", 1), dilation=a.get("dilations", 1), groups=a.get("group", 1),
@@ -64,7 +68,7 @@ def _max_pool(x: list, a: dict) -> torch.Tensor:
     if a.get("storage_order", 0):
         raise NotImplementedError("MaxPool storage_order=1")
     k = a["kernel_shape"]
-    inp = F.pad(x[0], _pads(a, len(k)), value=float("-inf"))
+    inp = _padded(x[0], _pads(a, len(k)), value=float("-inf"))
     return F.max_pool2d(
         inp, k, stride=a.get("strides", 1), dilation=a.get("dilations", 1),
         ceil_mode=bool(a.get("ceil_mode", 0)),
@@ -98,16 +102,23 @@ def _quantize(x: list, a: dict) -> torch.Tensor:
     scale = _axis_view(x[1], x[0], axis)
     zp = x[2] if len(x) > 2 and x[2] is not None else torch.zeros((), dtype=torch.uint8)
     low, high = _RANGES[zp.dtype]
-    q = torch.round(x[0] / scale) + _axis_view(zp, x[0], axis).to(torch.float32)
-    return q.clamp(low, high).to(zp.dtype)
+    q = torch.div(x[0], scale).round_().add_(_axis_view(zp, x[0], axis).to(torch.float32))
+    return q.clamp_(low, high).to(zp.dtype)
 
 
 def _dequantize(x: list, a: dict) -> torch.Tensor:
     """y = (x - zero_point) * scale (ONNX DequantizeLinear), the difference taken exactly."""
     axis = a.get("axis", 1)
-    zp = x[2] if len(x) > 2 and x[2] is not None else torch.zeros((), dtype=x[0].dtype)
-    diff = x[0].to(torch.int64) - _axis_view(zp, x[0], axis).to(torch.int64)
-    return diff.to(torch.float32) * _axis_view(x[1], x[0], axis)
+    zp = _axis_view(
+        x[2] if len(x) > 2 and x[2] is not None else torch.zeros((), dtype=x[0].dtype),
+        x[0],
+        axis,
+    )
+    scale = _axis_view(x[1], x[0], axis)
+    if x[0].dtype in (torch.int8, torch.uint8):
+        # Differences of 8-bit integers are exact in float32: no int64 detour.
+        return x[0].to(torch.float32).sub_(zp.to(torch.float32)).mul_(scale)
+    return (x[0].to(torch.int64) - zp.to(torch.int64)).to(torch.float32) * scale
 
 
 def _reshape(x: list, a: dict) -> torch.Tensor:

@@ -232,10 +232,11 @@ def verify(
         after = {s: _read_provenance(clone, s) for s in order}
         # A stage recomputed in the clone left a run record of its own there.
         audit.rebuilt = [s for s in order if after[s] and after[s] != before[s]]
+        # Only the stages that compute with torch record a profile (prepare and card do not).
         audit.profiles = {
-            s: str((after[s].get("compute") or {}).get("profile", "unknown"))
+            s: str(after[s]["compute"]["profile"])
             for s in audit.rebuilt
-            if after[s]
+            if after[s] and after[s].get("compute")
         }
         skipped = [s for s in order if s not in audit.rebuilt]
         if skipped:
