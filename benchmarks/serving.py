@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import io
 import re
-import socket
 import subprocess
 import sys
 import tempfile
@@ -47,12 +46,6 @@ SCRAPE_EVERY_S, SCRAPE_MAX_COST, SCRAPE_REPS = 1.0, 0.05, 5
 SCRAPE_SETTINGS = ("no batching", "2 workers")
 # The target, for the pruned INT8 model at concurrency 8 on 2 cores.
 TARGET = {"model": "pruned-int8", "concurrency": 8, "rps": 1000.0, "p99_ms": 20.0}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def png_request(pixels: np.ndarray) -> bytes:

@@ -23,10 +23,11 @@ import yaml
 
 from mnist_pipeline.errors import PARAMS_ERROR_EXIT, STAGE_ERROR_EXIT, ParamsError, UsageError
 from mnist_pipeline.mnist_files import md5sum
-from mnist_pipeline.scratch_repo import git
-from pipelines import pruning, sweep_space, trials
-from pipelines import sweep_report as sr
-from pipelines.sweep import shared_stages, thread_overrides
+from pipelines.sweep import early_stopping, trials
+from pipelines.sweep import report as sr
+from pipelines.sweep import space as sweep_space
+from pipelines.sweep.plan import shared_stages, thread_overrides
+from testing.scratch_repo import git
 from tests.conftest import ROOT
 from tests.pipelines.conftest import dvc, make_repo
 
@@ -131,7 +132,7 @@ def test_optuna_space_reads_the_same_grammar() -> None:
 def test_jobs_share_the_cores_unless_the_sweep_sets_threads(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr("pipelines.sweep.cores", lambda: 8)
+    monkeypatch.setattr("pipelines.sweep.plan.cores", lambda: 8)
     assert thread_overrides([], jobs=2, threads=None) == ["compute.threads=4"]
     assert thread_overrides([], jobs=1, threads=None) == []
     assert thread_overrides([], jobs=16, threads=None) == ["compute.threads=1"]
@@ -197,7 +198,7 @@ def test_plot_has_a_panel_per_swept_param(tmp_path: Path) -> None:
         assert img.format == "PNG" and img.size == (800, 340)  # two 4-inch panels at 100 dpi
 
 
-# --- pruning ---------------------------------------------------------------------------------
+# --- early stopping of trials (Optuna pruning) ----------------------------------------------
 
 
 def _write_tsv(path: Path, name: str, rows: list[tuple[int, float]], partial: str = "") -> None:
@@ -206,8 +207,8 @@ def _write_tsv(path: Path, name: str, rows: list[tuple[int, float]], partial: st
     path.write_text("".join([f"step\t{name}\n", *(f"{s}\t{v}\n" for s, v in rows), partial]))
 
 
-def _past(*curves: dict[int, float]) -> tuple[pruning.PastTrial, ...]:
-    return tuple(pruning.PastTrial("COMPLETE", c[max(c)], c) for c in curves)
+def _past(*curves: dict[int, float]) -> tuple[early_stopping.PastTrial, ...]:
+    return tuple(early_stopping.PastTrial("COMPLETE", c[max(c)], c) for c in curves)
 
 
 EARLIER = _past({0: 0.50, 1: 0.80, 2: 0.90}, {0: 0.60, 1: 0.85, 2: 0.92}, {0: 0.4, 1: 0.7})
@@ -221,12 +222,16 @@ def test_a_trial_below_the_median_is_pruned_at_its_first_epoch_after_the_warm_up
     metrics = tmp_path / "dvclive" / "train" / "plots" / "metrics"
     acc, epochs = metrics / "val" / "acc.tsv", metrics / "epoch.tsv"
     _write_tsv(acc, "acc", [(106, 0.97), (213, 0.98), (320, 0.985)])  # the commit's
-    settings = pruning.Pruning("median", startup_trials=2, warmup_epochs=1)
-    watch = pruning.Watch("val/acc", True, "dvclive/train", settings, EARLIER)
-    watcher = pruning.Watcher(watch, tmp_path)
+    settings = early_stopping.Pruning("median", startup_trials=2, warmup_epochs=1)
+    watch = early_stopping.Watch("val/acc", True, "dvclive/train", settings, EARLIER)
+    watcher = early_stopping.Watcher(watch, tmp_path)
     assert watcher() is False and watcher.curve == {}  # the commit's curve, not this trial's
     # (Unless nothing ran: an experiment already in the clone, with its curve.)
-    assert pruning.Watcher(watch, tmp_path).finish(reused=True) == {0: 0.97, 1: 0.98, 2: 0.985}
+    assert early_stopping.Watcher(watch, tmp_path).finish(reused=True) == {
+        0: 0.97,
+        1: 0.98,
+        2: 0.985,
+    }
     acc.unlink()  # DVCLive's fresh start
     _write_tsv(acc, "acc", [(3, 0.11)])
     _write_tsv(epochs, "epoch", [(3, 0), (3, 0)])
@@ -247,9 +252,9 @@ def test_a_trial_below_the_median_is_pruned_at_its_first_epoch_after_the_warm_up
     assert _grow(loss, tmp_path / "loss", "loss", [1.1, 0.9]) == [False, True]
 
 
-def _grow(watch: pruning.Watch, ws: Path, name: str, values: list[float]) -> list[bool]:
+def _grow(watch: early_stopping.Watch, ws: Path, name: str, values: list[float]) -> list[bool]:
     """A watcher's answers while `train` writes `values`, an epoch at a time."""
-    watcher = pruning.Watcher(watch, ws)
+    watcher = early_stopping.Watcher(watch, ws)
     answers = []
     for n in range(1, len(values) + 1):
         rows = [(10 * (e + 1), v) for e, v in enumerate(values[:n])]
@@ -271,14 +276,16 @@ def test_the_driver_tells_the_study_what_the_worker_saw() -> None:
         ({0: 0.1}, None, TrialState.PRUNED),
         ({}, None, TrialState.FAIL),
     ]:
-        pruning.tell(study, study.ask(), curve, "val/acc", value, state)
-    past = pruning.snapshot(study)
+        early_stopping.tell(study, study.ask(), curve, "val/acc", value, state)
+    past = early_stopping.snapshot(study)
     assert past == (
-        pruning.PastTrial("COMPLETE", 0.95, {0: 0.5, 1: 0.9}),
-        pruning.PastTrial("PRUNED", 0.1, {0: 0.1}),  # Optuna's value: its last epoch's
+        early_stopping.PastTrial("COMPLETE", 0.95, {0: 0.5, 1: 0.9}),
+        early_stopping.PastTrial("PRUNED", 0.1, {0: 0.1}),  # Optuna's value: its last epoch's
     )
-    assert study.trials[1].user_attrs == {pruning.METRIC_ATTR: "val/acc"}
-    assert pruning.describe({0: 0.1, 1: 0.1125}, "val/acc") == "after epoch 2: val/acc 0.1125"
+    assert study.trials[1].user_attrs == {early_stopping.METRIC_ATTR: "val/acc"}
+    assert (
+        early_stopping.describe({0: 0.1, 1: 0.1125}, "val/acc") == "after epoch 2: val/acc 0.1125"
+    )
 
 
 # --- the flow, for real ----------------------------------------------------------------------
@@ -287,11 +294,13 @@ def test_the_driver_tells_the_study_what_the_worker_saw() -> None:
 def _sweep(repo: Path, **params: Any) -> Any:
     from prefect.task_runners import ThreadPoolTaskRunner
 
-    from pipelines.sweep import sweep
+    from pipelines.flow_cli import grouped
+    from pipelines.sweep.flow import sweep
 
     params.setdefault("retry_delay_s", 0.0)
     runner = ThreadPoolTaskRunner(max_workers=params.get("jobs", 1))
-    return sweep.with_options(task_runner=runner)(root=str(repo), return_state=True, **params)
+    run = sweep.with_options(task_runner=runner)
+    return run(root=str(repo), return_state=True, **grouped(sweep, **params))
 
 
 @pytest.fixture(scope="module")
@@ -359,7 +368,7 @@ def test_leaderboard_artifact_results_file_and_plot(sweep_repo: Path, grid_run: 
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
-    from pipelines.sweep import LEADERBOARD_KEY, SUMMARY_KEY
+    from pipelines.sweep.flow import LEADERBOARD_KEY, SUMMARY_KEY
 
     with get_client(sync_client=True) as client:
         found = client.read_artifacts(
@@ -409,7 +418,7 @@ def test_rerun_runs_nothing_that_finished(
 def test_bad_params_stop_the_sweep_before_any_trial(
     sweep_repo: Path, grid_run: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from pipelines.sweep import main
+    from pipelines.sweep.cli import main
 
     code = main(["--root", str(sweep_repo), "--name", "bad", "-S", "train.optimizer.lr=1e-2,20.0"])
     assert code == PARAMS_ERROR_EXIT
@@ -512,7 +521,7 @@ def test_trials_on_another_host_clone_pull_and_push_through_the_servers(hosts: H
 def test_a_commit_the_server_lacks_is_refused_before_any_trial(
     hosts: Hosts, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from pipelines.sweep import main
+    from pipelines.sweep.cli import main
 
     d = hosts.driver.parent / "d"
     git(hosts.driver.parent, "clone", "-q", str(hosts.server), str(d))
@@ -538,7 +547,7 @@ def test_failing_trials_fail_alone_and_a_killed_one_resumes(
 ) -> None:
     """One trial invalid (skipped with its params error), one failing in training (no GPU of
     that kind here), one killed by a signal in its second epoch: retried, it resumes."""
-    from pipelines.sweep import main
+    from pipelines.sweep.cli import main
 
     monkeypatch.setenv("MNIST_FAIL_AFTER_EPOCH", "1")
     code = main(
@@ -590,7 +599,7 @@ def test_a_dask_cluster_of_two_workers_runs_the_trials_side_by_side(sweep_repo: 
     real cluster would be (`--cluster tcp://host:8786`); one trial on each worker."""
     from distributed import LocalCluster
 
-    from pipelines.sweep import main
+    from pipelines.sweep.cli import main
 
     with LocalCluster(
         n_workers=2, threads_per_worker=1, processes=True, env=_workers_env()
@@ -628,11 +637,11 @@ def test_optuna_trials_are_experiments_and_a_rerun_only_adds_the_missing_ones(
     real = trials.run_trial
     monkeypatch.setattr(trials, "run_trial", lambda *a, **k: ran.append(a[1]) or real(*a, **k))
     space = ["train.optimizer.lr=tag(log,interval(3e-3,3e-2))", "train.optimizer.name=adam,adamw"]
-    state = _sweep(sweep_repo, overrides=space, name="tpe", trials_n=2, jobs=2)
+    state = _sweep(sweep_repo, overrides=space, name="tpe", trials=2, jobs=2)
     assert state.is_completed(), state.message
     assert sorted(ran) == ["tpe-000", "tpe-001"]
     ran.clear()
-    state = _sweep(sweep_repo, overrides=space, name="tpe", trials_n=3, jobs=2)
+    state = _sweep(sweep_repo, overrides=space, name="tpe", trials=3, jobs=2)
     assert state.is_completed(), state.message
     assert ran == ["tpe-002"]  # the study knows the first two
     data = state.result()
@@ -654,13 +663,14 @@ def test_a_hopeless_trial_is_pruned_counted_and_not_run_again(
     import optuna
     from distributed import LocalCluster
 
-    from pipelines.sweep import _storage, main
+    from pipelines.sweep.adaptive import storage as _storage
+    from pipelines.sweep.cli import main
 
     ran: list[str] = []
     real = trials.run_trial
     monkeypatch.setattr(trials, "run_trial", lambda *a, **k: ran.append(a[1]) or real(*a, **k))
     good = ["train.optimizer.lr=tag(log,interval(8e-3,1.6e-2))"]
-    state = _sweep(sweep_repo, overrides=good, name="prune", trials_n=1)
+    state = _sweep(sweep_repo, overrides=good, name="prune", trials=1)
     assert state.is_completed(), state.message
     args = ["--root", str(sweep_repo), "--name", "prune", "--trials", "2", "--retry-delay-s", "0"]
     args += ["-S", "train.optimizer.lr=tag(log,interval(1e-4,1.5e-4))", "--prune-trials", "median"]

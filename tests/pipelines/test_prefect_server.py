@@ -1,5 +1,5 @@
 """The README's server paths for real, on a Prefect server on 127.0.0.1 started here:
-`python -m pipelines.deploy` and a process worker, and `python -m pipelines.serve`; runs
+`python -m pipelines.deploy` and a process worker, and `python -m pipelines.prefect_serve`; runs
 triggered through the REST API, the stages run in order.
 """
 
@@ -16,13 +16,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from benchmarks.prefect_server import (
+from testing.prefect_server import (
     running_server,
     server_settings,
     stop_group,
     without_prefect_settings,
 )
-from mnist_pipeline.scratch_repo import GIT_IDENTITY
+from testing.scratch_repo import GIT_IDENTITY
 from tests.pipelines.conftest import make_repo
 
 pytestmark = pytest.mark.slow
@@ -137,7 +137,7 @@ def test_served_flow_runs_and_pauses_its_schedule_on_exit(
     repo = make_repo(tmp_path / "repo", tmp_path / "remote")
     name = "mnist-pipeline/served-test"
     serving = start(
-        [sys.executable, "-m", "pipelines.serve", "--name", "served-test", "--no-push"],
+        [sys.executable, "-m", "pipelines.prefect_serve", "--name", "served-test", "--no-push"],
         repo,
         env,
         tmp_path / "serve.log",
