@@ -282,7 +282,9 @@ def pipeline(
         for stage in stages:
             # return_state: a skipped stage returns its state; .result() raises if it failed.
             state = stage_task(repo, stage, force, stage_timeout_s, return_state=True)
-            runs.append(state.result())
+            run = state.result()
+            assert isinstance(run, StageRun)  # a returned state's data is the run
+            runs.append(run)
 
         pushed = dvc_push(repo) if push else "not pushed (push=False)"
         registered = None
@@ -302,7 +304,8 @@ def pipeline(
                 declared.get(model_name),
                 return_state=True,
             ).result()
-            registered = reg.tag if reg is not None else None
+            # A rejected registration's state carries no data: None.
+            registered = reg.tag if isinstance(reg, registry.Registration) else None
         publish_report(repo, stages, runs, before, changes, pushed, registered)
         return {
             "stages": [asdict(r) for r in runs],

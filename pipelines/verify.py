@@ -233,9 +233,9 @@ def verify(
         # A stage recomputed in the clone left a run record of its own there.
         audit.rebuilt = [s for s in order if after[s] and after[s] != before[s]]
         audit.profiles = {
-            s: str((after[s].get("compute") or {}).get("profile", "unknown"))
+            s: str((record.get("compute") or {}).get("profile", "unknown"))
             for s in audit.rebuilt
-            if after[s]
+            if (record := after[s])
         }
         skipped = [s for s in order if s not in audit.rebuilt]
         if skipped:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from prefect import get_run_logger
 
-from pipelines import dvc_repo
+from pipelines import dvc_repo, registry
 from pipelines.flow import register_version
 from pipelines.retry import StepFailed
 from pipelines.sweep import report as sr
@@ -38,7 +38,8 @@ def promote(
         declared.get(options.model_name),
         return_state=True,
     ).result()
-    return reg.tag if reg is not None else None
+    # A rejected registration's state carries no data: None.
+    return reg.tag if isinstance(reg, registry.Registration) else None
 
 
 def promote_best(root: Path, best: str, targets: list[str], url: str | None = None) -> None:
