@@ -83,7 +83,7 @@ def quick_data(workdir: Path) -> tuple[Path, Path]:
     """Synthetic raw files and their prepared splits, through the project's own writers."""
     from mnist_pipeline import mnist_files
     from mnist_pipeline.dataset import make_splits, save_splits
-    from mnist_pipeline.synthetic import write_mirror
+    from testing.synthetic import write_mirror
 
     raw = workdir / "raw"
     write_mirror(raw)

@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.prefect_server import running_server
-from mnist_pipeline.scratch_repo import copy_repo
+from testing.prefect_server import running_server
+from testing.scratch_repo import copy_repo
 
 
 def dvc_cmd(*args: str) -> list[str]:

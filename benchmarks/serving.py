@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import io
 import re
-import socket
 import subprocess
 import sys
 import tempfile
@@ -48,12 +47,6 @@ BOUNDARY = "mnist-load-test"
 SCRAPE_EVERY_S, SCRAPE_REPS = 1.0, 5
 SCRAPE_SETTINGS = ("no batching", "2 workers")
 TARGET = SERVING_CELL
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def png_request(pixels: np.ndarray) -> bytes:

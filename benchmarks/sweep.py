@@ -19,8 +19,8 @@ from typing import Any
 import yaml
 
 from benchmarks.orchestration import dvc_cmd, timed
-from mnist_pipeline.scratch_repo import copy_repo
-from mnist_pipeline.scratch_repo import env as repo_env
+from testing.scratch_repo import copy_repo
+from testing.scratch_repo import env as repo_env
 
 LRS = ("6.0e-3", "1.2e-2", "2.4e-2", "4.8e-2")
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from pipelines.serve import HOW_TO_START, api_problem
+from pipelines.prefect_serve import HOW_TO_START, api_problem
 
 
 def _prefect(*args: str, cwd: Path | None = None, quiet: bool = False) -> int:

@@ -138,7 +138,8 @@ def metrics(root: Path) -> dict[str, dict[str, Any]]:
     """`dvc metrics show`, flattened: {file: {"test.acc": 0.99, ...}}; {} when there are none."""
     with open_repo(root) as repo:
         shown = repo.metrics.show()
-    files = next(iter(shown.values()), {}).get("data", {})
+    first: dict[str, Any] = next(iter(shown.values()), {})
+    files = first.get("data", {})
     return {path: flatten(entry.get("data", {})) for path, entry in files.items()}
 
 
@@ -294,7 +295,7 @@ def _wait(
         try:
             return proc.wait(timeout=wait_s), ""
         except subprocess.TimeoutExpired:
-            if left is not None and left <= wait_s:
+            if left is not None and wait_s is not None and left <= wait_s:
                 return None, f"timed out after {timeout_s:.0f} s"
             if stop is not None and stop():
                 return None, _ASKED

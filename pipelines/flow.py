@@ -25,7 +25,7 @@ import argparse
 import sys
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -37,7 +37,8 @@ from prefect.states import Completed, State
 from prefect.tasks import exponential_backoff
 
 from mnist_pipeline import errors, provenance
-from pipelines import dvc_repo, overrides, registry, report, user_values, verify
+from pipelines import dvc_repo, flow_cli, overrides, registry, report, user_values, verify
+from pipelines.flow_cli import Cli
 from pipelines.registry import Bump
 from pipelines.report import StageRun
 from pipelines.retry import StepFailed, retry_condition
@@ -226,11 +227,11 @@ def _test_acc(root: Path, evaluate_outs: list[Path], metrics: report.Metrics) ->
 @flow(name="mnist-pipeline")
 def pipeline(
     root: str = ".",
-    overrides: list[str] | None = None,
-    targets: list[str] | None = None,
+    overrides: Annotated[list[str] | None, Cli(("-S", "--set-param"), "KEY=VALUE")] = None,
+    targets: Annotated[list[str] | None, Cli(positional=True)] = None,
     force: bool = False,
-    push: bool = True,
-    register_model: bool = False,
+    push: Annotated[bool, Cli(("--no-push",), help="skip `dvc push`")] = True,
+    register_model: Annotated[bool, Cli(("--register",))] = False,
     model_name: str = MODEL_NAME,
     bump: Bump = "minor",
     min_test_acc: float = 0.98,
@@ -242,8 +243,8 @@ def pipeline(
 
     Args:
         root: the DVC repository (a clone of this project).
-        overrides: `dvc exp run -S` style params overrides, e.g. ["train.max_epochs=3"];
-            written to params.yaml after validation.
+        overrides: params overrides as `dvc exp run -S` takes them, e.g. train.max_epochs=3
+            (repeatable); written to params.yaml after validation.
         targets: run only these stages and those they depend on (`dvc repro <targets>`);
             default: every stage.
         force: re-run every stage even if DVC says it is up to date.
@@ -281,7 +282,9 @@ def pipeline(
         for stage in stages:
             # return_state: a skipped stage returns its state; .result() raises if it failed.
             state = stage_task(repo, stage, force, stage_timeout_s, return_state=True)
-            runs.append(state.result())
+            run = state.result()
+            assert isinstance(run, StageRun)  # a returned state's data is the run
+            runs.append(run)
 
         pushed = dvc_push(repo) if push else "not pushed (push=False)"
         registered = None
@@ -301,7 +304,8 @@ def pipeline(
                 declared.get(model_name),
                 return_state=True,
             ).result()
-            registered = reg.tag if reg is not None else None
+            # A rejected registration's state carries no data: None.
+            registered = reg.tag if isinstance(reg, registry.Registration) else None
         publish_report(repo, stages, runs, before, changes, pushed, registered)
         return {
             "stages": [asdict(r) for r in runs],
@@ -348,49 +352,18 @@ def audit(
     return {"commit": result.commit, "outputs": len(result.outputs), "same": True}
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def parser() -> argparse.ArgumentParser:
+    """The pipeline flow's parameters as options (`pipelines.flow_cli`)."""
     p = argparse.ArgumentParser(
         prog="python -m pipelines.flow", description=__doc__.splitlines()[0]
     )
-    p.add_argument("--root", default=".", help="the DVC repository (default: here)")
-    p.add_argument(
-        "-S",
-        "--set-param",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a param, as `dvc exp run -S` (repeatable)",
-    )
-    p.add_argument("targets", nargs="*", help="stages to run, with their upstream (default: all)")
-    p.add_argument("--force", action="store_true", help="re-run every stage")
-    p.add_argument("--no-push", dest="push", action="store_false", help="skip `dvc push`")
-    p.add_argument("--register", action="store_true", help="tag a model version (GTO)")
-    p.add_argument("--model-name", default=MODEL_NAME, help="the dvc.yaml artifact to register")
-    p.add_argument("--bump", choices=["major", "minor", "patch"], default="minor")
-    p.add_argument("--min-test-acc", type=float, default=0.98)
-    p.add_argument("--retries", type=int, default=3)
-    p.add_argument("--retry-delay-s", type=float, default=30.0)
-    p.add_argument("--stage-timeout-s", type=float, default=6 * 3600)
-    return p.parse_args(argv)
+    flow_cli.add_arguments(p, pipeline)
+    return p
 
 
 def run_from_args(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    pipeline(
-        root=args.root,
-        overrides=args.overrides,
-        targets=args.targets or None,
-        force=args.force,
-        push=args.push,
-        register_model=args.register,
-        model_name=args.model_name,
-        bump=args.bump,
-        min_test_acc=args.min_test_acc,
-        retries=args.retries,
-        retry_delay_s=args.retry_delay_s,
-        stage_timeout_s=args.stage_timeout_s,
-    )
+    _, kwargs = flow_cli.parse(parser(), pipeline, argv)
+    pipeline(**kwargs)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -85,9 +85,15 @@ def register(root: Path, name: str, bump: Bump, message: str) -> Registration:
         if is_snapshot
         else head
     )
-    if latest_version(root, name) is not None:
-        kwargs: dict[str, object] = {f"bump_{bump}": True}
-    else:
-        kwargs = {"version": FIRST_VERSION[bump]}
-    event = api.register(str(root), name, commit, message=message, **kwargs)
+    first = latest_version(root, name) is None
+    event = api.register(
+        str(root),
+        name,
+        commit,
+        version=FIRST_VERSION[bump] if first else None,
+        message=message,
+        bump_major=not first and bump == "major",
+        bump_minor=not first and bump == "minor",
+        bump_patch=not first and bump == "patch",
+    )
     return Registration(event.tag, event.version, commit, is_snapshot, created=True)

@@ -234,9 +234,9 @@ def verify(
         audit.rebuilt = [s for s in order if after[s] and after[s] != before[s]]
         # Only the stages that compute with torch record a profile (prepare and card do not).
         audit.profiles = {
-            s: str(after[s]["compute"]["profile"])
+            s: str(record["compute"]["profile"])
             for s in audit.rebuilt
-            if after[s] and after[s].get("compute")
+            if (record := after[s]) and record.get("compute")
         }
         skipped = [s for s in order if s not in audit.rebuilt]
         if skipped:

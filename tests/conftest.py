@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # as the repo's params say, as `python -m stages.<name>` does (mnist_pipeline.compute).
 pin_environment(load_params(ROOT / "params.yaml").compute)
 
-from mnist_pipeline.synthetic import write_mirror  # noqa: E402
+from testing.synthetic import write_mirror  # noqa: E402
 
 
 def tiny_params_dict() -> dict:

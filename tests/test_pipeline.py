@@ -12,8 +12,8 @@ from unittest import mock
 import pytest
 import yaml
 
-from mnist_pipeline.scratch_repo import copy_repo, dvc, git
-from mnist_pipeline.scratch_repo import env as pipeline_env
+from testing.scratch_repo import copy_repo, dvc, git
+from testing.scratch_repo import env as pipeline_env
 from tests.conftest import ROOT, tiny_params_dict
 
 

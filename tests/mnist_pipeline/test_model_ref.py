@@ -13,8 +13,8 @@ from fastapi.testclient import TestClient
 
 from mnist_pipeline import model_ref, predict, server
 from mnist_pipeline.errors import UsageError
-from mnist_pipeline.scratch_repo import GIT_IDENTITY, git
 from pipelines.registry import register
+from testing.scratch_repo import GIT_IDENTITY, git
 
 ARTIFACTS = "artifacts:\n  digits-onnx:\n    path: models/m.onnx\n    type: model\n"
 

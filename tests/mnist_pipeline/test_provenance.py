@@ -10,7 +10,7 @@ import pytest
 
 from mnist_pipeline import environment, provenance
 from mnist_pipeline.params import PrepareParams
-from mnist_pipeline.scratch_repo import git
+from testing.scratch_repo import git
 
 PARAMS = PrepareParams(val_size=10, split_seed=0)
 

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-from mnist_pipeline.scratch_repo import GIT_IDENTITY, copy_repo
+from testing.scratch_repo import GIT_IDENTITY, copy_repo
 from tests.conftest import ROOT, tiny_params_dict
 
 

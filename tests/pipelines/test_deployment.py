@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipelines import deploy, serve
+from pipelines import deploy, prefect_serve
 from tests.conftest import ROOT
 
 
@@ -47,7 +47,7 @@ def test_prefect_yaml_deploys_the_flows_on_schedules_one_run_at_a_time() -> None
 
 
 @pytest.mark.parametrize("url", [None, "http://127.0.0.1:9/api"])
-@pytest.mark.parametrize("command", [serve.main, deploy.main])
+@pytest.mark.parametrize("command", [prefect_serve.main, deploy.main])
 def test_scheduling_without_a_server_says_how_to_start_one(
     command: Callable[[list[str]], int], url: str | None, capsys: pytest.CaptureFixture
 ) -> None:

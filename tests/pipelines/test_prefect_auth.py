@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.prefect_server import running_server, without_prefect_settings
+from testing.prefect_server import running_server, without_prefect_settings
 from tests.conftest import ROOT
 from tests.pipelines.conftest import make_repo
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from mnist_pipeline.scratch_repo import GIT_IDENTITY
 from pipelines.registry import latest_version, register
+from testing.scratch_repo import GIT_IDENTITY
 from tests.pipelines.conftest import run
 
 

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.prefect_server import running_server, without_prefect_settings
-from benchmarks.serving import free_port
-from pipelines import trials
+from pipelines.sweep import trials
+from testing.ports import free_port
+from testing.prefect_server import running_server, without_prefect_settings
 from tests.conftest import ROOT
 from tests.pipelines.conftest import make_repo
 

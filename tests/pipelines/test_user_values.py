@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 
 from mnist_pipeline.errors import PARAMS_ERROR_EXIT, UsageError
-from mnist_pipeline.scratch_repo import git
-from pipelines import trials, user_values, verify
+from pipelines import user_values, verify
+from pipelines.sweep import trials
+from testing.scratch_repo import git
 from tests.pipelines.conftest import make_repo
 
 
@@ -68,7 +69,7 @@ def _injections(marker: Path) -> list[str]:
 def test_an_origin_git_would_read_as_an_option_is_refused_and_runs_nothing(
     repo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from pipelines.sweep import main
+    from pipelines.sweep.cli import main
 
     marker = tmp_path / "X"
     for origin in _injections(marker):
@@ -83,7 +84,7 @@ def test_an_origin_git_would_read_as_an_option_is_refused_and_runs_nothing(
 def test_a_name_that_climbs_out_of_the_sweeps_folder_is_refused_before_any_file(
     repo: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from pipelines.sweep import main
+    from pipelines.sweep.cli import main
 
     # An invalid value too: without the check, the sweep got as far as writing the commit's
     # params.yaml beside its clones, two folders up, before it refused it.
@@ -95,9 +96,11 @@ def test_a_name_that_climbs_out_of_the_sweeps_folder_is_refused_before_any_file(
 
 
 def _sweep(repo: Path, **params: Any) -> Any:
-    from pipelines.sweep import sweep
+    from pipelines.flow_cli import grouped
+    from pipelines.sweep.flow import sweep
 
-    return sweep(root=str(repo), overrides=["train.seed=1"], return_state=True, **params)
+    params = grouped(sweep, overrides=["train.seed=1"], **params)
+    return sweep(root=str(repo), return_state=True, **params)
 
 
 @pytest.mark.parametrize(
@@ -106,7 +109,7 @@ def _sweep(repo: Path, **params: Any) -> Any:
         ("name", "../../escaped", "--name"),
         ("origin", "--upload-pack=touch {marker}", "--origin"),
         ("origin", "-oProxyCommand=touch {marker}", "--origin"),
-        ("prune_metric", "../../../../etc/passwd", "--prune-metric"),
+        ("metric", "../../../../etc/passwd", "--prune-metric"),
         ("model_name", "--force", "--model-name"),
     ],
 )

@@ -13,8 +13,8 @@ import torch
 
 from mnist_pipeline import errors, mnist_files
 from mnist_pipeline.dataset import load_normalization, load_split, split_indices
-from mnist_pipeline.synthetic import make_images
 from stages import prepare
+from testing.synthetic import make_images
 from tests.conftest import ROOT
 
 

@@ -15,13 +15,13 @@ import pytest
 import torch
 import yaml
 
-from benchmarks.ports import PortTaken, on_a_free_port, port_taken
 from mnist_pipeline import checkpoints, training
 from mnist_pipeline.dataset import load_split
 from mnist_pipeline.errors import ParamsError
 from mnist_pipeline.model import load_model, predict_logits, save_model
 from mnist_pipeline.params import parse_params
 from stages import train
+from testing.ports import PortTaken, on_a_free_port, port_taken
 from tests.conftest import ROOT, tiny_params_dict
 from tests.stages.conftest import plant_checkpoint
 

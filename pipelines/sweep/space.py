@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -102,7 +103,7 @@ def trial_name(sweep: str, index: int) -> str:
     return f"{sweep}-{index:03d}"
 
 
-def grid_trials(sweep: str, overrides: list[str], extra: list[str] = ()) -> list[Trial]:
+def grid_trials(sweep: str, overrides: list[str], extra: Sequence[str] = ()) -> list[Trial]:
     """The grid's trials, named `<sweep>-000`, ...; `extra` overrides go to every trial."""
     return [
         Trial(trial_name(sweep, i), tuple([*point, *extra]))
@@ -148,10 +149,12 @@ class Dimension:
     def distribution(self) -> Any:
         import optuna.distributions as d
 
-        if self.kind == "float":
-            return d.FloatDistribution(self.low, self.high, log=self.log)
-        if self.kind == "int":
-            return d.IntDistribution(int(self.low), int(self.high), step=int(self.step or 1))
+        if self.kind in ("float", "int"):
+            low, high = self.low, self.high
+            assert low is not None and high is not None  # a range has both
+            if self.kind == "float":
+                return d.FloatDistribution(low, high, log=self.log)
+            return d.IntDistribution(int(low), int(high), step=int(self.step or 1))
         return d.CategoricalDistribution(self.choices)
 
 
@@ -180,6 +183,7 @@ def optuna_space(overrides: list[str]) -> list[Dimension]:
         parsed = _parse(o)
         key, value = parsed.key_or_group, parsed.value()
         if isinstance(value, IntervalSweep):
+            assert value.start is not None and value.end is not None  # Hydra's grammar needs both
             low, high = float(value.start), float(value.end)
             log = "log" in (value.tags or set())
             if not low < high or (log and low <= 0) or math.isinf(high - low):
@@ -189,6 +193,7 @@ def optuna_space(overrides: list[str]) -> list[Dimension]:
             dims.append(Dimension(key, "float", low, high, log=log))
         elif isinstance(value, RangeSweep):
             start, stop, step = value.start, value.stop, value.step or 1
+            assert start is not None and stop is not None  # Hydra's grammar needs both
             if not all(float(x).is_integer() for x in (start, stop, step)) or step <= 0:
                 raise ParamsError(f"override {o!r}: range needs integers and a step > 0")
             count = math.ceil((stop - start) / step)  # Hydra's range, like Python's, stops short

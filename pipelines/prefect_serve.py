@@ -1,7 +1,7 @@
 """Serve the pipeline flow on a schedule from this machine, without a work pool or worker.
 
-    uv run python -m pipelines.serve                       # nightly at 02:00 UTC
-    uv run python -m pipelines.serve --cron "*/30 * * * *" -S train.max_epochs=2
+    uv run python -m pipelines.prefect_serve                       # nightly at 02:00 UTC
+    uv run python -m pipelines.prefect_serve --cron "*/30 * * * *" -S train.max_epochs=2
 
 `flow.serve` keeps a deployment and its schedule on the Prefect server and runs each flow run
 in a subprocess here until stopped (Ctrl-C pauses the schedule). A schedule is only useful on
@@ -13,8 +13,9 @@ temporary server that disappears with it.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
+from pathlib import Path
+from typing import Any
 
 HOW_TO_START = (
     "Start a server and point this shell at it:\n"
@@ -37,23 +38,30 @@ def api_problem() -> str | None:
     return None if err is None else f"cannot reach the Prefect API at {url}: {err!r}"
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+# The pipeline flow's parameters a served deployment takes from this command line.
+FLOW_PARAMS = ("root", "overrides", "push", "register_model")
+
+
+def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, dict[str, Any]]:
+    """This command's options, and the pipeline flow's parameters among them."""
+    from pipelines import flow_cli
+    from pipelines.flow import pipeline
+
     p = argparse.ArgumentParser(
-        prog="python -m pipelines.serve", description=__doc__.splitlines()[0]
+        prog="python -m pipelines.prefect_serve", description=__doc__.splitlines()[0]
     )
     p.add_argument("--name", default="nightly-retrain-served", help="deployment name")
     p.add_argument("--cron", default="0 2 * * *", help="schedule (default: 02:00 daily)")
     p.add_argument("--timezone", default="UTC")
-    p.add_argument("--root", default=os.getcwd(), help="the DVC repository (default: here)")
-    p.add_argument("-S", "--set-param", dest="overrides", action="append", default=[])
-    p.add_argument("--no-push", dest="push", action="store_false")
-    p.add_argument("--register", action="store_true", help="tag a model version (GTO)")
     p.add_argument("--check", action="store_true", help="only check the server, then exit")
-    return p.parse_args(argv)
+    flow_cli.add_arguments(p, pipeline, only=FLOW_PARAMS)
+    args, params = flow_cli.parse(p, pipeline, argv)
+    # The runs start in the deployment's own folder: the repository as an absolute path.
+    return args, {**params, "root": str(Path(params["root"]).resolve())}
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    args, params = parse_args(argv)
     problem = api_problem()
     if problem:
         print(f"error: {problem}\n{HOW_TO_START}", file=sys.stderr)
@@ -68,12 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     pipeline.serve(
         name=args.name,
         schedules=[CronSchedule(cron=args.cron, timezone=args.timezone)],
-        parameters={
-            "root": args.root,
-            "overrides": args.overrides,
-            "push": args.push,
-            "register_model": args.register,
-        },
+        parameters=params,
         global_limit=1,  # one run at a time across every server of this deployment: DVC's lock
         limit=1,
     )

@@ -1,4 +1,6 @@
-"""Pruning hopeless trials of an Optuna sweep on their per-epoch validation metric.
+"""Early stopping of an Optuna sweep's hopeless trials on their per-epoch validation metric
+(Optuna calls it pruning: `--prune-trials`; nothing to do with the `prune` stage's pruning of
+the model).
 
 `train` logs its validation metrics once an epoch with DVCLive, into the trial's clone
 (`<live-dir>/plots/metrics/val/acc.tsv` with `--live-dir dvclive/train` in dvc.yaml, and the
@@ -30,7 +32,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
+
+from mnist_pipeline import errors
+from pipelines import dvc_repo
+from pipelines.sweep import trials
+
+if TYPE_CHECKING:
+    from pipelines.sweep.options import EarlyStopping
 
 Pruner = Literal["none", "median", "percentile"]
 PRUNERS: tuple[str, ...] = get_args(Pruner)
@@ -224,3 +233,57 @@ def describe(curve: dict[int, float], metric: str) -> str:
         return "before its first epoch"
     epoch = max(curve)
     return f"after epoch {epoch + 1}: {metric} {curve[epoch]:.4g}"
+
+
+def settings(options: EarlyStopping, adaptive: bool) -> Pruning | None:
+    """The pruner's settings, or None; refused for a grid (no study to compare with)."""
+    if options.pruner == "none":
+        return None
+    if not adaptive:
+        raise errors.UsageError(
+            f"--prune-trials {options.pruner} needs --trials: a grid has no study whose "
+            "finished trials a pruner could compare a trial with"
+        )
+    o = options
+    if o.startup_trials < 0 or o.warmup_epochs < 0 or not 0.0 <= o.percentile <= 100.0:
+        raise errors.UsageError(
+            "--prune-startup-trials and --prune-warmup-epochs must be at least 0, "
+            "--prune-percentile between 0 and 100"
+        )
+    return Pruning(o.pruner, o.startup_trials, o.warmup_epochs, o.percentile)
+
+
+def watch(
+    root: Path,
+    commit: str,
+    targets: list[str],
+    shared: list[str],
+    metric: str,
+    maximize: bool,
+    prune: Pruning | None,
+) -> Watch | None:
+    """What each trial follows: `train`'s per-epoch `metric`, which the study records for
+    every trial (so a later run with a pruner has the epochs it compares), and `prune`.
+    None when the trials do not run `train`; then pruning is refused."""
+    live = dvc_repo.stage_arg(root, STAGE, "--live-dir")
+    runs_train = STAGE in dvc_repo.stage_order(root, targets)
+    if live is None or not runs_train or STAGE in shared:
+        if prune is not None:
+            raise errors.UsageError(
+                f"--prune-trials needs trials that run the {STAGE!r} stage with its "
+                "DVCLive metrics (--live-dir in dvc.yaml), whose epochs it watches"
+            )
+        return None
+    live_dir = live.relative_to(root)
+    folder = (live_dir / METRICS_DIR).as_posix()
+    known = trials.git(root, "ls-tree", "-r", "--name-only", commit, "--", folder).splitlines()
+    tsv = metric_tsv(live_dir, metric).as_posix()
+    if known and tsv not in known:
+        if prune is None:
+            return None  # no such curve to record, and no pruner asked for one
+        names = [k.removeprefix(f"{folder}/").removesuffix(".tsv") for k in known]
+        raise errors.UsageError(
+            f"--prune-metric {metric}: train logs no such per-epoch metric (in {folder}: "
+            f"{', '.join(n for n in names if n != 'epoch')})"
+        )
+    return Watch(metric, maximize, live_dir.as_posix(), prune)

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import ports
-from benchmarks.prefect_server import running_server
+from testing import ports
+from testing.prefect_server import running_server
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from benchmarks.ports import PortTaken, on_a_free_port, port_taken
+from testing.ports import PortTaken, on_a_free_port, port_taken
 
 
 def without_prefect_settings(**extra: str) -> dict[str, str]:

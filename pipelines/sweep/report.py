@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from pipelines.report import fmt, markdown_table
 
@@ -40,8 +40,8 @@ def find_metric(metrics: dict[str, dict[str, Any]], name: str) -> float | None:
     if sep:
         value = metrics.get(path, {}).get(key)
         return float(value) if _number(value) else None
-    hits = [m[name] for m in metrics.values() if _number(m.get(name))]
-    return float(hits[0]) if len(hits) == 1 else None
+    hits = [float(m[name]) for m in metrics.values() if _number(m.get(name))]
+    return hits[0] if len(hits) == 1 else None
 
 
 def metric_names(metrics: dict[str, dict[str, Any]]) -> list[str]:
@@ -49,7 +49,7 @@ def metric_names(metrics: dict[str, dict[str, Any]]) -> list[str]:
     return [f"{p}:{k}" for p, m in sorted(metrics.items()) for k, v in m.items() if _number(v)]
 
 
-def _number(value: Any) -> bool:
+def _number(value: Any) -> TypeGuard[int | float]:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
@@ -70,7 +70,7 @@ def other_metrics(metrics: dict[str, dict[str, Any]], files: list[str]) -> dict[
 def ranked(results: list[TrialResult], maximize: bool) -> list[TrialResult]:
     """Best first; trials without an objective last, in name order."""
     scored = [r for r in results if r.objective is not None and r.status == SUCCEEDED]
-    scored.sort(key=lambda r: (-r.objective if maximize else r.objective, r.name))
+    scored.sort(key=lambda r: (-(r.objective or 0.0) if maximize else r.objective or 0.0, r.name))
     rest = sorted((r for r in results if r not in scored), key=lambda r: r.name)
     return scored + rest
 

@@ -1,5 +1,5 @@
 """The README's server paths for real, on a Prefect server on 127.0.0.1 started here:
-`python -m pipelines.deploy` and a process worker, and `python -m pipelines.serve`; runs
+`python -m pipelines.deploy` and a process worker, and `python -m pipelines.prefect_serve`; runs
 triggered through the REST API, the stages run in order.
 """
 
@@ -16,13 +16,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from benchmarks.prefect_server import (
+from testing.prefect_server import (
     running_server,
     server_settings,
     stop_group,
     without_prefect_settings,
 )
-from mnist_pipeline.scratch_repo import GIT_IDENTITY
+from testing.scratch_repo import GIT_IDENTITY
 from tests.pipelines.conftest import make_repo
 
 pytestmark = pytest.mark.slow
@@ -61,6 +61,19 @@ def client_env(env: dict[str, str], mirror: Path) -> dict[str, str]:
     }
 
 
+@pytest.fixture
+def client(
+    tmp_path: Path, server: tuple[str, dict[str, str]], synthetic_mirror: Path
+) -> tuple[str, dict[str, str], Path]:
+    """(API URL, the environment of a client of the server, a fresh repo with its remote)."""
+    url, env = server
+    return (
+        url,
+        client_env(env, synthetic_mirror),
+        make_repo(tmp_path / "repo", tmp_path / "remote"),
+    )
+
+
 def wait_for(api: httpx.Client, flow_run_id: str, proc: subprocess.Popen, log: Path) -> dict:
     """The flow run's final state; fails if `proc` (worker or server) dies or 10 minutes pass."""
     deadline = time.monotonic() + 600
@@ -80,11 +93,9 @@ def stage_runs(api: httpx.Client, flow_run_id: str, stages: set[str]) -> list[di
 
 
 def test_deployed_flow_runs_on_a_worker_against_a_real_server(
-    tmp_path: Path, server: tuple[str, dict[str, str]], synthetic_mirror: Path
+    tmp_path: Path, client: tuple[str, dict[str, str], Path]
 ) -> None:
-    url, env = server
-    env = client_env(env, synthetic_mirror)
-    repo = make_repo(tmp_path / "repo", tmp_path / "remote")
+    url, env, repo = client
     deployed = subprocess.run(
         [sys.executable, "-m", "pipelines.deploy"],
         cwd=repo,
@@ -130,14 +141,12 @@ def test_deployed_flow_runs_on_a_worker_against_a_real_server(
 
 
 def test_served_flow_runs_and_pauses_its_schedule_on_exit(
-    tmp_path: Path, server: tuple[str, dict[str, str]], synthetic_mirror: Path
+    tmp_path: Path, client: tuple[str, dict[str, str], Path]
 ) -> None:
-    url, env = server
-    env = client_env(env, synthetic_mirror)
-    repo = make_repo(tmp_path / "repo", tmp_path / "remote")
+    url, env, repo = client
     name = "mnist-pipeline/served-test"
     serving = start(
-        [sys.executable, "-m", "pipelines.serve", "--name", "served-test", "--no-push"],
+        [sys.executable, "-m", "pipelines.prefect_serve", "--name", "served-test", "--no-push"],
         repo,
         env,
         tmp_path / "serve.log",

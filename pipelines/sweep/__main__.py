@@ -1,0 +1,5 @@
+import sys
+
+from pipelines.sweep.cli import main
+
+sys.exit(main())
