@@ -8,7 +8,7 @@ from torch import nn
 
 from mnist_pipeline.lightning_module import LitLeNet5
 from mnist_pipeline.model import LeNet5
-from mnist_pipeline.params import OptimizerParams, SchedulerParams
+from mnist_pipeline.params_fit import OptimizerParams, SchedulerParams
 
 
 class DistilledLitLeNet5(LitLeNet5):

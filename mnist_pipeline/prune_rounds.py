@@ -36,12 +36,8 @@ from mnist_pipeline.dataset import Split, load_split
 from mnist_pipeline.distillation import DistilledLitLeNet5
 from mnist_pipeline.lightning_module import LitLeNet5
 from mnist_pipeline.model import LeNet5, Widths, accuracy, widths_of
-from mnist_pipeline.params import (
-    ComputeParams,
-    PruneParams,
-    StructuredPruneParams,
-    TrainParams,
-)
+from mnist_pipeline.params import ComputeParams
+from mnist_pipeline.params_fit import PruneParams, StructuredPruneParams, TrainParams
 from mnist_pipeline.pruning import (
     make_permanent,
     make_structured_pruner,
