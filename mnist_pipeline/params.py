@@ -27,6 +27,7 @@ class PrepareParams(Section):
     """The `prepare` section: where the MNIST files come from, and the validation split."""
 
     mirror: str | None = Field(
+        title="Where the MNIST files come from (null: the official mirrors).",
         default=None,
         description=(
             "Where to fetch the four MNIST .gz files from: an http(s):// or file:// URL or a "
@@ -42,6 +43,7 @@ class PrepareParams(Section):
     )
     split_seed: int = Field(ge=0, description="Seed of the validation split.")
     retries: int = Field(
+        title="Attempts per file at each network mirror, with backoff. Not tracked by DVC.",
         default=3,
         ge=1,
         le=10,
@@ -83,6 +85,7 @@ class ExportParams(_TimingParams):
     """The `export` section: the ONNX files, their parity check and their timing."""
 
     opset: int = Field(
+        title="ONNX opset of the files; it sets the oldest ONNX Runtime that loads them.",
         ge=18,
         le=23,
         description=(
@@ -96,6 +99,7 @@ class ExportParams(_TimingParams):
         description="The graph's input type; either way it takes raw 0-255 pixels."
     )
     atol: float = Field(
+        title="Largest allowed |ONNX Runtime - PyTorch| logit difference on the test set.",
         gt=0,
         le=1.0,
         description=(
@@ -113,6 +117,7 @@ class ExportParams(_TimingParams):
         ),
     )
     max_slowdown: float = Field(
+        title="How much slower the pruned ONNX model may be than the dense one (a fraction).",
         ge=0,
         le=10,
         description=(
@@ -127,10 +132,11 @@ class QuantizeParams(_TimingParams):
     and their timing."""
 
     method: Literal["minmax", "entropy", "percentile"] = Field(
+        title="How calibration sets each activation's int8 range.",
         description=(
             "How calibration sets each activation's int8 range: the observed min and max, the "
             "range that keeps the histogram's entropy, or a percentile of the values."
-        )
+        ),
     )
     percentile: float = Field(
         gt=90,
@@ -138,12 +144,14 @@ class QuantizeParams(_TimingParams):
         description="percentile only: the percentile of the activation values kept in range.",
     )
     calibration_size: int = Field(
+        title="Validation digits that calibrate the ranges.",
         ge=1,
         le=60_000,
         description="Validation digits, drawn with `calibration_seed`, that calibrate the ranges.",
     )
     calibration_seed: int = Field(ge=0, description="Seed of the calibration sample.")
     max_acc_drop: float = Field(
+        title="Test accuracy points an INT8 model may lose against its float model.",
         ge=0,
         le=100,
         description=(
@@ -152,6 +160,7 @@ class QuantizeParams(_TimingParams):
         ),
     )
     min_agreement: float = Field(
+        title="Fraction of the test digits on which INT8 and float models must agree.",
         gt=0,
         le=1,
         description=(
@@ -171,12 +180,13 @@ class ComputeParams(Section):
     """The `compute` section: how every stage computes (see `mnist_pipeline.compute`)."""
 
     profile: Literal["portable", "fast"] = Field(
+        title="portable: same bytes on any AVX2 CPU; fast: native kernels, every core.",
         description=(
             "portable: pinned kernels (`isa`), MKL's cross-vendor branch, `threads` threads and "
             "32-bit training, so every hashed output has the same bytes on any x86-64 CPU with "
             "AVX2. fast: native kernels, bf16 where the CPU computes it, every core; results "
             "reproduce on the same CPU model only (see README, Reproducible runs)."
-        )
+        ),
     )
     isa: Literal["avx2", "avx512"] = Field(
         description=(
@@ -186,6 +196,7 @@ class ComputeParams(Section):
         )
     )
     threads: int = Field(
+        title="portable only: the threads every stage computes with.",
         ge=1,
         le=1024,
         description=(

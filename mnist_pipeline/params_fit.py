@@ -43,11 +43,12 @@ class SchedulerParams(Section):
     """A learning-rate schedule over the epochs of one fit."""
 
     name: SchedulerName = Field(
+        title="How the learning rate moves over the fit.",
         description=(
             "How the learning rate moves: none keeps `optimizer.lr`; step decays it every "
             "`step_size` epochs; onecycle warms up to it and anneals, and cosine anneals it to "
             "zero, both updated every batch."
-        )
+        ),
     )
     pct_start: float = Field(
         gt=0,
@@ -64,6 +65,7 @@ class TrainParams(Section):
     """The `train` section: how LeNet-5 is trained."""
 
     seed: int = Field(
+        title="Seed of the weight initialisation and of the per-epoch shuffling.",
         ge=0,
         description=(
             "Seed of the weight initialisation and of the shuffling, which is seeded per epoch "
@@ -84,12 +86,14 @@ class TrainParams(Section):
         description="The learning-rate schedule of the training run."
     )
     accelerator: Accelerator = Field(
-        description="Lightning's accelerator; auto trains on a GPU when there is one."
+        title="Lightning's accelerator; auto: a GPU when there is one.",
+        description="Lightning's accelerator; auto trains on a GPU when there is one.",
     )
     devices: int | Literal["auto"] = Field(
         description="Devices to train on (processes under DDP); auto lets Lightning choose."
     )
     num_nodes: int = Field(
+        title="Machines training together (more than 1 needs `strategy: ddp`).",
         default=1,
         ge=1,
         le=1024,
@@ -100,10 +104,11 @@ class TrainParams(Section):
         ),
     )
     strategy: Literal["auto", "ddp", "ddp_spawn", "ddp_find_unused_parameters_true"] = Field(
+        title="Lightning's strategy.",
         description=(
             "Lightning's strategy; ddp with `devices: N` trains on N processes (gloo on CPU, "
             "NCCL on GPUs)."
-        )
+        ),
     )
     precision: Precision = Field(
         description=(
@@ -114,10 +119,11 @@ class TrainParams(Section):
         )
     )
     channels_last: bool = Field(
+        title="Channels-last memory format: faster convolutions and pooling on CPU.",
         description=(
             "Channels-last memory format for the network and the images: faster convolutions "
             "and pooling on CPU (see README, Speed)."
-        )
+        ),
     )
     val_every_n_epochs: int = Field(
         ge=1, description="Validate every n epochs; the last epoch is always validated."
@@ -129,6 +135,7 @@ class TrainParams(Section):
         ),
     )
     compile: bool = Field(
+        title="torch.compile the network: it pays off only in long runs.",
         default=False,
         description=(
             "torch.compile the network: a one-time compile cost before the first step, so it "
@@ -136,6 +143,7 @@ class TrainParams(Section):
         ),
     )
     tune_batch_size: bool = Field(
+        title="Grow the batch size with Lightning's tuner before training, while it fits.",
         default=False,
         description=(
             "Before training, grow the batch size (powers of 2 from `batch_size`, at most the "
@@ -173,6 +181,7 @@ class StructuredPruneParams(Section):
     """Settings of `method: structured` (torch-pruning)."""
 
     ratio: float = Field(
+        title="Fraction of each layer's channels or neurons removed over all rounds.",
         gt=0,
         lt=1,
         description=(
@@ -188,10 +197,11 @@ class StructuredPruneParams(Section):
         )
     )
     global_pruning: bool = Field(
+        title="Rank the channels of all layers together (false: each layer loses `ratio`).",
         description=(
             "true: rank the channels of all layers together, so layers lose different "
             "fractions; false: every layer loses `ratio`."
-        )
+        ),
     )
     taylor_batches: int = Field(
         ge=1,
@@ -204,6 +214,7 @@ class UnstructuredPruneParams(Section):
     """Settings of `method: unstructured` (torch.nn.utils.prune)."""
 
     sparsity: float = Field(
+        title="Fraction of all conv and linear weights set to zero, by global magnitude.",
         gt=0,
         lt=1,
         description=(
@@ -216,6 +227,7 @@ class FinetuneParams(Section):
     """Fine-tuning after each pruning round; the rest of the Trainer set-up is `train`'s."""
 
     epochs: int = Field(
+        title="Epochs of fine-tuning after each round (0: none).",
         ge=0,
         le=1000,
         description=(
@@ -233,6 +245,7 @@ class DistillParams(Section):
     """Distillation from the dense model while fine-tuning the pruned one."""
 
     alpha: float = Field(
+        title="Weight of the teacher's softened outputs in the loss; 0: no distillation.",
         ge=0,
         le=1,
         description=(
@@ -251,13 +264,15 @@ class PruneParams(Section):
     """The `prune` section: how the trained model is made smaller."""
 
     method: PruneMethod = Field(
+        title="structured removes channels; unstructured zeroes single weights.",
         description=(
             "structured removes whole conv channels and fc neurons (a smaller, faster model); "
             "unstructured zeroes single weights (the same shapes, smaller only once compressed)."
-        )
+        ),
     )
     seed: int = Field(ge=0, description="Seed of the fine-tuning (round r uses seed + r).")
     rounds: int = Field(
+        title="Prune and fine-tune in this many equal steps.",
         ge=1,
         le=100,
         description=(
