@@ -66,7 +66,8 @@ _BOUNDS = (
 
 def _number_text(name: str, metadata: list[Any]) -> str:
     """`int`, `int >= 1`, `float > 0` or `0 < float <= 1`, from pydantic's bound constraints."""
-    low = high = None
+    low: tuple[str, str | None, str] | None = None
+    high: tuple[str, str | None, str] | None = None
     for m in metadata:
         for cls, attr, after, before in _BOUNDS:
             if isinstance(m, cls):
@@ -74,8 +75,9 @@ def _number_text(name: str, metadata: list[Any]) -> str:
                 low, high = (bound, high) if before else (low, bound)
     if low and high:
         return f"{low[2]} {low[1]} {name} {high[0]} {high[2]}"
-    if low or high:
-        after, _, value = low or high
+    one = low or high
+    if one:
+        after, _, value = one
         return f"{name} {after} {value}"
     return name
 
@@ -205,7 +207,7 @@ def render_params_yaml(text: str) -> str:
             if (section is not None) != isinstance(value, dict):
                 want = "keys" if section is not None else "a value"
                 raise ValueError(f"params file: {prefix}{name}: expected {want}")
-            if isinstance(value, dict):
+            if isinstance(value, dict) and section is not None:
                 out.append(f"{indent}{name}:")
                 walk(section, value, f"{prefix}{name}.", depth + 1)
             else:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import gzip
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +30,7 @@ EXAMPLE_INPUT = torch.zeros(1, 1, 28, 28)
 # --- measuring ------------------------------------------------------------------------------
 
 
-def weight_layers(net: nn.Module) -> list[nn.Module]:
+def weight_layers(net: nn.Module) -> list[nn.Conv2d | nn.Linear]:
     return [m for m in net.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
 
 
@@ -116,10 +116,16 @@ def accumulate_taylor_grads(net: LeNet5, train: Split, batches: int, batch_size:
 
 
 def structured_step(
-    pruner: tp.pruner.BasePruner, net: LeNet5, params: StructuredPruneParams, train: Split
+    pruner: tp.pruner.BasePruner,
+    net: LeNet5,
+    params: StructuredPruneParams,
+    train: Split | None,
 ) -> None:
-    """One pruning round: channels and neurons are removed from the layers in place."""
+    """One pruning round: channels and neurons are removed from the layers in place. `train`
+    (the training split) is needed by Taylor importance only."""
     if params.importance == "taylor":
+        if train is None:
+            raise ValueError("Taylor importance needs the training split")
         accumulate_taylor_grads(net, train, params.taylor_batches, batch_size=256)
     pruner.step()
     net.zero_grad(set_to_none=True)
@@ -136,7 +142,8 @@ def unstructured_step(net: nn.Module, target_sparsity: float) -> None:
     """
     params = [(m, "weight") for m in weight_layers(net)]
     total = sum(m.weight.numel() for m, _ in params)
-    already = sum(int((m.weight_mask == 0).sum()) for m, _ in params if hasattr(m, "weight_mask"))
+    masks = [cast(torch.Tensor, m.weight_mask) for m, _ in params if hasattr(m, "weight_mask")]
+    already = sum(int((mask == 0).sum()) for mask in masks)
     amount = round(target_sparsity * total) - already
     if amount > 0:
         # An int amount counts weights among those not yet pruned.
