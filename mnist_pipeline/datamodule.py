@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -108,7 +109,7 @@ class MNISTDataModule(pl.LightningDataModule):
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.batch_size = int(state.get("batch_size", self.batch_size))
 
-    def _ranks(self) -> dict[str, int]:
+    def _ranks(self) -> dict[str, Any]:
         if self.trainer is None:
             return {"rank": 0, "world_size": 1}
         return {"rank": self.trainer.global_rank, "world_size": self.trainer.world_size}

@@ -1,6 +1,6 @@
 """Inference speed of the exported models: ONNX Runtime against PyTorch eager, batch-1 latency
 and batch throughput, each a median of runs interleaved so that a shared machine's load weighs
-on every model alike. The `export` stage and the benchmarks time with this."""
+on every model alike. The `export` and `quantize` stages and the benchmarks time with this."""
 
 from __future__ import annotations
 
@@ -14,9 +14,10 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
+from mnist_pipeline import onnx_runtime
 from mnist_pipeline.model import RAW_PIXEL_DTYPES, RawPixelsLeNet5
 from mnist_pipeline.onnx_runtime import INPUT_NAME, OUTPUT_NAME
-from mnist_pipeline.params import ExportParams
+from mnist_pipeline.params import ExportParams, QuantizeParams
 
 
 def median_times(fns: dict[str, Callable[[], Any]], warmup: int, runs: int) -> dict[str, float]:
@@ -91,6 +92,36 @@ def benchmark(
                 params.throughput_batch / thr[f"{name}/{rt}"], 1
             )
     return out
+
+
+def session_speeds(
+    sessions: dict[str, ort.InferenceSession], pixels: np.ndarray, params: QuantizeParams
+) -> dict[str, dict[str, float]]:
+    """Batch-1 latency (ms) and batch throughput (images/s) of each session, interleaved; each
+    gets the raw `pixels` in the input type its model takes."""
+    many = np.resize(pixels, (params.throughput_batch, *pixels.shape[1:]))
+
+    def runner(sess: ort.InferenceSession, x: np.ndarray) -> Callable[[], Any]:
+        x = x.astype(onnx_runtime.input_dtype(sess))
+        return lambda: sess.run([OUTPUT_NAME], {INPUT_NAME: x})
+
+    lat = median_times(
+        {k: runner(s, pixels[:1]) for k, s in sessions.items()},
+        params.warmup_runs,
+        params.latency_runs,
+    )
+    thr = median_times(
+        {k: runner(s, many) for k, s in sessions.items()},
+        max(1, params.warmup_runs // 10),
+        params.throughput_runs,
+    )
+    return {
+        k: {
+            "latency_ms": round(lat[k] * 1e3, 4),
+            "throughput_ips": round(params.throughput_batch / thr[k], 1),
+        }
+        for k in sessions
+    }
 
 
 def speedups(timings: dict[str, dict[str, float]]) -> dict[str, float]:

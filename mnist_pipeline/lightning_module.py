@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import pytorch_lightning as pl
 import torch
@@ -11,7 +11,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from mnist_pipeline.model import LeNet5, Widths
-from mnist_pipeline.params import OptimizerParams, SchedulerParams
+from mnist_pipeline.params_fit import OptimizerParams, SchedulerParams
 
 
 def build_optimizer(params: OptimizerParams, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -39,7 +39,7 @@ def build_scheduler(
         return None
     if params.name == "onecycle":
         lr = optimizer.param_groups[0]["lr"]
-        sched = torch.optim.lr_scheduler.OneCycleLR(
+        sched: torch.optim.lr_scheduler.LRScheduler = torch.optim.lr_scheduler.OneCycleLR(
             optimizer, max_lr=lr, total_steps=total, pct_start=params.pct_start
         )
         return {"scheduler": sched, "interval": "step"}
@@ -121,6 +121,8 @@ class LitLeNet5(pl.LightningModule):
 
     def configure_optimizers(self) -> Any:
         opt = build_optimizer(self.optimizer_params, self.net)
-        steps = self.trainer.estimated_stepping_batches // max(1, self.trainer.max_epochs)
-        sched = build_scheduler(self.scheduler_params, opt, steps, self.trainer.max_epochs)
+        # Ints by the time Lightning asks: the Trainer was built with a finite `max_epochs`.
+        epochs = cast(int, self.trainer.max_epochs)
+        steps = cast(int, self.trainer.estimated_stepping_batches) // max(1, epochs)
+        sched = build_scheduler(self.scheduler_params, opt, steps, epochs)
         return opt if sched is None else {"optimizer": opt, "lr_scheduler": sched}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
@@ -82,7 +82,9 @@ def count_params(net: nn.Module) -> int:
 def widths_of(net: LeNet5) -> Widths:
     """The widths read off the layers, which structured pruning may have changed in place."""
     f, c = net.features, net.classifier
-    return Widths(f[0].out_channels, f[3].out_channels, c[1].out_features, c[3].out_features)
+    conv1, conv2 = cast(nn.Conv2d, f[0]), cast(nn.Conv2d, f[3])
+    fc1, fc2 = cast(nn.Linear, c[1]), cast(nn.Linear, c[3])
+    return Widths(conv1.out_channels, conv2.out_channels, fc1.out_features, fc2.out_features)
 
 
 def save_model(net: LeNet5, path: Path, meta: dict[str, Any] | None = None) -> None:

@@ -43,7 +43,7 @@ class ModelSource:
         if self.artifact is None:
             return str(self.path)
         via = f" (stage {self.stage})" if self.stage else ""
-        return f"{self.artifact}@{self.version}{via} at {self.commit[:12]} -> {self.path}"
+        return f"{self.artifact}@{self.version}{via} at {(self.commit or '')[:12]} -> {self.path}"
 
 
 def is_reference(spec: str) -> bool:

@@ -29,7 +29,8 @@ import torch
 import torch.nn.functional as F
 from onnx import numpy_helper
 
-Op = Callable[[list[torch.Tensor | None], dict[str, Any]], torch.Tensor]
+# The inputs of a node; an optional input left out is None (only where the op allows it).
+Op = Callable[[list[Any], dict[str, Any]], torch.Tensor]
 _DTYPES = {
     onnx.TensorProto.FLOAT: torch.float32,
     onnx.TensorProto.UINT8: torch.uint8,

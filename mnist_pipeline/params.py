@@ -1,9 +1,10 @@
-"""The one validated loader for `params.yaml`.
+"""The one validated loader for `params.yaml`, and the schema of its sections.
 
 Every stage calls `load_params` before doing any work: an unknown key, a wrong type or an
 out-of-range value raises `ParamsError` naming the key, so a typo fails fast and no output
 is touched. Values that change results have no defaults here: DVC only tracks what is
-written in `params.yaml`.
+written in `params.yaml`. The sections that fit a model (`train`, `prune`) are in
+`mnist_pipeline.params_fit`.
 """
 
 from __future__ import annotations
@@ -12,25 +13,21 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from mnist_pipeline.errors import ParamsError
+from mnist_pipeline.params_fit import PruneParams, Section, TrainParams
+
+# The descriptions below (and in params_fit) are the only ones: `python -m
+# mnist_pipeline.params_docs --write` turns them, with the allowed values the types give, into
+# params.yaml's comments and the README's params table, and a test fails when those drift.
 
 
-class _Section(BaseModel):
-    # strict: YAML gives real ints, floats and bools; a quoted "1e-3" or "yes" is a mistake.
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
-
-
-# The descriptions below are the only ones: `python -m mnist_pipeline.params_docs --write`
-# turns them, with the allowed values the types give, into params.yaml's comments and the
-# README's params table, and a test fails when those drift.
-
-
-class PrepareParams(_Section):
+class PrepareParams(Section):
     """The `prepare` section: where the MNIST files come from, and the validation split."""
 
     mirror: str | None = Field(
+        title="Where the MNIST files come from (null: the official mirrors).",
         default=None,
         description=(
             "Where to fetch the four MNIST .gz files from: an http(s):// or file:// URL or a "
@@ -46,6 +43,7 @@ class PrepareParams(_Section):
     )
     split_seed: int = Field(ge=0, description="Seed of the validation split.")
     retries: int = Field(
+        title="Attempts per file at each network mirror, with backoff. Not tracked by DVC.",
         default=3,
         ge=1,
         le=10,
@@ -61,153 +59,7 @@ class PrepareParams(_Section):
     )
 
 
-OptimizerName = Literal["adam", "adamw", "sgd"]
-SchedulerName = Literal["none", "step", "onecycle", "cosine"]
-Precision = Literal["auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true"]
-Accelerator = Literal["auto", "cpu", "gpu", "cuda", "mps"]
-
-
-class OptimizerParams(_Section):
-    """An optimizer and its settings (training's, or fine-tuning's after pruning)."""
-
-    name: OptimizerName = Field(description="The torch.optim optimizer.")
-    lr: float = Field(
-        gt=0, le=10, description="Learning rate; with the onecycle schedule, its peak."
-    )
-    weight_decay: float = Field(
-        ge=0, le=1, description="Weight decay (decoupled from the gradient in adamw)."
-    )
-    momentum: float = Field(ge=0, lt=1, description="SGD only: momentum.")
-    nesterov: bool = Field(description="SGD only: Nesterov momentum (needs momentum > 0).")
-
-
-class SchedulerParams(_Section):
-    """A learning-rate schedule over the epochs of one fit."""
-
-    name: SchedulerName = Field(
-        description=(
-            "How the learning rate moves: none keeps `optimizer.lr`; step decays it every "
-            "`step_size` epochs; onecycle warms up to it and anneals, and cosine anneals it to "
-            "zero, both updated every batch."
-        )
-    )
-    pct_start: float = Field(
-        gt=0,
-        lt=1,
-        description="onecycle only: fraction of the steps spent warming up to `optimizer.lr`.",
-    )
-    step_size: int = Field(ge=1, description="step only: epochs between two decays.")
-    gamma: float = Field(
-        gt=0, le=1, description="step only: factor applied to the learning rate at each decay."
-    )
-
-
-class TrainParams(_Section):
-    """The `train` section: how LeNet-5 is trained."""
-
-    seed: int = Field(
-        ge=0,
-        description=(
-            "Seed of the weight initialisation and of the shuffling, which is seeded per epoch "
-            "so that a resumed run ends with the same weights."
-        ),
-    )
-    max_epochs: int = Field(ge=1, le=1000, description="Epochs to train.")
-    batch_size: int = Field(
-        ge=1,
-        le=65_536,
-        description="Training batch size, per process under DDP.",
-    )
-    eval_batch_size: int = Field(
-        ge=1, le=65_536, description="Batch size of the validation passes, per process."
-    )
-    optimizer: OptimizerParams = Field(description="The optimizer of the training run.")
-    scheduler: SchedulerParams = Field(
-        description="The learning-rate schedule of the training run."
-    )
-    accelerator: Accelerator = Field(
-        description="Lightning's accelerator; auto trains on a GPU when there is one."
-    )
-    devices: int | Literal["auto"] = Field(
-        description="Devices to train on (processes under DDP); auto lets Lightning choose."
-    )
-    num_nodes: int = Field(
-        default=1,
-        ge=1,
-        le=1024,
-        description=(
-            "Machines training together, each with `devices` processes (see README, "
-            "Multi-node training); more than 1 needs `strategy: ddp` and a launcher "
-            "(torchrun, SLURM) on every machine. The batch size stays per process."
-        ),
-    )
-    strategy: Literal["auto", "ddp", "ddp_spawn", "ddp_find_unused_parameters_true"] = Field(
-        description=(
-            "Lightning's strategy; ddp with `devices: N` trains on N processes (gloo on CPU, "
-            "NCCL on GPUs)."
-        )
-    )
-    precision: Precision = Field(
-        description=(
-            "Lightning's precision. auto: 32-true under the portable compute profile; under "
-            "the fast one, bf16-mixed where the hardware computes bf16 natively (a GPU that "
-            "supports it, or a CPU with AVX512-BF16 or AMX) and 32-true elsewhere. The "
-            "resolved precision is recorded with the model."
-        )
-    )
-    channels_last: bool = Field(
-        description=(
-            "Channels-last memory format for the network and the images: faster convolutions "
-            "and pooling on CPU (see README, Speed)."
-        )
-    )
-    val_every_n_epochs: int = Field(
-        ge=1, description="Validate every n epochs; the last epoch is always validated."
-    )
-    progress_bar: bool = Field(
-        default=True,
-        description=(
-            "Show Lightning's progress bar (on a terminal only); changes nothing in the results."
-        ),
-    )
-    compile: bool = Field(
-        default=False,
-        description=(
-            "torch.compile the network: a one-time compile cost before the first step, so it "
-            "pays off only in long runs (see README, Speed)."
-        ),
-    )
-    tune_batch_size: bool = Field(
-        default=False,
-        description=(
-            "Before training, grow the batch size (powers of 2 from `batch_size`, at most the "
-            "training split) while it fits in memory, with Lightning's tuner. The lr is not "
-            "rescaled. Needs `strategy: auto`; a resumed run keeps the batch size its "
-            "checkpoint was trained with."
-        ),
-    )
-
-    @model_validator(mode="after")
-    def _tuning_is_single_process(self) -> TrainParams:
-        if self.tune_batch_size and self.strategy != "auto":
-            raise ValueError(
-                f"tune_batch_size: true needs strategy: auto (got {self.strategy!r}); "
-                "Lightning's batch-size tuner does not run under distributed strategies"
-            )
-        return self
-
-    @model_validator(mode="after")
-    def _nodes_need_ddp(self) -> TrainParams:
-        if self.num_nodes > 1 and self.strategy not in ("ddp", "ddp_find_unused_parameters_true"):
-            raise ValueError(
-                f"num_nodes: {self.num_nodes} needs strategy: ddp (got {self.strategy!r}); "
-                "the processes on each machine are started by torchrun or SLURM, which only "
-                "ddp joins"
-            )
-        return self
-
-
-class EvaluateParams(_Section):
+class EvaluateParams(Section):
     """The `evaluate` section: test-set inference."""
 
     batch_size: int = Field(ge=1, le=65_536, description="Inference batch size.")
@@ -216,116 +68,7 @@ class EvaluateParams(_Section):
     )
 
 
-PruneMethod = Literal["structured", "unstructured"]
-ImportanceName = Literal["l1", "l2", "lamp", "taylor"]
-
-
-class StructuredPruneParams(_Section):
-    """Settings of `method: structured` (torch-pruning)."""
-
-    ratio: float = Field(
-        gt=0,
-        lt=1,
-        description=(
-            "Fraction of each prunable layer's channels (conv) or neurons (fc) removed, "
-            "reached over `prune.rounds`; the 10 outputs are never pruned."
-        ),
-    )
-    importance: ImportanceName = Field(
-        description=(
-            "How channels are ranked. l1 / l2: norm of each channel's weights across its "
-            "dependency group; lamp: layer-adaptive magnitude; taylor: |weight * gradient| of "
-            "the loss on training batches."
-        )
-    )
-    global_pruning: bool = Field(
-        description=(
-            "true: rank the channels of all layers together, so layers lose different "
-            "fractions; false: every layer loses `ratio`."
-        )
-    )
-    taylor_batches: int = Field(
-        ge=1,
-        le=10_000,
-        description="taylor only: training batches whose gradients score the channels.",
-    )
-
-
-class UnstructuredPruneParams(_Section):
-    """Settings of `method: unstructured` (torch.nn.utils.prune)."""
-
-    sparsity: float = Field(
-        gt=0,
-        lt=1,
-        description=(
-            "Fraction of all conv and linear weights set to zero, ranked globally by magnitude."
-        ),
-    )
-
-
-class FinetuneParams(_Section):
-    """Fine-tuning after each pruning round; the rest of the Trainer set-up is `train`'s."""
-
-    epochs: int = Field(
-        ge=0,
-        le=1000,
-        description=(
-            "Epochs of fine-tuning after each round (0: none); batch size, accelerator and "
-            "precision come from `train`."
-        ),
-    )
-    optimizer: OptimizerParams = Field(description="The optimizer of each fine-tuning.")
-    scheduler: SchedulerParams = Field(
-        description="The learning-rate schedule of each fine-tuning."
-    )
-
-
-class DistillParams(_Section):
-    """Distillation from the dense model while fine-tuning the pruned one."""
-
-    alpha: float = Field(
-        ge=0,
-        le=1,
-        description=(
-            "Weight of the dense teacher's softened outputs in the fine-tuning loss; 0 turns "
-            "distillation off."
-        ),
-    )
-    temperature: float = Field(
-        gt=0,
-        le=100,
-        description="Softmax temperature of the teacher's and the student's outputs.",
-    )
-
-
-class PruneParams(_Section):
-    """The `prune` section: how the trained model is made smaller."""
-
-    method: PruneMethod = Field(
-        description=(
-            "structured removes whole conv channels and fc neurons (a smaller, faster model); "
-            "unstructured zeroes single weights (the same shapes, smaller only once compressed)."
-        )
-    )
-    seed: int = Field(ge=0, description="Seed of the fine-tuning (round r uses seed + r).")
-    rounds: int = Field(
-        ge=1,
-        le=100,
-        description=(
-            "Prune and fine-tune in this many steps, each removing an equal share of the target."
-        ),
-    )
-    structured: StructuredPruneParams = Field(description="Settings of `method: structured`.")
-    unstructured: UnstructuredPruneParams = Field(
-        description="Settings of `method: unstructured`."
-    )
-    finetune: FinetuneParams = Field(description="Fine-tuning after each pruning round.")
-    distill: DistillParams = Field(
-        description="Distillation from the dense model while fine-tuning."
-    )
-
-
-class _TimingParams(_Section):
+class _TimingParams(Section):
     """The timing fields of the sections that measure inference speed."""
 
     warmup_runs: int = Field(ge=0, le=100_000, description="Untimed runs before each timing.")
@@ -342,6 +85,7 @@ class ExportParams(_TimingParams):
     """The `export` section: the ONNX files, their parity check and their timing."""
 
     opset: int = Field(
+        title="ONNX opset of the files; it sets the oldest ONNX Runtime that loads them.",
         ge=18,
         le=23,
         description=(
@@ -355,6 +99,7 @@ class ExportParams(_TimingParams):
         description="The graph's input type; either way it takes raw 0-255 pixels."
     )
     atol: float = Field(
+        title="Largest allowed |ONNX Runtime - PyTorch| logit difference on the test set.",
         gt=0,
         le=1.0,
         description=(
@@ -372,6 +117,7 @@ class ExportParams(_TimingParams):
         ),
     )
     max_slowdown: float = Field(
+        title="How much slower the pruned ONNX model may be than the dense one (a fraction).",
         ge=0,
         le=10,
         description=(
@@ -386,10 +132,11 @@ class QuantizeParams(_TimingParams):
     and their timing."""
 
     method: Literal["minmax", "entropy", "percentile"] = Field(
+        title="How calibration sets each activation's int8 range.",
         description=(
             "How calibration sets each activation's int8 range: the observed min and max, the "
             "range that keeps the histogram's entropy, or a percentile of the values."
-        )
+        ),
     )
     percentile: float = Field(
         gt=90,
@@ -397,12 +144,14 @@ class QuantizeParams(_TimingParams):
         description="percentile only: the percentile of the activation values kept in range.",
     )
     calibration_size: int = Field(
+        title="Validation digits that calibrate the ranges.",
         ge=1,
         le=60_000,
         description="Validation digits, drawn with `calibration_seed`, that calibrate the ranges.",
     )
     calibration_seed: int = Field(ge=0, description="Seed of the calibration sample.")
     max_acc_drop: float = Field(
+        title="Test accuracy points an INT8 model may lose against its float model.",
         ge=0,
         le=100,
         description=(
@@ -411,6 +160,7 @@ class QuantizeParams(_TimingParams):
         ),
     )
     min_agreement: float = Field(
+        title="Fraction of the test digits on which INT8 and float models must agree.",
         gt=0,
         le=1,
         description=(
@@ -426,16 +176,17 @@ class QuantizeParams(_TimingParams):
     )
 
 
-class ComputeParams(_Section):
+class ComputeParams(Section):
     """The `compute` section: how every stage computes (see `mnist_pipeline.compute`)."""
 
     profile: Literal["portable", "fast"] = Field(
+        title="portable: same bytes on any AVX2 CPU; fast: native kernels, every core.",
         description=(
             "portable: pinned kernels (`isa`), MKL's cross-vendor branch, `threads` threads and "
             "32-bit training, so every hashed output has the same bytes on any x86-64 CPU with "
             "AVX2. fast: native kernels, bf16 where the CPU computes it, every core; results "
             "reproduce on the same CPU model only (see README, Reproducible runs)."
-        )
+        ),
     )
     isa: Literal["avx2", "avx512"] = Field(
         description=(
@@ -445,6 +196,7 @@ class ComputeParams(_Section):
         )
     )
     threads: int = Field(
+        title="portable only: the threads every stage computes with.",
         ge=1,
         le=1024,
         description=(
@@ -455,7 +207,7 @@ class ComputeParams(_Section):
     )
 
 
-class CardParams(_Section):
+class CardParams(Section):
     """Stage `card`: a model card for every artifact."""
 
     weakest_classes: int = Field(
@@ -463,7 +215,7 @@ class CardParams(_Section):
     )
 
 
-class Params(_Section):
+class Params(Section):
     """The whole `params.yaml`: how every stage computes, then one section per stage."""
 
     compute: ComputeParams = Field(

@@ -1,9 +1,12 @@
 """params.yaml's comments and the docs' params table, generated from the params schema.
 
-Each param is described once, in `mnist_pipeline.params` (`Field(description=...)`); its
-allowed values come from its type (Literal choices, bounds, bool). This module writes both
-from there: params.yaml keeps every value's text as written, only its comments are
-regenerated; the table is the block between the params-table markers in docs/pipeline.md.
+Each param is described once, in `mnist_pipeline.params` and `params_fit`
+(`Field(description=...)`, and a short `title=` where the first sentence of the description
+is too long for one line); its allowed values come from its type (Literal choices, bounds).
+This module writes both from there. params.yaml keeps every value's text as written and gets
+one comment line per key: the title or first sentence, then the allowed values where they say
+more than the type; the table (the block between the params-table markers in
+docs/pipeline.md, or in any file given) has the full descriptions.
 
     python -m mnist_pipeline.params_docs --write   # rewrite both files
     python -m mnist_pipeline.params_docs --check   # exit 1 naming the file and keys that drifted
@@ -15,7 +18,6 @@ import argparse
 import logging
 import re
 import sys
-import textwrap
 import types
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,8 +41,9 @@ _ROW = re.compile(r"\| `([^`]+)` \|")
 HEADER = f"""\
 # Params of every stage, validated as a whole by mnist_pipeline/params.py before any work.
 # Write floats with a dot and a digit (1.0e-3): YAML reads 1e-3 as a string.
-# The comments are generated from the schema in mnist_pipeline/params.py: change a value
-# here, a description there, then run `{COMMAND}`.
+# One comment a key, generated from the schema (mnist_pipeline/params.py, params_fit.py), whose
+# full descriptions are in the README's params table: change a value here, a description
+# there, then run `{COMMAND}`.
 """
 HEADER_KEY = "<header>"
 END_KEY = "<end of file>"
@@ -63,7 +66,8 @@ _BOUNDS = (
 
 def _number_text(name: str, metadata: list[Any]) -> str:
     """`int`, `int >= 1`, `float > 0` or `0 < float <= 1`, from pydantic's bound constraints."""
-    low = high = None
+    low: tuple[str, str | None, str] | None = None
+    high: tuple[str, str | None, str] | None = None
     for m in metadata:
         for cls, attr, after, before in _BOUNDS:
             if isinstance(m, cls):
@@ -71,8 +75,9 @@ def _number_text(name: str, metadata: list[Any]) -> str:
                 low, high = (bound, high) if before else (low, bound)
     if low and high:
         return f"{low[2]} {low[1]} {name} {high[0]} {high[2]}"
-    if low or high:
-        after, _, value = low or high
+    one = low or high
+    if one:
+        after, _, value = one
         return f"{name} {after} {value}"
     return name
 
@@ -128,6 +133,28 @@ def table_rows() -> list[tuple[str, str, str]]:
 
 # --- params.yaml ---------------------------------------------------------------------------
 
+# Allowed values that only name the type: the value beside them already shows it.
+_JUST_THE_TYPE = {"true | false", "int", "float", "string"}
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=\S)")
+
+
+def summary(key: str, field: FieldInfo) -> str:
+    """A key's one comment line in params.yaml: its title, or the first sentence of its
+    description, then its allowed values in brackets where they fit and say more than the type.
+    """
+    short = field.title or _SENTENCE_END.split((field.description or "").strip())[0]
+    if _section(field) is not None:
+        return short
+    values = allowed(field).removeprefix("one of: ")
+    room = WIDTH - 2 * key.count(".") - 2  # after the indent and "# "
+    if len(short) > room:
+        raise ValueError(
+            f"{key}: the first sentence of its description is too long for one comment line; "
+            f"give it a shorter Field(title=...) of at most {room} characters"
+        )
+    with_values = f"{short} [{values}]"
+    return with_values if values not in _JUST_THE_TYPE and len(with_values) <= room else short
+
 
 def _value_texts(text: str) -> dict[str, str | dict]:
     """Each key's value exactly as written in `text` (nested dicts for sections)."""
@@ -148,18 +175,6 @@ def _value_texts(text: str) -> dict[str, str | dict]:
         return out
 
     return walk(root, "")
-
-
-def _comment(text: str, indent: str) -> list[str]:
-    return [
-        f"{indent}# {line}"
-        for line in textwrap.wrap(
-            text,
-            WIDTH - len(indent) - 2,
-            break_long_words=False,
-            break_on_hyphens=False,
-        )
-    ]
 
 
 def render_params_yaml(text: str) -> str:
@@ -188,15 +203,14 @@ def render_params_yaml(text: str) -> str:
             if depth == 0 or (not first and (section or after_section)):
                 out.append("")
             first, after_section = False, section is not None
-            out.extend(_comment(field.description or "", indent))
+            out.append(f"{indent}# {summary(prefix + name, field)}")
             if (section is not None) != isinstance(value, dict):
                 want = "keys" if section is not None else "a value"
                 raise ValueError(f"params file: {prefix}{name}: expected {want}")
-            if isinstance(value, dict):
+            if isinstance(value, dict) and section is not None:
                 out.append(f"{indent}{name}:")
                 walk(section, value, f"{prefix}{name}.", depth + 1)
             else:
-                out.append(f"{indent}# {allowed(field)}")
                 out.append(f"{indent}{name}: {value}".rstrip())
 
     walk(Params, values, "", 0)
@@ -316,7 +330,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--params", type=Path, default=Path("params.yaml"))
     # --readme: its name from when the table was in the README.
     p.add_argument(
-        "--page", "--readme", dest="readme", type=Path, default=Path("docs/pipeline.md")
+        "--page",
+        "--readme",
+        "--table",
+        dest="readme",
+        type=Path,
+        default=Path("docs/pipeline.md"),
+        help="the file whose params-table markers hold the table (default: the docs page)",
     )
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")

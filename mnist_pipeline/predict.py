@@ -109,7 +109,9 @@ def center_mnist(x: np.ndarray) -> np.ndarray:
     h, w = crop.shape
     scale = BOX / max(h, w)
     size = (max(1, round(w * scale)), max(1, round(h * scale)))  # PIL wants (width, height)
-    small = Image.fromarray(crop.astype(np.float32), mode="F").resize(size, Image.LANCZOS)
+    small = Image.fromarray(crop.astype(np.float32), mode="F").resize(
+        size, Image.Resampling.LANCZOS
+    )
     digit = np.clip(np.asarray(small, dtype=np.float64), 0, 255)  # (h', w'), both <= 20
     total = digit.sum()
     if total <= 0:

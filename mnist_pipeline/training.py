@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any, cast
 
 import pytorch_lightning as pl
 import torch
@@ -71,7 +72,9 @@ def make_trainer(
         callbacks = [*callbacks, TQDMProgressBar(refresh_rate=20)]
     # Under SLURM (detected by Lightning), no auto-requeue: its mid-epoch `hpc_ckpt_*.ckpt`
     # would be resumed without the fingerprint check; `sbatch --requeue` and `last.ckpt` do it.
-    plugins = [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else None
+    plugins: list[Any] | None = (
+        [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else None
+    )
     return pl.Trainer(
         max_epochs=max_epochs,
         plugins=plugins,
@@ -79,7 +82,9 @@ def make_trainer(
         devices=params.devices,
         num_nodes=params.num_nodes,
         strategy=params.strategy,
-        precision=resolve_precision(params.precision, params.accelerator, compute.profile),
+        precision=cast(
+            Any, resolve_precision(params.precision, params.accelerator, compute.profile)
+        ),
         # Portable: deterministic algorithms (on a GPU, cuDNN's and cuBLAS's; Lightning sets
         # CUBLAS_WORKSPACE_CONFIG), so a run repeats bit for bit on the same GPU model.
         deterministic=compute.profile == PORTABLE,

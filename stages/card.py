@@ -17,9 +17,8 @@ from typing import Any
 
 import yaml
 
-from mnist_pipeline import errors, logs, model_card, provenance
+from mnist_pipeline import errors, model_card, stage
 from mnist_pipeline.atomic import atomic_dir
-from mnist_pipeline.params import load_params
 
 log = logging.getLogger(__name__)
 
@@ -35,25 +34,22 @@ def write_cards(
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m stages.card", description=__doc__.splitlines()[0])
-    p.add_argument("--params", type=Path, default=Path("params.yaml"))
+    p = stage.parser("card", __doc__)
     p.add_argument("--dvc-yaml", type=Path, required=True, help="whose artifacts get cards")
     p.add_argument("--data", type=Path, required=True, help="prepared data folder (its meta)")
     p.add_argument("--plots", type=Path, required=True, help="evaluate's plots folder")
-    for stage in ("evaluate", "prune", "export", "quantize"):
-        p.add_argument(f"--{stage}", type=Path, required=True, help=f"{stage}'s metrics JSON")
+    for name in ("evaluate", "prune", "export", "quantize"):
+        p.add_argument(f"--{name}", type=Path, required=True, help=f"{name}'s metrics JSON")
     p.add_argument("--out", type=Path, required=True, help="folder of the cards to write")
-    p.add_argument("--provenance", type=Path, default=None, help="run record JSON to write")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    logs.setup_logging()
-    params = load_params(args.params)
     inputs = [args.dvc_yaml, args.data / "meta.json", args.plots / "per_class.json"]
     inputs += [args.evaluate, args.prune, args.export, args.quantize]
-    with provenance.record(args.provenance, "card", inputs, [params.card]):
+    with stage.running(args, "card", inputs, computes=False) as run:
+        params = run.params
         results = model_card.Results(
             params=params,
             data_meta=json.loads((args.data / "meta.json").read_text()),

@@ -27,11 +27,11 @@ from torchmetrics.functional.classification import (
     multiclass_recall,
 )
 
-from mnist_pipeline import errors, logs, provenance
+from mnist_pipeline import errors, stage
 from mnist_pipeline.atomic import write_json, write_png
 from mnist_pipeline.dataset import Split, load_split
 from mnist_pipeline.model import load_model, predict_logits
-from mnist_pipeline.params import EvaluateParams, load_params
+from mnist_pipeline.params import EvaluateParams
 
 log = logging.getLogger(__name__)
 NUM_CLASSES = 10
@@ -49,10 +49,9 @@ class Evaluation:
 def evaluate(logits: torch.Tensor, labels: torch.Tensor) -> Evaluation:
     """Metrics from test logits (N, 10) and labels (N,)."""
     preds = logits.argmax(dim=1)
-    kw = {"num_classes": NUM_CLASSES, "average": None}
-    precision = multiclass_precision(preds, labels, **kw)
-    recall = multiclass_recall(preds, labels, **kw)
-    f1 = multiclass_f1_score(preds, labels, **kw)
+    precision = multiclass_precision(preds, labels, NUM_CLASSES, average=None)
+    recall = multiclass_recall(preds, labels, NUM_CLASSES, average=None)
+    f1 = multiclass_f1_score(preds, labels, NUM_CLASSES, average=None)
     support = torch.bincount(labels, minlength=NUM_CLASSES)
     per_class = [
         {
@@ -138,29 +137,14 @@ def plot_misclassified(test: Split, ev: Evaluation, n: int, path: Path) -> None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m stages.evaluate", description=__doc__.splitlines()[0]
-    )
-    p.add_argument("--params", type=Path, default=Path("params.yaml"))
-    p.add_argument("--model", type=Path, required=True)
+    p = stage.parser("evaluate", __doc__, metrics=True)
+    p.add_argument("--model", type=Path, required=True, help="model file to evaluate")
     p.add_argument("--data", type=Path, required=True, help="prepared data folder")
-    p.add_argument("--metrics", type=Path, required=True, help="metrics JSON to write")
     p.add_argument("--plots", type=Path, required=True, help="folder for plots to write")
-    p.add_argument("--provenance", type=Path, default=None, help="run record JSON to write")
     return p.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    logs.setup_logging()
-    every = load_params(args.params)
-    params = every.evaluate
-    inputs = [args.model, args.data / "test.safetensors"]
-    with provenance.record(args.provenance, "evaluate", inputs, [params], every.compute):
-        run(params, args.model, args.data, args.metrics, args.plots)
-
-
-def run(
+def evaluate_model(
     params: EvaluateParams, model_path: Path, data: Path, metrics_path: Path, plots: Path
 ) -> None:
     """Evaluate the model file on the test split and write the metrics and plots."""
@@ -180,6 +164,13 @@ def run(
     plot_misclassified(test, ev, params.n_misclassified, plots / "misclassified.png")
     write_json(metrics_path, metrics_json(ev))
     log.info("test accuracy %.4f, loss %.4f", ev.acc, ev.loss)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    inputs = [args.model, args.data / "test.safetensors"]
+    with stage.running(args, "evaluate", inputs) as run:
+        evaluate_model(run.params.evaluate, args.model, args.data, args.metrics, args.plots)
 
 
 if __name__ == "__main__":

@@ -20,146 +20,21 @@ in ONNX Runtime than the dense one (beyond export.max_slowdown).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
-import tempfile
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import onnx
 import onnxruntime as ort
-import torch
 
-from mnist_pipeline import errors, inference_speed, logs, onnx_runtime, provenance
+from mnist_pipeline import errors, inference_speed, onnx_runtime, stage
 from mnist_pipeline.atomic import atomic_path, write_json
 from mnist_pipeline.dataset import Normalization, load_normalization, load_split
-from mnist_pipeline.model import (
-    RAW_PIXEL_DTYPES,
-    LeNet5,
-    RawPixelsLeNet5,
-    load_model,
-    predict_logits,
-    widths_of,
-)
-from mnist_pipeline.onnx_runtime import INPUT_NAME, OUTPUT_NAME
-from mnist_pipeline.params import ExportParams, load_params
+from mnist_pipeline.model import RawPixelsLeNet5, load_model, predict_logits, widths_of
+from mnist_pipeline.onnx_export import check_parity, export_onnx, metadata
+from mnist_pipeline.params import ExportParams
 
 log = logging.getLogger(__name__)
-
-# Batch of the example input: not 0 or 1, which torch.export would specialize.
-EXAMPLE_BATCH = 2
-
-
-def input_contract(params: ExportParams, norm: Normalization) -> str:
-    return (
-        f"Input '{INPUT_NAME}': {params.input_dtype} tensor [N, 1, 28, 28] of raw grayscale "
-        "pixel values 0-255 (0 = background, 255 = ink: a white digit on black, as in MNIST), "
-        "the digit fitted into a 20x20 box and centred by its centre of mass in the 28x28 "
-        f"field. Normalization ((x/255 - {norm.mean:.6f}) / {norm.std:.6f}) is inside the "
-        f"graph. Output '{OUTPUT_NAME}': float32 [N, 10], unnormalized scores of the digits "
-        "0-9; softmax gives probabilities."
-    )
-
-
-def metadata(params: ExportParams, norm: Normalization, net: LeNet5) -> dict[str, str]:
-    """The key/value pairs written into the ONNX file's metadata_props."""
-    return {
-        "input_contract": input_contract(params, norm),
-        "input_name": INPUT_NAME,
-        "input_dtype": params.input_dtype,
-        "input_shape": "[N, 1, 28, 28]",
-        "input_range": "0-255",
-        "input_polarity": "light-on-dark",
-        "output_name": OUTPUT_NAME,
-        "output": "logits [N, 10] for the digits 0-9",
-        "classes": ",".join(str(c) for c in range(10)),
-        "normalization_mean": repr(norm.mean),
-        "normalization_std": repr(norm.std),
-        "widths": json.dumps(asdict(widths_of(net))),
-    }
-
-
-def export_onnx(model: RawPixelsLeNet5, path: Path, params: ExportParams, props: dict) -> None:
-    """Write `model` to `path` as ONNX at the pinned opset, with a dynamic batch axis."""
-    model = model.eval()
-    example = torch.zeros(EXAMPLE_BATCH, 1, 28, 28, dtype=RAW_PIXEL_DTYPES[params.input_dtype])
-    with tempfile.TemporaryDirectory(prefix="onnx-export-") as tmp:
-        raw = Path(tmp) / "model.onnx"
-        # The batch axis is dynamic either way; each exporter spells it its own way.
-        batch_axis = (
-            {
-                "dynamic_shapes": {"pixels": {0: torch.export.Dim("batch")}},
-                "external_data": False,
-                "verbose": False,
-            }
-            if params.dynamo
-            else {"dynamic_axes": {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}}
-        )
-        torch.onnx.export(
-            model,
-            (example,),
-            raw,
-            dynamo=params.dynamo,
-            opset_version=params.opset,
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            **batch_axis,
-        )
-        proto = onnx.load(raw)
-    for node in proto.graph.node:
-        # The exporter's per-node debug info (Python class paths, FX nodes): not part of the
-        # model, and it would make the file differ between checkouts.
-        del node.metadata_props[:]
-    proto.doc_string = props["input_contract"]
-    onnx.helper.set_model_props(proto, props)
-    onnx.checker.check_model(proto, full_check=True)
-    opset = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
-    if opset != params.opset:
-        raise errors.StageError(f"exported opset {opset}, but export.opset is {params.opset}")
-    onnx.save(proto, path)
-
-
-def check_parity(
-    model: RawPixelsLeNet5,
-    sess: ort.InferenceSession,
-    pixels: torch.Tensor,
-    labels: torch.Tensor,
-    params: ExportParams,
-    name: str,
-) -> dict[str, float]:
-    """Compare ONNX Runtime with PyTorch on the same raw pixels; raise `StageError` if they
-    differ by more than `params.atol` or disagree on any prediction."""
-    x = pixels.to(RAW_PIXEL_DTYPES[params.input_dtype])
-    ref = predict_logits(model, x, params.batch_size).numpy()
-    got = onnx_runtime.logits(sess, x.numpy(), params.batch_size)
-    diff = float(np.abs(got - ref).max())
-    ref_pred, got_pred = ref.argmax(axis=1), got.argmax(axis=1)
-    mismatches = int((ref_pred != got_pred).sum())
-    y = labels.numpy()
-    result = {
-        "max_abs_diff": diff,
-        "mismatches": mismatches,
-        "ort_test_acc": round(float((got_pred == y).mean()), 5),
-        "torch_test_acc": round(float((ref_pred == y).mean()), 5),
-    }
-    log.info(
-        "%s: ONNX Runtime vs PyTorch on %d test digits: max |diff| %.3g, %d differing "
-        "predictions, accuracy %.4f",
-        name,
-        len(y),
-        diff,
-        mismatches,
-        result["ort_test_acc"],
-    )
-    if not diff <= params.atol or mismatches:  # `not <=` also catches NaN
-        raise errors.StageError(
-            f"{name}: ONNX Runtime does not match PyTorch on the test set: max |logit diff| "
-            f"{diff:.3g} (allowed {params.atol:g}), {mismatches} predictions differ"
-        )
-    return result
 
 
 def check_not_slower(speedup: dict[str, float], max_slowdown: float) -> None:
@@ -174,18 +49,12 @@ def check_not_slower(speedup: dict[str, float], max_slowdown: float) -> None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m stages.export", description=__doc__.splitlines()[0]
-    )
-    p.add_argument("--params", type=Path, default=Path("params.yaml"))
+    p = stage.parser("export", __doc__, metrics=True, timings=True)
     p.add_argument("--model", type=Path, required=True, help="dense model file")
     p.add_argument("--pruned", type=Path, required=True, help="pruned model file")
     p.add_argument("--data", type=Path, required=True, help="prepared data folder")
     p.add_argument("--onnx", type=Path, required=True, help="dense ONNX file to write")
     p.add_argument("--pruned-onnx", type=Path, required=True, help="pruned ONNX file to write")
-    p.add_argument("--metrics", type=Path, required=True, help="results JSON to write")
-    p.add_argument("--timings", type=Path, default=None, help="measurements JSON to write")
-    p.add_argument("--provenance", type=Path, default=None, help="run record JSON to write")
     return p.parse_args(argv)
 
 
@@ -203,18 +72,15 @@ def _normalization(meta: dict[str, Any], path: Path, data_norm: Normalization) -
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    logs.setup_logging()
-    for noisy in ("onnxscript", "onnx_ir"):  # the exporter's graph passes log each step
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    every = load_params(args.params)
-    params = every.export
     inputs = [args.model, args.pruned, args.data / "test.safetensors", args.data / "meta.json"]
-    with provenance.record(args.provenance, "export", inputs, [params], every.compute) as record:
-        record.facts["onnxruntime_providers"] = ort.get_available_providers()
-        run(params, args)
+    with stage.running(args, "export", inputs) as run:
+        for noisy in ("onnxscript", "onnx_ir"):  # the exporter's graph passes log each step
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+        run.facts["onnxruntime_providers"] = ort.get_available_providers()
+        export_both(run.params.export, args)
 
 
-def run(params: ExportParams, args: argparse.Namespace) -> None:
+def export_both(params: ExportParams, args: argparse.Namespace) -> None:
     """Export both models, check them, time them; write the files and the metrics."""
     data_norm = load_normalization(args.data)
     test = load_split(args.data, "test")

@@ -13,10 +13,10 @@ import logging
 import sys
 from pathlib import Path
 
-from mnist_pipeline import errors, logs, mnist_files, provenance
+from mnist_pipeline import errors, mnist_files, stage
 from mnist_pipeline.atomic import atomic_dir
 from mnist_pipeline.dataset import make_splits, save_splits
-from mnist_pipeline.params import PrepareParams, load_params
+from mnist_pipeline.params import PrepareParams
 
 log = logging.getLogger(__name__)
 
@@ -43,21 +43,17 @@ def prepare(params: PrepareParams, raw_dir: Path, out_dir: Path) -> dict:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m stages.prepare", description=__doc__.splitlines()[0]
-    )
-    p.add_argument("--params", type=Path, default=Path("params.yaml"))
+    p = stage.parser("prepare", __doc__)
     p.add_argument("--raw-dir", type=Path, required=True, help="where the .gz files are kept")
     p.add_argument("--out", type=Path, required=True, help="prepared data folder to write")
-    p.add_argument("--provenance", type=Path, default=None, help="run record JSON to write")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    logs.setup_logging()
-    params = load_params(args.params).prepare
-    with provenance.record(args.provenance, "prepare", [args.raw_dir], [params]) as run:
+    # No `compute`: that imports torch, and nothing here computes with it.
+    with stage.running(args, "prepare", [args.raw_dir], computes=False) as run:
+        params = run.params.prepare
         prepare(params, args.raw_dir, args.out)
         run.facts["mirrors"] = [m.base for m in mnist_files.resolve_mirrors(params.mirror)]
 

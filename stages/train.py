@@ -26,22 +26,14 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 
-from mnist_pipeline import (
-    checkpoints,
-    errors,
-    logs,
-    provenance,
-    training,
-)
-from mnist_pipeline import (
-    compute as compute_mod,
-)
+from mnist_pipeline import checkpoints, errors, stage, training
+from mnist_pipeline import compute as compute_mod
 from mnist_pipeline.atomic import write_json
 from mnist_pipeline.checkpoints import LAST, METRICS_KEY
 from mnist_pipeline.dataset import load_normalization
 from mnist_pipeline.lightning_module import LitLeNet5
 from mnist_pipeline.model import LeNet5, save_model
-from mnist_pipeline.params import ComputeParams, TrainParams, load_params
+from mnist_pipeline.params import ComputeParams, TrainParams
 
 log = logging.getLogger(__name__)
 
@@ -143,15 +135,11 @@ def train(
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m stages.train", description=__doc__.splitlines()[0])
-    p.add_argument("--params", type=Path, default=Path("params.yaml"))
+    p = stage.parser("train", __doc__, metrics=True, timings=True)
     p.add_argument("--data", type=Path, required=True, help="prepared data folder")
     p.add_argument("--ckpt-dir", type=Path, required=True, help="checkpoints, kept for resuming")
     p.add_argument("--live-dir", type=Path, required=True, help="DVCLive metrics and plots")
     p.add_argument("--model", type=Path, required=True, help="trained model file to write")
-    p.add_argument("--metrics", type=Path, required=True, help="results JSON to write")
-    p.add_argument("--timings", type=Path, default=None, help="measurements JSON to write")
-    p.add_argument("--provenance", type=Path, default=None, help="run record JSON to write")
     return p.parse_args(argv)
 
 
@@ -162,20 +150,17 @@ RUN_FACTS = ("resumed_from_epoch", "device", "precision", "fingerprint")
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    logs.setup_logging()
-    every = load_params(args.params)
-    params = every.train
-    with provenance.record(args.provenance, "train", [args.data], [params], every.compute) as run:
+    with stage.running(args, "train", [args.data]) as run:
         net, summary = train(
-            params,
-            every.compute,
+            run.params.train,
+            run.params.compute,
             args.data,
             args.ckpt_dir,
             args.live_dir,
             fail_after_epoch=checkpoints.fail_after_epoch(),
         )
         if not summary.pop("is_global_zero"):
-            run.keep = False
+            run.record.keep = False
             return
         run.facts.update({k: summary.pop(k) for k in RUN_FACTS})
         timings = {k: summary.pop(k) for k in TIMINGS}

@@ -117,16 +117,17 @@ def trained_model(tmp_path_factory: pytest.TempPathFactory, prepared: Path) -> P
 
 @pytest.fixture(scope="session")
 def onnx_model(tmp_path_factory: pytest.TempPathFactory, trained_model: Path) -> Path:
-    """`trained_model` exported to ONNX by the `export` stage's code (raw 0-255 pixels in)."""
+    """`trained_model` exported to ONNX as the `export` stage does (raw 0-255 pixels in)."""
+    from mnist_pipeline import onnx_export
+    from mnist_pipeline.dataset import Normalization
     from mnist_pipeline.model import RawPixelsLeNet5, load_model
-    from stages import export
 
     params = parse_params(tiny_params_dict()).export
     net, meta = load_model(trained_model)
-    norm = export.Normalization(mean=meta["mean"], std=meta["std"])
+    norm = Normalization(mean=meta["mean"], std=meta["std"])
     path = tmp_path_factory.mktemp("onnx") / "lenet5.onnx"
-    export.export_onnx(
-        RawPixelsLeNet5(net, norm), path, params, export.metadata(params, norm, net)
+    onnx_export.export_onnx(
+        RawPixelsLeNet5(net, norm), path, params, onnx_export.metadata(params, norm, net)
     )
     return path
 

@@ -51,6 +51,39 @@ def test_allowed_values_come_from_the_types() -> None:
     assert allowed["train.compile"] == "true | false"
 
 
+def test_params_yaml_has_one_comment_line_per_key() -> None:
+    lines = PARAMS.read_text().splitlines()
+    header = lines.index("")  # the file's own header ends at the first blank line
+    keys = [i for i, ln in enumerate(lines) if ln.strip() and not ln.lstrip().startswith("#")]
+    for i in keys:
+        assert lines[i - 1].lstrip().startswith("#"), f"no comment above {lines[i]!r}"
+        if i - 2 > header:
+            assert not lines[i - 2].lstrip().startswith("#"), f"two comments on {lines[i]!r}"
+    assert all(len(ln) <= params_docs.WIDTH for ln in lines)
+
+
+def test_the_comment_is_the_title_or_first_sentence_with_the_allowed_values() -> None:
+    comments = dict((key, params_docs.summary(key, field)) for key, field in params_docs.fields())
+    # The first sentence, and the values where they say more than the type.
+    assert comments["train.optimizer.lr"] == (
+        "Learning rate; with the onecycle schedule, its peak. [0 < float <= 10]"
+    )
+    assert comments["train.optimizer.nesterov"] == (
+        "SGD only: Nesterov momentum (needs momentum > 0)."
+    )
+    # A title where the description's first sentence runs long; the table keeps it whole.
+    assert comments["train.seed"].startswith("Seed of the weight initialisation and of the")
+    assert "resumed run" in {k: m for k, _, m in params_docs.table_rows()}["train.seed"]
+
+
+def test_a_description_too_long_for_one_line_needs_a_title() -> None:
+    from pydantic.fields import FieldInfo
+
+    field = FieldInfo(annotation=int, description="A very long first sentence " * 5 + ".")
+    with pytest.raises(ValueError, match=r"x\.y: .*Field\(title=\.\.\.\)"):
+        params_docs.summary("x.y", field)
+
+
 def test_repo_files_are_what_the_generator_writes() -> None:
     problems = params_docs.drift(PARAMS, README)
     assert not problems, "\n".join([*problems, REGENERATE])
@@ -94,8 +127,9 @@ def test_a_drifted_comment_in_params_yaml_fails_the_check(
 ) -> None:
     params, readme = copies
     text = params.read_text()
-    assert "    # SGD only: momentum.\n" in text
-    params.write_text(text.replace("    # SGD only: momentum.\n", "    # Momentum.\n", 1))
+    line = "    # SGD only: momentum. [0 <= float < 1]\n"
+    assert line in text
+    params.write_text(text.replace(line, "    # Momentum.\n", 1))
     assert params_docs.main(["--check", "--params", str(params), "--readme", str(readme)]) == 1
     assert f"{params}: comments drifted from the schema at train.optimizer.momentum" in caplog.text
     assert REGENERATE in caplog.text
@@ -141,6 +175,15 @@ def test_write_touches_only_the_table_in_the_readme(copies: tuple[Path, Path]) -
     readme.write_text(stale)
     assert params_docs.write(params, readme) == [readme]
     assert readme.read_text() == text
+
+
+def test_the_table_can_live_in_any_file(copies: tuple[Path, Path], tmp_path: Path) -> None:
+    params, _ = copies
+    page = tmp_path / "params.md"
+    page.write_text(f"# Params\n\n{params_docs.TABLE_START}\n{params_docs.TABLE_END}\n")
+    assert params_docs.main(["--write", "--params", str(params), "--table", str(page)]) == 0
+    assert "| `train.seed` |" in page.read_text()
+    assert params_docs.main(["--check", "--params", str(params), "--table", str(page)]) == 0
 
 
 def test_readme_without_markers_is_an_error(copies: tuple[Path, Path]) -> None:

@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from mnist_pipeline import pruning
 from mnist_pipeline.model import load_model, save_model
 from mnist_pipeline.params import parse_params
-from stages import export, prune
+from stages import export
 from tests.conftest import tiny_params_dict
 
 
@@ -18,10 +19,10 @@ def pruned_model(tmp_path_factory: pytest.TempPathFactory, trained_model: Path) 
     """The trained model with half its channels removed (no fine-tuning: speed)."""
     params = parse_params(tiny_params_dict()).prune.structured
     net, meta = load_model(trained_model)
-    pruner = prune.make_structured_pruner(net, params, rounds=1)
-    prune.structured_step(pruner, net, params, train=None)
+    pruner = pruning.make_structured_pruner(net, params, rounds=1)
+    pruning.structured_step(pruner, net, params, train=None)
     path = tmp_path_factory.mktemp("pruned") / "lenet5_pruned.pt"
-    save_model(prune.plain_copy(net), path, meta=meta)
+    save_model(pruning.plain_copy(net), path, meta=meta)
     return path
 
 

@@ -11,7 +11,7 @@ import onnx
 import pytest
 import torch
 
-from mnist_pipeline import errors, inference_speed, onnx_runtime
+from mnist_pipeline import errors, inference_speed, onnx_export, onnx_runtime
 from mnist_pipeline.dataset import load_normalization, load_split
 from mnist_pipeline.model import RawPixelsLeNet5, load_model, predict_logits, save_model
 from mnist_pipeline.params import ExportParams, parse_params
@@ -98,7 +98,7 @@ def test_uint8_and_float32_raw_pixels_match_pytorch_on_normalized_input(
     for dtype, np_dtype in (("uint8", np.uint8), ("float32", np.float32)):
         params = _params(input_dtype=dtype, dynamo=dynamo)
         path = tmp_path / f"{dtype}.onnx"
-        export.export_onnx(model, path, params, export.metadata(params, norm, net))
+        onnx_export.export_onnx(model, path, params, onnx_export.metadata(params, norm, net))
         sess = onnx_runtime.session(path)
         assert sess.get_inputs()[0].type == f"tensor({'float' if dtype == 'float32' else dtype})"
         got = onnx_runtime.logits(sess, pixels.numpy().astype(np_dtype), 64)

@@ -104,11 +104,10 @@ def test_prepare_runs_without_torch_or_lightning(
     tmp_path: Path, params_file: Path, mirror_env: Path
 ) -> None:
     """The stage process loads numpy, not torch, torchvision or Lightning: it starts fast."""
+    argv = ["--params", str(params_file), "--raw-dir", str(tmp_path / "raw")]
+    argv += ["--out", str(tmp_path / "out"), "--provenance", str(tmp_path / "run.json")]
     code = (
-        "import sys; from stages import prepare; "
-        f"print(prepare.prepare(prepare.load_params({str(params_file)!r}).prepare, "
-        f"__import__('pathlib').Path({str(tmp_path / 'raw')!r}), "
-        f"__import__('pathlib').Path({str(tmp_path / 'out')!r}))); "
+        f"import sys; from stages import prepare; prepare.main({argv!r}); "
         "heavy = ('torch', 'torchvision', 'pytorch_lightning'); "
         "print(sorted(m for m in heavy if m in sys.modules))"
     )
@@ -116,6 +115,6 @@ def test_prepare_runs_without_torch_or_lightning(
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    summary, loaded = done.stdout.strip().splitlines()[-2:]
-    assert loaded == "[]"
-    assert "'train': 500, 'val': 100, 'test': 200" in summary
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+    assert (tmp_path / "out" / "train.safetensors").is_file()
+    assert json.loads((tmp_path / "run.json").read_text())["stage"] == "prepare"

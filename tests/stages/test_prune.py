@@ -13,6 +13,7 @@ import pytest
 import torch
 import yaml
 
+from mnist_pipeline import distillation, prune_rounds, pruning
 from mnist_pipeline.dataset import load_split
 from mnist_pipeline.model import LeNet5, Widths, count_params, load_model, save_model, widths_of
 from mnist_pipeline.params import Params, parse_params
@@ -44,9 +45,9 @@ def test_structured_step_removes_channels_and_keeps_the_outputs(
     trained_model: Path, prepared: Path, tiny_params: Params
 ) -> None:
     dense, _ = load_model(trained_model)
-    net = prune.plain_copy(dense)
-    pruner = prune.make_structured_pruner(net, _structured(tiny_params, ratio=0.5), rounds=1)
-    prune.structured_step(pruner, net, tiny_params.prune.structured, train=None)
+    net = pruning.plain_copy(dense)
+    pruner = pruning.make_structured_pruner(net, _structured(tiny_params, ratio=0.5), rounds=1)
+    pruning.structured_step(pruner, net, tiny_params.prune.structured, train=None)
 
     w = widths_of(net)
     assert w == Widths(conv1=3, conv2=8, fc1=60, fc2=42)
@@ -56,8 +57,8 @@ def test_structured_step_removes_channels_and_keeps_the_outputs(
     assert net.classifier[1].weight.shape == (60, 8 * 25)
     assert net.classifier[5].weight.shape == (10, 42)
     assert count_params(net) == lenet_params(w) < count_params(dense) * 0.26
-    assert prune.count_macs(dense) == DENSE_MACS
-    assert prune.count_macs(net) < DENSE_MACS / 3
+    assert pruning.count_macs(dense) == DENSE_MACS
+    assert pruning.count_macs(net) < DENSE_MACS / 3
     # Kept conv1 filters are original filters, not new ones.
     kept = net.features[0].weight.detach()
     orig = dense.features[0].weight.detach()
@@ -69,21 +70,21 @@ def test_structured_step_removes_channels_and_keeps_the_outputs(
 
 def test_iterative_rounds_reach_the_ratio_in_equal_steps(tiny_params: Params) -> None:
     net = LeNet5()
-    pruner = prune.make_structured_pruner(net, _structured(tiny_params, ratio=0.5), rounds=2)
+    pruner = pruning.make_structured_pruner(net, _structured(tiny_params, ratio=0.5), rounds=2)
     params = tiny_params.prune.structured
-    prune.structured_step(pruner, net, params, train=None)
+    pruning.structured_step(pruner, net, params, train=None)
     assert widths_of(net) == Widths(conv1=4, conv2=12, fc1=90, fc2=63)
-    prune.structured_step(pruner, net, params, train=None)
+    pruning.structured_step(pruner, net, params, train=None)
     assert widths_of(net) == Widths(conv1=3, conv2=8, fc1=60, fc2=42)
 
 
 def test_taylor_importance_uses_gradients(prepared: Path, tiny_params: Params) -> None:
     net = LeNet5()
-    pruner = prune.make_structured_pruner(
+    pruner = pruning.make_structured_pruner(
         net, _structured(tiny_params, importance="taylor"), rounds=1
     )
     train = load_split(prepared, "train")
-    prune.structured_step(
+    pruning.structured_step(
         pruner, net, _structured(tiny_params, importance="taylor", taylor_batches=2), train
     )
     assert widths_of(net) == Widths(conv1=3, conv2=8, fc1=60, fc2=42)
@@ -92,11 +93,11 @@ def test_taylor_importance_uses_gradients(prepared: Path, tiny_params: Params) -
 
 def test_pruned_model_loads_without_torch_pruning(tmp_path: Path, tiny_params: Params) -> None:
     net = LeNet5()
-    pruner = prune.make_structured_pruner(net, _structured(tiny_params, ratio=0.5), rounds=1)
-    prune.structured_step(pruner, net, tiny_params.prune.structured, train=None)
+    pruner = pruning.make_structured_pruner(net, _structured(tiny_params, ratio=0.5), rounds=1)
+    pruning.structured_step(pruner, net, tiny_params.prune.structured, train=None)
     x = torch.rand(4, 1, 28, 28)
     expected = net.eval()(x)
-    save_model(prune.plain_copy(net), tmp_path / "p.pt", meta={"mean": 0.1, "std": 0.3})
+    save_model(pruning.plain_copy(net), tmp_path / "p.pt", meta={"mean": 0.1, "std": 0.3})
     torch.save(x, tmp_path / "x.pt")
     code = (
         "import sys, torch; sys.modules['torch_pruning'] = None  # importing it now fails\n"
@@ -117,24 +118,24 @@ def test_pruned_model_loads_without_torch_pruning(tmp_path: Path, tiny_params: P
 
 def test_unstructured_steps_zero_the_smallest_weights(tiny_params: Params) -> None:
     net = LeNet5()
-    n = sum(m.weight.numel() for m in prune.weight_layers(net))
-    prune.unstructured_step(net, 0.4)
-    assert prune.sparsity(net) == pytest.approx(round(0.4 * n) / n)
-    zeroed = [m.weight == 0 for m in prune.weight_layers(net)]
-    prune.unstructured_step(net, 0.8)
-    assert prune.sparsity(net) == pytest.approx(round(0.8 * n) / n)
+    n = sum(m.weight.numel() for m in pruning.weight_layers(net))
+    pruning.unstructured_step(net, 0.4)
+    assert pruning.sparsity(net) == pytest.approx(round(0.4 * n) / n)
+    zeroed = [m.weight == 0 for m in pruning.weight_layers(net)]
+    pruning.unstructured_step(net, 0.8)
+    assert pruning.sparsity(net) == pytest.approx(round(0.8 * n) / n)
     # Weights zeroed in the first round stay zero.
-    layers = prune.weight_layers(net)
+    layers = pruning.weight_layers(net)
     assert all((m.weight[z] == 0).all() for m, z in zip(layers, zeroed, strict=True))
     # Global magnitude: every surviving weight is at least as large as every pruned one.
-    orig = [m.weight_orig.detach().abs() for m in prune.weight_layers(net)]
-    masks = [m.weight_mask.bool() for m in prune.weight_layers(net)]
+    orig = [m.weight_orig.detach().abs() for m in pruning.weight_layers(net)]
+    masks = [m.weight_mask.bool() for m in pruning.weight_layers(net)]
     kept_min = min(o[k].min() for o, k in zip(orig, masks, strict=True))
     pruned_max = max(o[~k].max() for o, k in zip(orig, masks, strict=True))
     assert kept_min >= pruned_max
-    prune.make_permanent(net)
-    assert not any(hasattr(m, "weight_orig") for m in prune.weight_layers(net))
-    assert widths_of(prune.plain_copy(net)) == Widths()  # same shapes: nothing is smaller
+    pruning.make_permanent(net)
+    assert not any(hasattr(m, "weight_orig") for m in pruning.weight_layers(net))
+    assert widths_of(pruning.plain_copy(net)) == Widths()  # same shapes: nothing is smaller
 
 
 def test_distillation_loss_is_zero_when_the_student_copies_the_teacher(
@@ -142,8 +143,8 @@ def test_distillation_loss_is_zero_when_the_student_copies_the_teacher(
 ) -> None:
     net = LeNet5()
     ft = tiny_params.prune.finetune
-    lit = prune.DistilledLitLeNet5(
-        ft.optimizer, ft.scheduler, net, prune.plain_copy(net), alpha=1.0, temperature=4.0
+    lit = distillation.DistilledLitLeNet5(
+        ft.optimizer, ft.scheduler, net, pruning.plain_copy(net), alpha=1.0, temperature=4.0
     )
     x, y = torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,))
     with pytest.warns(UserWarning):  # self.log outside a Trainer
@@ -215,7 +216,7 @@ def test_main_unstructured_reports_sparsity_honestly(
     assert p["test_acc"] >= 0.97
     assert m["round1"]["nonzero_params"] == p["nonzero_params"]  # masks counted while attached
     net, _ = load_model(tmp_path / "pruned.pt")  # permanent: a plain state dict
-    assert prune.sparsity(net) == pytest.approx(0.8, abs=1e-3)
+    assert pruning.sparsity(net) == pytest.approx(0.8, abs=1e-3)
 
 
 def test_bad_params_fail_before_any_output(
@@ -261,7 +262,7 @@ def test_a_killed_prune_resumes_after_its_last_round_and_ends_the_same(
     done = subprocess.run(
         [sys.executable, "-m", "stages.prune", *argv],
         cwd=ROOT,
-        env={**os.environ, prune.FAIL_ENV: "1"},
+        env={**os.environ, prune_rounds.FAIL_ENV: "1"},
         capture_output=True,
         text=True,
         timeout=300,
@@ -284,19 +285,22 @@ def test_prune_resumes_only_with_its_fingerprint(
     tmp_path: Path, trained_model: Path, prepared: Path, tiny_params: Params
 ) -> None:
     p, t, c = tiny_params.prune, tiny_params.train, tiny_params.compute
-    fp = prune.fingerprint(p, t, c, trained_model, prepared)
-    assert prune.fingerprint(p.model_copy(update={"seed": 1}), t, c, trained_model, prepared) != fp
+    fp = prune_rounds.fingerprint(p, t, c, trained_model, prepared)
+    assert (
+        prune_rounds.fingerprint(p.model_copy(update={"seed": 1}), t, c, trained_model, prepared)
+        != fp
+    )
     other_train = t.model_copy(update={"batch_size": 64})
-    assert prune.fingerprint(p, other_train, c, trained_model, prepared) != fp
+    assert prune_rounds.fingerprint(p, other_train, c, trained_model, prepared) != fp
     quiet = t.model_copy(update={"progress_bar": not t.progress_bar})
-    assert prune.fingerprint(p, quiet, c, trained_model, prepared) == fp
+    assert prune_rounds.fingerprint(p, quiet, c, trained_model, prepared) == fp
 
     net, _ = load_model(trained_model)
-    prune.save_round(tmp_path, fp, 1, net, {"round1": {}})
-    assert prune.load_round(tmp_path, fp)["round"] == 1
-    assert prune.load_round(tmp_path, "other") is None
-    (tmp_path / prune.ROUND_CKPT).write_bytes(b"cut short by a kill")
-    assert prune.load_round(tmp_path, fp) is None
+    prune_rounds.save_round(tmp_path, fp, 1, net, {"round1": {}})
+    assert prune_rounds.load_round(tmp_path, fp)["round"] == 1
+    assert prune_rounds.load_round(tmp_path, "other") is None
+    (tmp_path / prune_rounds.ROUND_CKPT).write_bytes(b"cut short by a kill")
+    assert prune_rounds.load_round(tmp_path, fp) is None
 
 
 def test_a_prune_checkpoint_that_would_run_code_is_refused_unread(
@@ -305,8 +309,10 @@ def test_a_prune_checkpoint_that_would_run_code_is_refused_unread(
     raw = tiny_params_dict()
     params = parse_params(raw)
     run_dir = tmp_path / "run"
-    fp = prune.fingerprint(params.prune, params.train, params.compute, trained_model, prepared)
-    marker = plant_checkpoint(run_dir / "ckpt" / prune.ROUND_CKPT, fp, round=1)
+    fp = prune_rounds.fingerprint(
+        params.prune, params.train, params.compute, trained_model, prepared
+    )
+    marker = plant_checkpoint(run_dir / "ckpt" / prune_rounds.ROUND_CKPT, fp, round=1)
     prune.main(_prune_argv(run_dir, trained_model, prepared, raw))
     assert not marker.exists()
     log = capsys.readouterr().err  # the stage's own logging, set up by its main
@@ -316,13 +322,13 @@ def test_a_prune_checkpoint_that_would_run_code_is_refused_unread(
 
 def test_unstructured_masks_survive_a_saved_round(tmp_path: Path, trained_model: Path) -> None:
     dense, _ = load_model(trained_model)
-    net = prune.plain_copy(dense)
-    prune.unstructured_step(net, 0.5)
-    prune.save_round(tmp_path, "fp", 1, net, {})
-    back = prune.restore_net(prune.load_round(tmp_path, "fp"))
+    net = pruning.plain_copy(dense)
+    pruning.unstructured_step(net, 0.5)
+    prune_rounds.save_round(tmp_path, "fp", 1, net, {})
+    back = prune_rounds.restore_net(prune_rounds.load_round(tmp_path, "fp"))
     saved, restored = net.state_dict(), back.state_dict()
     assert saved.keys() == restored.keys() and any(k.endswith("weight_mask") for k in saved)
     assert all(torch.equal(saved[k], restored[k]) for k in saved)
-    prune.unstructured_step(back, 0.75)  # the next round prunes on top of the saved masks
-    prune.make_permanent(back)
-    assert prune.sparsity(back) == pytest.approx(0.75, abs=1e-3)
+    pruning.unstructured_step(back, 0.75)  # the next round prunes on top of the saved masks
+    pruning.make_permanent(back)
+    assert pruning.sparsity(back) == pytest.approx(0.75, abs=1e-3)

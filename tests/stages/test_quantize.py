@@ -10,7 +10,7 @@ import onnx
 import pytest
 import yaml
 
-from mnist_pipeline import errors, onnx_runtime
+from mnist_pipeline import errors, onnx_runtime, quantization
 from stages import quantize
 from tests.conftest import tiny_params_dict
 
@@ -101,9 +101,9 @@ def test_a_model_that_breaks_the_contract_is_not_written(
 
 def test_calibration_sample_is_seeded_and_bounded() -> None:
     pixels = np.arange(100).reshape(100, 1)
-    a = quantize.calibration_sample(pixels, 10, seed=3)
+    a = quantization.calibration_sample(pixels, 10, seed=3)
     assert len(a) == 10 and list(a[:, 0]) == sorted(a[:, 0])
-    assert np.array_equal(a, quantize.calibration_sample(pixels, 10, seed=3))
-    assert not np.array_equal(a, quantize.calibration_sample(pixels, 10, seed=4))
+    assert np.array_equal(a, quantization.calibration_sample(pixels, 10, seed=3))
+    assert not np.array_equal(a, quantization.calibration_sample(pixels, 10, seed=4))
     with pytest.raises(errors.StageError, match="calibration_size is 101"):
-        quantize.calibration_sample(pixels, 101, seed=0)
+        quantization.calibration_sample(pixels, 101, seed=0)

@@ -296,12 +296,13 @@ def test_two_nodes_train_as_one_run_and_resume_a_kill_with_the_same_weights(
 def test_a_checkpoint_that_would_run_code_is_refused_unread_and_training_starts_fresh(
     tmp_path: Path, prepared: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    params = parse_params(tiny_params_dict()).train
+    every = parse_params(tiny_params_dict())
+    params, compute = every.train, every.compute
     ckpt_dir = tmp_path / "ckpt"
     # The right fingerprint, as someone who can write to a shared checkpoint folder could copy.
-    fp = train.fingerprint(params, COMPUTE, prepared)
+    fp = train.fingerprint(params, compute, prepared)
     marker = plant_checkpoint(ckpt_dir / checkpoints.LAST, fp)
-    _, summary = train.train(params, COMPUTE, prepared, ckpt_dir, tmp_path / "live")
+    _, summary = train.train(params, compute, prepared, ckpt_dir, tmp_path / "live")
     assert not marker.exists()
     assert "made to run code when unpickled; refused unread" in caplog.text
     assert "starting fresh" in caplog.text

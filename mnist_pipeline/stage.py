@@ -1,0 +1,74 @@
+"""The skeleton every stage shares: its arguments, logging, the validated params, its run record.
+
+A stage module adds its own paths to `parser(...)` and does its work inside `running(...)`:
+
+    def main(argv: list[str] | None = None) -> None:
+        args = parse_args(argv)
+        with stage.running(args, "evaluate", [args.model, args.data]) as run:
+            evaluate_files(run.params.evaluate, ...)
+
+Paths reach a stage only as arguments (from `dvc.yaml`); `--metrics` is a result, `--timings`
+and `--provenance` are measurements and run records, kept out of what DVC hashes.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mnist_pipeline import logs, provenance
+from mnist_pipeline.params import Params, load_params
+
+
+def parser(
+    name: str, doc: str | None, *, metrics: bool = False, timings: bool = False
+) -> argparse.ArgumentParser:
+    """`python -m stages.<name>`'s shared arguments: `--params` and `--provenance`, and the
+    results JSON `--metrics` and the measurements JSON `--timings` where the stage writes them."""
+    p = argparse.ArgumentParser(
+        prog=f"python -m stages.{name}", description=(doc or "").splitlines()[0]
+    )
+    p.add_argument("--params", type=Path, default=Path("params.yaml"))
+    if metrics:
+        p.add_argument("--metrics", type=Path, required=True, help="results JSON to write")
+    if timings:
+        p.add_argument("--timings", type=Path, default=None, help="measurements JSON to write")
+    p.add_argument("--provenance", type=Path, default=None, help="run record JSON to write")
+    return p
+
+
+@dataclass(frozen=True)
+class StageRun:
+    """What a stage's work gets: every validated param, and the record it may add facts to."""
+
+    params: Params
+    record: provenance.Run
+
+    @property
+    def facts(self) -> dict[str, Any]:
+        return self.record.facts
+
+
+@contextmanager
+def running(
+    args: argparse.Namespace,
+    name: str,
+    inputs: Iterable[Path],
+    sections: Iterable[str] | None = None,
+    *,
+    computes: bool = True,
+) -> Iterator[StageRun]:
+    """Set up logging, load and validate `args.params` whole, and run the block inside the
+    stage's provenance record, which hashes the params `sections` it reads (default: its own)
+    and the `inputs`. With `computes`, the block runs as the `compute` section says
+    (`provenance.record`'s `compute`), which imports torch: not for `prepare`."""
+    logs.setup_logging()
+    params = load_params(args.params)
+    read = [getattr(params, s) for s in (sections or (name,))]
+    compute = params.compute if computes else None
+    with provenance.record(args.provenance, name, inputs, read, compute) as record:
+        yield StageRun(params, record)
