@@ -185,7 +185,7 @@ class ComputeParams(Section):
             "portable: pinned kernels (`isa`), MKL's cross-vendor branch, `threads` threads and "
             "32-bit training, so every hashed output has the same bytes on any x86-64 CPU with "
             "AVX2. fast: native kernels, bf16 where the CPU computes it, every core; results "
-            "reproduce on the same CPU model only (see README, Reproducible runs)."
+            "reproduce on the same CPU model only (see docs/reproducibility.md)."
         ),
     )
     isa: Literal["avx2", "avx512"] = Field(

@@ -42,7 +42,7 @@ HEADER = f"""\
 # Params of every stage, validated as a whole by mnist_pipeline/params.py before any work.
 # Write floats with a dot and a digit (1.0e-3): YAML reads 1e-3 as a string.
 # One comment a key, generated from the schema (mnist_pipeline/params.py, params_fit.py), whose
-# full descriptions are in the README's params table: change a value here, a description
+# full descriptions are in docs/pipeline.md's params table: change a value here, a description
 # there, then run `{COMMAND}`.
 """
 HEADER_KEY = "<header>"

@@ -98,8 +98,8 @@ class TrainParams(Section):
         ge=1,
         le=1024,
         description=(
-            "Machines training together, each with `devices` processes (see README, "
-            "Multi-node training); more than 1 needs `strategy: ddp` and a launcher "
+            "Machines training together, each with `devices` processes (see "
+            "docs/multi-node.md); more than 1 needs `strategy: ddp` and a launcher "
             "(torchrun, SLURM) on every machine. The batch size stays per process."
         ),
     )
@@ -122,7 +122,7 @@ class TrainParams(Section):
         title="Channels-last memory format: faster convolutions and pooling on CPU.",
         description=(
             "Channels-last memory format for the network and the images: faster convolutions "
-            "and pooling on CPU (see README, Speed)."
+            "and pooling on CPU (see docs/speed.md)."
         ),
     )
     val_every_n_epochs: int = Field(
@@ -139,7 +139,7 @@ class TrainParams(Section):
         default=False,
         description=(
             "torch.compile the network: a one-time compile cost before the first step, so it "
-            "pays off only in long runs (see README, Speed)."
+            "pays off only in long runs (see docs/speed.md)."
         ),
     )
     tune_batch_size: bool = Field(
