@@ -57,12 +57,18 @@ def test_stage_cmd_deps_and_params(name: str) -> None:
     assert "compute-env.txt" in deps, "the compute libraries' versions are an input"
     sections = {p.split(".")[0] for p in stage.get("params", [])}
     assert name in sections, "a stage reads its own params section"
-    # A stage that computes with torch runs as `compute` says (its main hands the section to
-    # its provenance record); one that does not (prepare's numpy, card's text) must not list
-    # it, or a sweep's thread count would re-run it for nothing.
+    # A stage that computes with torch runs as `compute` says (`stage.running` hands the
+    # section to its run record); one that says `computes=False` (prepare's numpy, card's text)
+    # must not list it, or a sweep's thread count would re-run it for nothing.
     source = ast.parse((ROOT / f"stages/{name}.py").read_text())
-    computes = any(isinstance(n, ast.Attribute) and n.attr == "compute" for n in ast.walk(source))
-    assert ("compute" in sections) == computes, "compute is listed iff the stage uses it"
+    computes = not any(
+        isinstance(n, ast.keyword)
+        and n.arg == "computes"
+        and isinstance(n.value, ast.Constant)
+        and n.value.value is False
+        for n in ast.walk(source)
+    )
+    assert ("compute" in sections) == computes, "compute is listed iff the stage computes"
     assert sections <= set(Params.model_fields)
 
 
