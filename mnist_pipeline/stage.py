@@ -1,6 +1,6 @@
 """The skeleton every stage shares: its arguments, logging, the validated params, its run record.
 
-A stage module adds its own paths to `parser(...)` and does its work inside `running(...)`:
+A stage module declares its paths to `parser(...)` and does its work inside `running(...)`:
 
     def main(argv: list[str] | None = None) -> None:
         args = parse_args(argv)
@@ -14,7 +14,7 @@ and `--provenance` are measurements and run records, kept out of what DVC hashes
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,10 +25,17 @@ from mnist_pipeline.params import Params, load_params
 
 
 def parser(
-    name: str, doc: str | None, *, metrics: bool = False, timings: bool = False
+    name: str,
+    doc: str | None,
+    paths: Mapping[str, str],
+    optional: Mapping[str, str] | None = None,
+    *,
+    metrics: bool = False,
+    timings: bool = False,
 ) -> argparse.ArgumentParser:
-    """`python -m stages.<name>`'s shared arguments: `--params` and `--provenance`, and the
-    results JSON `--metrics` and the measurements JSON `--timings` where the stage writes them."""
+    """`python -m stages.<name>`'s arguments: the shared `--params` and `--provenance`, the
+    results JSON `--metrics` and the measurements JSON `--timings` where the stage writes them,
+    then the stage's own required `paths` and `optional` ones (default None), option -> help."""
     p = argparse.ArgumentParser(
         prog=f"python -m stages.{name}", description=(doc or "").splitlines()[0]
     )
@@ -38,6 +45,10 @@ def parser(
     if timings:
         p.add_argument("--timings", type=Path, default=None, help="measurements JSON to write")
     p.add_argument("--provenance", type=Path, default=None, help="run record JSON to write")
+    for option, help in paths.items():
+        p.add_argument(option, type=Path, required=True, help=help)
+    for option, help in (optional or {}).items():
+        p.add_argument(option, type=Path, default=None, help=help)
     return p
 
 

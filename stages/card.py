@@ -34,14 +34,17 @@ def write_cards(
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = stage.parser("card", __doc__)
-    p.add_argument("--dvc-yaml", type=Path, required=True, help="whose artifacts get cards")
-    p.add_argument("--data", type=Path, required=True, help="prepared data folder (its meta)")
-    p.add_argument("--plots", type=Path, required=True, help="evaluate's plots folder")
-    for name in ("evaluate", "prune", "export", "quantize"):
-        p.add_argument(f"--{name}", type=Path, required=True, help=f"{name}'s metrics JSON")
-    p.add_argument("--out", type=Path, required=True, help="folder of the cards to write")
-    return p.parse_args(argv)
+    paths = {
+        "--dvc-yaml": "whose artifacts get cards",
+        "--data": "prepared data folder (its meta)",
+        "--plots": "evaluate's plots folder",
+        **{
+            f"--{name}": f"{name}'s metrics JSON"
+            for name in ("evaluate", "prune", "export", "quantize")
+        },
+        "--out": "folder of the cards to write",
+    }
+    return stage.parser("card", __doc__, paths).parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:

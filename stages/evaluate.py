@@ -137,11 +137,12 @@ def plot_misclassified(test: Split, ev: Evaluation, n: int, path: Path) -> None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = stage.parser("evaluate", __doc__, metrics=True)
-    p.add_argument("--model", type=Path, required=True, help="model file to evaluate")
-    p.add_argument("--data", type=Path, required=True, help="prepared data folder")
-    p.add_argument("--plots", type=Path, required=True, help="folder for plots to write")
-    return p.parse_args(argv)
+    paths = {
+        "--model": "model file to evaluate",
+        "--data": "prepared data folder",
+        "--plots": "folder for plots to write",
+    }
+    return stage.parser("evaluate", __doc__, paths, metrics=True).parse_args(argv)
 
 
 def evaluate_model(

@@ -49,13 +49,14 @@ def check_not_slower(speedup: dict[str, float], max_slowdown: float) -> None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = stage.parser("export", __doc__, metrics=True, timings=True)
-    p.add_argument("--model", type=Path, required=True, help="dense model file")
-    p.add_argument("--pruned", type=Path, required=True, help="pruned model file")
-    p.add_argument("--data", type=Path, required=True, help="prepared data folder")
-    p.add_argument("--onnx", type=Path, required=True, help="dense ONNX file to write")
-    p.add_argument("--pruned-onnx", type=Path, required=True, help="pruned ONNX file to write")
-    return p.parse_args(argv)
+    paths = {
+        "--model": "dense model file",
+        "--pruned": "pruned model file",
+        "--data": "prepared data folder",
+        "--onnx": "dense ONNX file to write",
+        "--pruned-onnx": "pruned ONNX file to write",
+    }
+    return stage.parser("export", __doc__, paths, metrics=True, timings=True).parse_args(argv)
 
 
 def _normalization(meta: dict[str, Any], path: Path, data_norm: Normalization) -> Normalization:

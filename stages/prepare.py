@@ -43,10 +43,8 @@ def prepare(params: PrepareParams, raw_dir: Path, out_dir: Path) -> dict:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = stage.parser("prepare", __doc__)
-    p.add_argument("--raw-dir", type=Path, required=True, help="where the .gz files are kept")
-    p.add_argument("--out", type=Path, required=True, help="prepared data folder to write")
-    return p.parse_args(argv)
+    paths = {"--raw-dir": "where the .gz files are kept", "--out": "prepared data folder to write"}
+    return stage.parser("prepare", __doc__, paths).parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:

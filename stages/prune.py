@@ -54,11 +54,13 @@ def summarize(
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = stage.parser("prune", __doc__, metrics=True, timings=True)
-    p.add_argument("--model", type=Path, required=True, help="dense model file to prune")
-    p.add_argument("--data", type=Path, required=True, help="prepared data folder")
-    p.add_argument("--out", type=Path, required=True, help="pruned model file to write")
-    p.add_argument("--ckpt-dir", type=Path, default=None, help="per-round checkpoints, to resume")
+    paths = {
+        "--model": "dense model file to prune",
+        "--data": "prepared data folder",
+        "--out": "pruned model file to write",
+    }
+    optional = {"--ckpt-dir": "per-round checkpoints, to resume"}
+    p = stage.parser("prune", __doc__, paths, optional, metrics=True, timings=True)
     return p.parse_args(argv)
 
 

@@ -66,13 +66,15 @@ def plot_tradeoff(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = stage.parser("quantize", __doc__, metrics=True, timings=True)
-    p.add_argument("--onnx", type=Path, required=True, help="dense float ONNX model")
-    p.add_argument("--pruned-onnx", type=Path, required=True, help="pruned float ONNX model")
-    p.add_argument("--data", type=Path, required=True, help="prepared data folder")
-    p.add_argument("--out", type=Path, required=True, help="dense INT8 model to write")
-    p.add_argument("--pruned-out", type=Path, required=True, help="pruned INT8 model to write")
-    p.add_argument("--plot", type=Path, default=None, help="trade-off PNG to write")
+    paths = {
+        "--onnx": "dense float ONNX model",
+        "--pruned-onnx": "pruned float ONNX model",
+        "--data": "prepared data folder",
+        "--out": "dense INT8 model to write",
+        "--pruned-out": "pruned INT8 model to write",
+    }
+    optional = {"--plot": "trade-off PNG to write"}
+    p = stage.parser("quantize", __doc__, paths, optional, metrics=True, timings=True)
     return p.parse_args(argv)
 
 

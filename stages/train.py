@@ -135,12 +135,13 @@ def train(
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = stage.parser("train", __doc__, metrics=True, timings=True)
-    p.add_argument("--data", type=Path, required=True, help="prepared data folder")
-    p.add_argument("--ckpt-dir", type=Path, required=True, help="checkpoints, kept for resuming")
-    p.add_argument("--live-dir", type=Path, required=True, help="DVCLive metrics and plots")
-    p.add_argument("--model", type=Path, required=True, help="trained model file to write")
-    return p.parse_args(argv)
+    paths = {
+        "--data": "prepared data folder",
+        "--ckpt-dir": "checkpoints, kept for resuming",
+        "--live-dir": "DVCLive metrics and plots",
+        "--model": "trained model file to write",
+    }
+    return stage.parser("train", __doc__, paths, metrics=True, timings=True).parse_args(argv)
 
 
 # Facts of this run rather than results of the training: kept out of the hashed outputs.
