@@ -9,7 +9,6 @@ exits 1 naming each page and block that differs, so no figure in the docs goes s
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import logging
@@ -22,6 +21,7 @@ from typing import Any
 import yaml
 
 from benchmarks import report, targets
+from mnist_pipeline import generated_cli
 from mnist_pipeline.atomic import write_bytes
 
 log = logging.getLogger(__name__)
@@ -401,28 +401,21 @@ def write(docs: Path, root: Path) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m benchmarks.docs", description=__doc__.splitlines()[0]
+    p = generated_cli.parser(
+        "python -m benchmarks.docs",
+        __doc__,
+        write="regenerate the blocks",
+        check="exit 1 if a block is out of date",
     )
-    mode = p.add_mutually_exclusive_group(required=True)
-    mode.add_argument("--write", action="store_true", help="regenerate the blocks")
-    mode.add_argument("--check", action="store_true", help="exit 1 if a block is out of date")
     p.add_argument("--docs", type=Path, default=Path("docs"), help="the pages' folder")
     p.add_argument("--root", type=Path, default=Path("."), help="where the JSON files are")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        if args.write:
-            for page in write(args.docs, args.root):
-                log.info("wrote %s", page)
-            return 0
-        problems = drift(args.docs, args.root)
-    except (OSError, ValueError, KeyError) as err:
-        log.error("error: %s", err)
-        return 2
-    for problem in problems:
-        log.error("%s", problem)
-    return 1 if problems else 0
+    return generated_cli.run(
+        args,
+        lambda: write(args.docs, args.root),
+        lambda: drift(args.docs, args.root),
+        (OSError, ValueError, KeyError),
+    )
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ docs/pipeline.md, or in any file given) has the full descriptions.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import re
 import sys
@@ -28,6 +27,7 @@ import yaml
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
+from mnist_pipeline import generated_cli
 from mnist_pipeline.atomic import write_bytes
 from mnist_pipeline.params import Params
 
@@ -321,12 +321,12 @@ def write(params_path: Path, readme_path: Path) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m mnist_pipeline.params_docs", description=__doc__.splitlines()[0]
+    p = generated_cli.parser(
+        "python -m mnist_pipeline.params_docs",
+        __doc__,
+        write="rewrite both files",
+        check="exit 1 if either file drifted",
     )
-    mode = p.add_mutually_exclusive_group(required=True)
-    mode.add_argument("--write", action="store_true", help="rewrite both files")
-    mode.add_argument("--check", action="store_true", help="exit 1 if either file drifted")
     p.add_argument("--params", type=Path, default=Path("params.yaml"))
     # --readme: its name from when the table was in the README.
     p.add_argument(
@@ -339,22 +339,13 @@ def main(argv: list[str] | None = None) -> int:
         help="the file whose params-table markers hold the table (default: the docs page)",
     )
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        if args.write:
-            for path in write(args.params, args.readme):
-                log.info("wrote %s", path)
-            return 0
-        problems = drift(args.params, args.readme)
-    except (OSError, ValueError, yaml.YAMLError) as err:
-        log.error("error: %s", err)
-        return 2
-    for problem in problems:
-        log.error("%s", problem)
-    if problems:
-        log.error("regenerate: %s", COMMAND)
-        return 1
-    return 0
+    return generated_cli.run(
+        args,
+        lambda: write(args.params, args.readme),
+        lambda: drift(args.params, args.readme),
+        (OSError, ValueError, yaml.YAMLError),
+        regenerate=COMMAND,
+    )
 
 
 if __name__ == "__main__":
