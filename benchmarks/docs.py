@@ -311,7 +311,7 @@ def scraping_block(root: Path) -> str:
                 )
         return [*lines, "", report.serving_verdict(s)]
 
-    return _reference(root, "cpu-2core-serving-metrics.json", render)
+    return _reference(root, "cpu-2core-serving.json", render)
 
 
 def targets_block(root: Path) -> str:

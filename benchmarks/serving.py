@@ -121,14 +121,26 @@ async def send(
     with `scrape`, that URL is fetched every `SCRAPE_EVERY_S` meanwhile, as Prometheus would.
 
     aiohttp, not httpx, sends them: httpx's client was the bottleneck here (600-800 `/healthz`
-    requests/s, against 2,900-8,000 with aiohttp; see README, Serving the model)."""
+    requests/s, against 2,900-8,000 with aiohttp; see docs, Serving)."""
+    import aiohttp
+
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as client:
+        await _load(client, url, body, min(requests, 20 * concurrency), concurrency)  # warm-up
+        return await _load(client, url, body, requests, concurrency, scrape)
+
+
+async def _load(
+    client: Any, url: str, body: bytes, requests: int, concurrency: int, scrape: str | None = None
+) -> tuple[list[float], float]:
+    """`send`'s load on an open client session, whose connections stay where they are."""
     import aiohttp
 
     headers = {"content-type": f"multipart/form-data; boundary={BOUNDARY}"}
     latencies: list[float] = []
-    left = 0
+    left = requests
 
-    async def worker(client: aiohttp.ClientSession) -> None:
+    async def worker() -> None:
         nonlocal left
         while left > 0:
             left -= 1
@@ -138,28 +150,42 @@ async def send(
                 r.raise_for_status()
             latencies.append(time.perf_counter() - t0)
 
+    async def scraper(target: str) -> None:
+        async with aiohttp.ClientSession() as own:  # its own connection, like Prometheus
+            while True:
+                async with own.get(target) as r:
+                    await r.read()
+                    r.raise_for_status()
+                await asyncio.sleep(SCRAPE_EVERY_S)
+
+    scraping = asyncio.create_task(scraper(scrape)) if scrape else None
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    wall = time.perf_counter() - t0
+    if scraping is not None:
+        scraping.cancel()
+    return latencies, wall
+
+
+async def _alternate(
+    url: str, body: bytes, requests: int, concurrency: int, reps: int
+) -> dict[str, list[float]]:
+    """Requests/s without and with scraping, alternated `reps` times over the same client
+    connections: with `--workers 2` the kernel hands each new connection to one worker, and
+    fresh connections per run made whole runs land on one worker (half the rate) by chance."""
+    import aiohttp
+
+    rps: dict[str, list[float]] = {"off": [], "on": []}
+    metrics = url.rsplit("/", 1)[0] + "/metrics"
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=connector) as client:
-        left = min(requests, 20 * concurrency)  # warm-up: connections open, code paths hot
-        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
-        left = requests
-        latencies.clear()
-
-        async def scraper() -> None:
-            async with aiohttp.ClientSession() as own:  # its own connection, like Prometheus
-                while True:
-                    async with own.get(scrape) as r:
-                        await r.read()
-                        r.raise_for_status()
-                    await asyncio.sleep(SCRAPE_EVERY_S)
-
-        scraping = asyncio.create_task(scraper()) if scrape else None
-        t0 = time.perf_counter()
-        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
-        wall = time.perf_counter() - t0
-        if scraping is not None:
-            scraping.cancel()
-    return latencies, wall
+        await _load(client, url, body, min(requests, 20 * concurrency), concurrency)
+        for _ in range(reps):
+            for mode in rps:
+                scrape = metrics if mode == "on" else None
+                lat, wall = await _load(client, url, body, requests, concurrency, scrape)
+                rps[mode].append(summarize(lat, wall)["rps"])
+    return rps
 
 
 def summarize(latencies: list[float], wall: float) -> dict[str, float]:
@@ -225,14 +251,7 @@ def scraping_cost(model: Path, body: bytes, requests: int, reps: int) -> dict[st
     for setting in SCRAPE_SETTINGS:
         served = start_server(model, SETTINGS[setting])
         try:
-            rps: dict[str, list[float]] = {"off": [], "on": []}
-            for _ in range(reps):
-                for mode in rps:
-                    scrape = f"{served.url}/metrics" if mode == "on" else None
-                    lat, wall = asyncio.run(
-                        send(f"{served.url}/predict", body, requests, c, scrape)
-                    )
-                    rps[mode].append(summarize(lat, wall)["rps"])
+            rps = asyncio.run(_alternate(f"{served.url}/predict", body, requests, c, reps))
             scrapes = []  # what one scrape takes, alone: the cost's upper bound per second
             for _ in range(20):
                 t0 = time.perf_counter()
