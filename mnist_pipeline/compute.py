@@ -47,8 +47,10 @@ ISAS = {"avx2": ("avx2", "AVX2", "avx2"), "avx512": ("avx512", "AVX512_CORE", "a
 # MKL's conditional numerical reproducibility branch; COMPATIBLE is the one kept on non-Intel
 # CPUs, STRICT also pins the few functions CNR alone leaves free.
 MKL_CBWR = "COMPATIBLE,STRICT"
-# What torch.backends.cpu.get_cpu_capability() says for each ATEN_CPU_CAPABILITY value.
+# What torch.backends.cpu.get_cpu_capability() says for each ATEN_CPU_CAPABILITY value, and
+# how oneDNN's verbose `isa:` line begins at each ONEDNN_MAX_CPU_ISA.
 _TORCH_NAMES = {"avx2": "AVX2", "avx512": "AVX512"}
+_ONEDNN_NAMES = {"avx2": "Intel AVX2", "avx512": "Intel AVX-512"}
 # mkl_serv_cbwr_get's codes (mkl_service.h); STRICT is a flag bit on top of the branch.
 _MKL_BRANCHES = {
     0: "OFF", 1: "BRANCH_OFF", 2: "AUTO", 3: "COMPATIBLE", 4: "SSE2", 6: "SSSE3", 7: "SSE4_1",
@@ -182,6 +184,9 @@ def apply(params: ComputeParams, *, check: bool = True) -> dict[str, Any]:
         for key, value in want.items()
         if facts[key] is not None and facts[key] != value
     ]
+    isa = facts["onednn_isa"]
+    if isa is not None and not str(isa).startswith(_ONEDNN_NAMES[params.isa]):
+        problems.append(f"oneDNN runs {isa!r}, the portable profile needs {params.isa}")
     if problems:
         raise StageError(
             "the portable profile is not in force in this process: "

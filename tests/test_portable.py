@@ -114,3 +114,19 @@ def test_an_emulated_intel_haswell_computes_every_output_with_the_same_bytes(
         env=env, capture_output=True, text=True, timeout=600, check=True,
     )  # fmt: skip
     assert done.stdout.split() == ["AVX2"]
+
+
+def test_a_process_computing_otherwise_than_its_params_is_refused() -> None:
+    """This process was pinned to the repo's avx2 profile (tests/conftest.py) before torch
+    loaded: params asking for AVX-512 kernels, or for another thread count, do not describe
+    what it computes with, so a stage would fail rather than record them."""
+    from mnist_pipeline import compute
+    from mnist_pipeline.errors import StageError
+
+    portable = parse_params(tiny_params_dict()).compute
+    assert compute.apply(portable)["torch_capability"] == "AVX2"
+    with pytest.raises(StageError, match="the portable profile is not in force"):
+        compute.apply(portable.model_copy(update={"isa": "avx512"}))
+    facts = compute.apply(portable.model_copy(update={"profile": "fast"}))
+    assert facts["profile"] == "fast"  # the fast profile checks nothing
+    compute.apply(portable)  # the thread count back for the other tests of this worker
