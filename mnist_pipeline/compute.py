@@ -31,6 +31,7 @@ Profiles (`compute.profile`):
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import re
 import sys
@@ -112,6 +113,7 @@ def cpu_flags() -> set[str]:
     return set()
 
 
+@functools.cache  # fixed once MKL has initialised: the same answer for the whole process
 def mkl_cbwr() -> str | None:
     """MKL's reproducibility branch as MKL itself reports it (None: no MKL in this torch)."""
     import torch
@@ -127,6 +129,7 @@ def mkl_cbwr() -> str | None:
     return f"{name},STRICT" if code & _MKL_STRICT else name
 
 
+@functools.cache  # fixed once oneDNN has initialised: one probe a process
 def onednn_isa() -> str | None:
     """The ISA oneDNN reports it dispatches to ("Intel AVX2", ...), from its verbose output of
     one small convolution (None: no oneDNN, or it printed nothing)."""

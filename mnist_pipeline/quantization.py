@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 from onnxruntime.quantization import (
     CalibrationDataReader,
     CalibrationMethod,
@@ -151,6 +152,7 @@ def contract_problems(figures: dict[str, Any], params: QuantizeParams) -> list[s
 
 def check_contract(
     src: Path,
+    float_sess: ort.InferenceSession,
     int8: Path,
     pixels: np.ndarray,
     labels: np.ndarray,
@@ -159,8 +161,8 @@ def check_contract(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Accuracy, agreement and interface of the INT8 model against the float one on the test
     set, on the portable reference (the result) and in ONNX Runtime (a measurement); raises
-    `StageError` when either breaks the contract."""
-    float_sess, int8_sess = onnx_runtime.session(src), onnx_runtime.session(int8)
+    `StageError` when either breaks the contract. `float_sess` is `src`'s ONNX Runtime session."""
+    int8_sess = onnx_runtime.session(int8)
     problems = []
     for what, a, b in (
         ("inputs", float_sess.get_inputs(), int8_sess.get_inputs()),

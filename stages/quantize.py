@@ -111,7 +111,7 @@ def quantize_both(params: QuantizeParams, args: argparse.Namespace) -> None:
         with atomic_path(dst) as tmp:
             quantize_onnx(src, tmp, calibration, params)
             contract, in_ort[name] = check_contract(
-                src, tmp, test_pixels.astype(dtype), labels, params, name
+                src, float_sess, tmp, test_pixels.astype(dtype), labels, params, name
             )
         float_bytes, int8_bytes = src.stat().st_size, dst.stat().st_size
         metrics[name] = {
