@@ -110,8 +110,13 @@ def write_safetensors(
     write_bytes(path, safetensors_bytes(arrays, metadata))
 
 
-def write_png(path: Path, fig: Figure, dpi: int) -> None:
-    """A matplotlib figure as PNG, without the text chunks (software version) Matplotlib adds."""
+def write_figure(path: Path, fig: Figure, dpi: int) -> None:
+    """Lay a matplotlib figure out, write it as PNG without the text chunk (software version)
+    Matplotlib adds, and close it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, metadata={"Software": None})
     write_bytes(path, buf.getvalue())
+    plt.close(fig)

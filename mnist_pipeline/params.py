@@ -18,67 +18,58 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 from mnist_pipeline.errors import ParamsError
 from mnist_pipeline.params_fit import PruneParams, Section, TrainParams
 
-# The descriptions below (and in params_fit) are the only ones: `python -m
-# mnist_pipeline.params_docs --write` turns them, with the allowed values the types give, into
-# params.yaml's comments and the README's params table, and a test fails when those drift.
+# The descriptions below (the docstring under each key, here and in params_fit) are the only
+# ones: `python -m mnist_pipeline.params_docs --write` turns them, with the allowed values the
+# types give, into params.yaml's comments and docs/pipeline.md's params table, and a test fails
+# when those drift.
 
 
 class PrepareParams(Section):
     """The `prepare` section: where the MNIST files come from, and the validation split."""
 
     mirror: str | None = Field(
-        title="Where the MNIST files come from (null: the official mirrors).",
-        default=None,
-        description=(
-            "Where to fetch the four MNIST .gz files from: an http(s):// or file:// URL or a "
-            "local folder; null means the official mirrors. The MNIST_MIRROR environment "
-            "variable wins over it. Not tracked by DVC: the files are checksum-verified, so "
-            "where they come from changes no result."
-        ),
+        title="Where the MNIST files come from (null: the official mirrors).", default=None
     )
-    val_size: int = Field(
-        ge=1,
-        le=30_000,
-        description="Images carved from the training set as the seeded validation split.",
-    )
-    split_seed: int = Field(ge=0, description="Seed of the validation split.")
+    """Where to fetch the four MNIST .gz files from: an http(s):// or file:// URL or a local
+    folder; null means the official mirrors. The MNIST_MIRROR environment variable wins over it.
+    Not tracked by DVC: the files are checksum-verified, so where they come from changes no
+    result."""
+    val_size: int = Field(ge=1, le=30_000)
+    """Images carved from the training set as the seeded validation split."""
+    split_seed: int = Field(ge=0)
+    """Seed of the validation split."""
     retries: int = Field(
         title="Attempts per file at each network mirror, with backoff. Not tracked by DVC.",
         default=3,
         ge=1,
         le=10,
-        description=(
-            "Attempts per file at each network mirror, with exponential backoff and jitter "
-            "between them (a local folder is read once). Not tracked by DVC."
-        ),
     )
-    timeout_s: float = Field(
-        default=60.0,
-        gt=0,
-        description="Seconds a download may wait for the server. Not tracked by DVC.",
-    )
+    """Attempts per file at each network mirror, with exponential backoff and jitter between
+    them (a local folder is read once). Not tracked by DVC."""
+    timeout_s: float = Field(default=60.0, gt=0)
+    """Seconds a download may wait for the server. Not tracked by DVC."""
 
 
 class EvaluateParams(Section):
     """The `evaluate` section: test-set inference."""
 
-    batch_size: int = Field(ge=1, le=65_536, description="Inference batch size.")
-    n_misclassified: int = Field(
-        ge=0, le=400, description="Misclassified test digits shown in `misclassified.png`."
-    )
+    batch_size: int = Field(ge=1, le=65_536)
+    """Inference batch size."""
+    n_misclassified: int = Field(ge=0, le=400)
+    """Misclassified test digits shown in `misclassified.png`."""
 
 
 class _TimingParams(Section):
     """The timing fields of the sections that measure inference speed."""
 
-    warmup_runs: int = Field(ge=0, le=100_000, description="Untimed runs before each timing.")
-    latency_runs: int = Field(
-        ge=1, le=1_000_000, description="Batch-1 runs; their median is the latency."
-    )
-    throughput_batch: int = Field(
-        ge=1, le=65_536, description="Batch size of the throughput timing."
-    )
-    throughput_runs: int = Field(ge=1, le=100_000, description="Runs of the throughput timing.")
+    warmup_runs: int = Field(ge=0, le=100_000)
+    """Untimed runs before each timing."""
+    latency_runs: int = Field(ge=1, le=1_000_000)
+    """Batch-1 runs; their median is the latency."""
+    throughput_batch: int = Field(ge=1, le=65_536)
+    """Batch size of the throughput timing."""
+    throughput_runs: int = Field(ge=1, le=100_000)
+    """Runs of the throughput timing."""
 
 
 class ExportParams(_TimingParams):
@@ -88,43 +79,31 @@ class ExportParams(_TimingParams):
         title="ONNX opset of the files; it sets the oldest ONNX Runtime that loads them.",
         ge=18,
         le=23,
-        description=(
-            "ONNX opset the files are written at; it sets the oldest ONNX Runtime that loads them."
-        ),
     )
-    dynamo: bool = Field(
-        description="true: the torch.export-based exporter; false: the legacy TorchScript one."
-    )
-    input_dtype: Literal["float32", "uint8"] = Field(
-        description="The graph's input type; either way it takes raw 0-255 pixels."
-    )
+    """ONNX opset the files are written at; it sets the oldest ONNX Runtime that loads them."""
+    dynamo: bool
+    """true: the torch.export-based exporter; false: the legacy TorchScript one."""
+    input_dtype: Literal["float32", "uint8"]
+    """The graph's input type; either way it takes raw 0-255 pixels."""
     atol: float = Field(
         title="Largest allowed |ONNX Runtime - PyTorch| logit difference on the test set.",
         gt=0,
         le=1.0,
-        description=(
-            "Largest allowed |ONNX Runtime logit - PyTorch logit| on the test set; beyond it, "
-            "or on any other prediction, the stage fails."
-        ),
     )
-    batch_size: int = Field(ge=1, le=65_536, description="Batch size of the parity check.")
-    num_threads: int = Field(
-        ge=0,
-        le=1024,
-        description=(
-            "Threads for both runtimes while timing; 0 keeps each runtime's default. One "
-            "thread keeps timings stable on a shared machine and comparable across runtimes."
-        ),
-    )
+    """Largest allowed |ONNX Runtime logit - PyTorch logit| on the test set; beyond it, or on
+    any other prediction, the stage fails."""
+    batch_size: int = Field(ge=1, le=65_536)
+    """Batch size of the parity check."""
+    num_threads: int = Field(ge=0, le=1024)
+    """Threads for both runtimes while timing; 0 keeps each runtime's default. One thread keeps
+    timings stable on a shared machine and comparable across runtimes."""
     max_slowdown: float = Field(
         title="How much slower the pruned ONNX model may be than the dense one (a fraction).",
         ge=0,
         le=10,
-        description=(
-            "The stage fails if the pruned model's ONNX Runtime latency exceeds the dense "
-            "one's by more than this fraction (timing noise on a shared machine)."
-        ),
     )
+    """The stage fails if the pruned model's ONNX Runtime latency exceeds the dense one's by
+    more than this fraction (timing noise on a shared machine)."""
 
 
 class QuantizeParams(_TimingParams):
@@ -132,115 +111,83 @@ class QuantizeParams(_TimingParams):
     and their timing."""
 
     method: Literal["minmax", "entropy", "percentile"] = Field(
-        title="How calibration sets each activation's int8 range.",
-        description=(
-            "How calibration sets each activation's int8 range: the observed min and max, the "
-            "range that keeps the histogram's entropy, or a percentile of the values."
-        ),
+        title="How calibration sets each activation's int8 range."
     )
-    percentile: float = Field(
-        gt=90,
-        le=100,
-        description="percentile only: the percentile of the activation values kept in range.",
-    )
+    """How calibration sets each activation's int8 range: the observed min and max, the range
+    that keeps the histogram's entropy, or a percentile of the values."""
+    percentile: float = Field(gt=90, le=100)
+    """percentile only: the percentile of the activation values kept in range."""
     calibration_size: int = Field(
-        title="Validation digits that calibrate the ranges.",
-        ge=1,
-        le=60_000,
-        description="Validation digits, drawn with `calibration_seed`, that calibrate the ranges.",
+        title="Validation digits that calibrate the ranges.", ge=1, le=60_000
     )
-    calibration_seed: int = Field(ge=0, description="Seed of the calibration sample.")
+    """Validation digits, drawn with `calibration_seed`, that calibrate the ranges."""
+    calibration_seed: int = Field(ge=0)
+    """Seed of the calibration sample."""
     max_acc_drop: float = Field(
-        title="Test accuracy points an INT8 model may lose against its float model.",
-        ge=0,
-        le=100,
-        description=(
-            "Test accuracy an INT8 model may lose against its float model, in points; beyond "
-            "it the stage fails and writes no model."
-        ),
+        title="Test accuracy points an INT8 model may lose against its float model.", ge=0, le=100
     )
+    """Test accuracy an INT8 model may lose against its float model, in points; beyond it the
+    stage fails and writes no model."""
     min_agreement: float = Field(
-        title="Fraction of the test digits on which INT8 and float models must agree.",
-        gt=0,
-        le=1,
-        description=(
-            "Fraction of the test digits on which an INT8 model must predict what its float "
-            "model predicts; below it the stage fails and writes no model."
-        ),
+        title="Fraction of the test digits on which INT8 and float models must agree.", gt=0, le=1
     )
-    batch_size: int = Field(ge=1, le=65_536, description="Batch size of the test-set checks.")
-    num_threads: int = Field(
-        ge=0,
-        le=1024,
-        description="ONNX Runtime threads while timing; 0 keeps its default.",
-    )
+    """Fraction of the test digits on which an INT8 model must predict what its float model
+    predicts; below it the stage fails and writes no model."""
+    batch_size: int = Field(ge=1, le=65_536)
+    """Batch size of the test-set checks."""
+    num_threads: int = Field(ge=0, le=1024)
+    """ONNX Runtime threads while timing; 0 keeps its default."""
 
 
 class ComputeParams(Section):
     """The `compute` section: how every stage computes (see `mnist_pipeline.compute`)."""
 
     profile: Literal["portable", "fast"] = Field(
-        title="portable: same bytes on any AVX2 CPU; fast: native kernels, every core.",
-        description=(
-            "portable: pinned kernels (`isa`), MKL's cross-vendor branch, `threads` threads and "
-            "32-bit training, so every hashed output has the same bytes on any x86-64 CPU with "
-            "AVX2. fast: native kernels, bf16 where the CPU computes it, every core; results "
-            "reproduce on the same CPU model only (see docs/reproducibility.md)."
-        ),
+        title="portable: same bytes on any AVX2 CPU; fast: native kernels, every core."
     )
-    isa: Literal["avx2", "avx512"] = Field(
-        description=(
-            "portable only: the highest instruction set PyTorch and oneDNN may use. avx2 runs "
-            "on every x86-64 CPU of the last decade; avx512 is faster where there is AVX-512, "
-            "and its results then hold on AVX-512 CPUs only."
-        )
-    )
+    """portable: pinned kernels (`isa`), MKL's cross-vendor branch, `threads` threads and 32-bit
+    training, so every hashed output has the same bytes on any x86-64 CPU with AVX2. fast:
+    native kernels, bf16 where the CPU computes it, every core; results reproduce on the same
+    CPU model only (see docs/reproducibility.md)."""
+    isa: Literal["avx2", "avx512"]
+    """portable only: the highest instruction set PyTorch and oneDNN may use. avx2 runs on every
+    x86-64 CPU of the last decade; avx512 is faster where there is AVX-512, and its results then
+    hold on AVX-512 CPUs only."""
     threads: int = Field(
-        title="portable only: the threads every stage computes with.",
-        ge=1,
-        le=1024,
-        description=(
-            "portable only: the threads every stage computes with, whatever the machine's "
-            "cores (the thread count splits every reduction, so it changes the last bits). "
-            "The fast profile uses one thread per core."
-        ),
+        title="portable only: the threads every stage computes with.", ge=1, le=1024
     )
+    """portable only: the threads every stage computes with, whatever the machine's cores (the
+    thread count splits every reduction, so it changes the last bits). The fast profile uses one
+    thread per core."""
 
 
 class CardParams(Section):
     """Stage `card`: a model card for every artifact."""
 
-    weakest_classes: int = Field(
-        ge=1, le=10, description="Classes of lowest test F1 that each card lists."
-    )
+    weakest_classes: int = Field(ge=1, le=10)
+    """Classes of lowest test F1 that each card lists."""
 
 
 class Params(Section):
     """The whole `params.yaml`: how every stage computes, then one section per stage."""
 
-    compute: ComputeParams = Field(
-        description="Every stage: kernels, threads and precision (portable or fast)."
-    )
+    compute: ComputeParams
+    """Every stage: kernels, threads and precision (portable or fast)."""
 
-    prepare: PrepareParams = Field(
-        description="Stage `prepare`: fetch and verify MNIST, split and normalize it."
-    )
-    train: TrainParams = Field(description="Stage `train`: fit LeNet-5 with Lightning.")
-    evaluate: EvaluateParams = Field(
-        description="Stage `evaluate`: metrics, plots and images on the test set."
-    )
-    prune: PruneParams = Field(
-        description="Stage `prune`: remove channels (or zero weights), then fine-tune."
-    )
-    export: ExportParams = Field(
-        description="Stage `export`: ONNX files, checked against PyTorch, and timed."
-    )
-    quantize: QuantizeParams = Field(
-        description="Stage `quantize`: INT8 ONNX models, checked against the float ones."
-    )
-    card: CardParams = Field(
-        description="Stage `card`: a model card for every artifact, from the results only."
-    )
+    prepare: PrepareParams
+    """Stage `prepare`: fetch and verify MNIST, split and normalize it."""
+    train: TrainParams
+    """Stage `train`: fit LeNet-5 with Lightning."""
+    evaluate: EvaluateParams
+    """Stage `evaluate`: metrics, plots and images on the test set."""
+    prune: PruneParams
+    """Stage `prune`: remove channels (or zero weights), then fine-tune."""
+    export: ExportParams
+    """Stage `export`: ONNX files, checked against PyTorch, and timed."""
+    quantize: QuantizeParams
+    """Stage `quantize`: INT8 ONNX models, checked against the float ones."""
+    card: CardParams
+    """Stage `card`: a model card for every artifact, from the results only."""
 
     @model_validator(mode="after")
     def _portable_is_32_bit(self) -> Params:

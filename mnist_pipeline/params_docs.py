@@ -1,8 +1,8 @@
 """params.yaml's comments and the docs' params table, generated from the params schema.
 
-Each param is described once, in `mnist_pipeline.params` and `params_fit`
-(`Field(description=...)`, and a short `title=` where the first sentence of the description
-is too long for one line); its allowed values come from its type (Literal choices, bounds).
+Each param is described once, in `mnist_pipeline.params` and `params_fit` (the docstring
+under the key, and a short `Field(title=...)` where the first sentence of the description is
+too long for one line); its allowed values come from its type (Literal choices, bounds).
 This module writes both from there. params.yaml keeps every value's text as written and gets
 one comment line per key: the title or first sentence, then the allowed values where they say
 more than the type; the table (the block between the params-table markers in
@@ -122,10 +122,15 @@ def fields(model: type[BaseModel] = Params, prefix: str = "") -> Iterator[tuple[
             yield from fields(section, f"{key}.")
 
 
+def description(field: FieldInfo) -> str:
+    """A key's description (the docstring under it in the schema) as one line of prose."""
+    return " ".join((field.description or "").split())
+
+
 def table_rows() -> list[tuple[str, str, str]]:
     """(key, allowed, meaning) for every leaf key, in schema order."""
     return [
-        (key, allowed(field), field.description or "")
+        (key, allowed(field), description(field))
         for key, field in fields()
         if _section(field) is None
     ]
@@ -142,7 +147,7 @@ def summary(key: str, field: FieldInfo) -> str:
     """A key's one comment line in params.yaml: its title, or the first sentence of its
     description, then its allowed values in brackets where they fit and say more than the type.
     """
-    short = field.title or _SENTENCE_END.split((field.description or "").strip())[0]
+    short = field.title or _SENTENCE_END.split(description(field))[0]
     if _section(field) is not None:
         return short
     values = allowed(field).removeprefix("one of: ")

@@ -28,7 +28,7 @@ from torchmetrics.functional.classification import (
 )
 
 from mnist_pipeline import errors, stage
-from mnist_pipeline.atomic import write_json, write_png
+from mnist_pipeline.atomic import write_figure, write_json
 from mnist_pipeline.dataset import Split, load_split
 from mnist_pipeline.model import load_model, predict_logits
 from mnist_pipeline.params import EvaluateParams
@@ -111,9 +111,7 @@ def plot_confusion(confusion: torch.Tensor, path: Path) -> None:
         title=f"Test confusion matrix ({int(confusion.sum())} digits)",
     )
     fig.colorbar(im, ax=ax, label="log10(count)")
-    fig.tight_layout()
-    write_png(path, fig, dpi=110)
-    plt.close(fig)
+    write_figure(path, fig, dpi=110)
 
 
 def plot_misclassified(test: Split, ev: Evaluation, n: int, path: Path) -> None:
@@ -131,9 +129,7 @@ def plot_misclassified(test: Split, ev: Evaluation, n: int, path: Path) -> None:
         f"{int((ev.preds != test.labels).sum())}",
         fontsize=10,
     )
-    fig.tight_layout()
-    write_png(path, fig, dpi=100)
-    plt.close(fig)
+    write_figure(path, fig, dpi=100)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

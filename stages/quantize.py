@@ -36,7 +36,7 @@ import matplotlib.pyplot as plt
 import onnxruntime as ort
 
 from mnist_pipeline import errors, onnx_runtime, stage
-from mnist_pipeline.atomic import atomic_path, write_json, write_png
+from mnist_pipeline.atomic import atomic_path, write_figure, write_json
 from mnist_pipeline.dataset import load_normalization, load_split
 from mnist_pipeline.inference_speed import session_speeds
 from mnist_pipeline.params import QuantizeParams
@@ -60,9 +60,7 @@ def plot_tradeoff(rows: list[dict[str, Any]], path: Path) -> None:
         ax.set(xlabel=label, ylabel="test accuracy (%)")
         ax.grid(alpha=0.3)
     fig.suptitle("Accuracy against size and speed: dense, pruned and their INT8 models")
-    fig.tight_layout()
-    write_png(path, fig, dpi=100)
-    plt.close(fig)
+    write_figure(path, fig, dpi=100)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

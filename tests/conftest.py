@@ -93,26 +93,12 @@ def prepared(tmp_path_factory: pytest.TempPathFactory, synthetic_mirror: Path) -
 def trained_model(tmp_path_factory: pytest.TempPathFactory, prepared: Path) -> Path:
     """A LeNet-5 trained for two epochs on the synthetic data by the `train` stage's main."""
     from stages import train
+    from tests.stage_runs import stage_argv
 
     root = tmp_path_factory.mktemp("trained")
     (root / "params.yaml").write_text(yaml.safe_dump(tiny_params_dict(), sort_keys=False))
-    train.main(
-        [
-            "--params",
-            str(root / "params.yaml"),
-            "--data",
-            str(prepared),
-            "--ckpt-dir",
-            str(root / "ckpt"),
-            "--live-dir",
-            str(root / "live"),
-            "--model",
-            str(root / "lenet5.pt"),
-            "--metrics",
-            str(root / "train.json"),
-        ]
-    )
-    return root / "lenet5.pt"
+    train.main(stage_argv("train", root / "params.yaml", root, data=prepared))
+    return root / "models/lenet5.pt"
 
 
 @pytest.fixture(scope="session")

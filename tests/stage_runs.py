@@ -3,7 +3,8 @@
 Each stage runs its `cmd` from dvc.yaml (so the paths are the pipeline's) in a scratch folder
 that holds a params file, with this checkout on PYTHONPATH, optionally behind a launcher
 (`taskset -c 0`, `qemu-x86_64 -cpu Haswell`). `output_hashes` then reads back the md5 of every
-output that DVC would hash.
+output that DVC would hash. `stage_argv` gives the tests that call a stage's `main` in-process
+the same command line, so a stage option that dvc.yaml does not pass cannot go unnoticed.
 """
 
 from __future__ import annotations
@@ -20,6 +21,21 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+
+
+def stage_argv(name: str, params: Path, out: Path, **inputs: Path) -> list[str]:
+    """The arguments dvc.yaml's `cmd` gives stage `name`, plus `--params params`: an option
+    named in `inputs` (`pruned_onnx=` for `--pruned-onnx`) reads that path, and every other
+    path lands where dvc.yaml puts it, under `out` (`out / "metrics/train.json"`)."""
+    words = shlex.split(DVC["stages"][name]["cmd"])
+    assert words[:3] == ["python", "-m", f"stages.{name}"], words
+    options = dict(zip(words[3::2], words[4::2], strict=True))
+    given = {"--" + key.replace("_", "-"): str(path) for key, path in inputs.items()}
+    assert set(given) <= set(options), f"{name} takes no {sorted(set(given) - set(options))}"
+    argv = ["--params", str(params)]
+    for option, path in options.items():
+        argv += [option, given.get(option, str(out / path))]
+    return argv
 
 
 def stage_env(mirror: Path) -> dict[str, str]:

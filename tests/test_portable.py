@@ -32,19 +32,39 @@ def _workdir(path: Path, **compute: object) -> Path:
     return path
 
 
-def _train_hashes(root: Path, mirror: Path, launcher: list[str], **compute: object) -> dict:
+def _train(root: Path, mirror: Path, launcher: list[str], **compute: object) -> Path:
     work = _workdir(root, **compute)
     run_stages(work, ["prepare", "train"], mirror, launcher)
-    return output_hashes(work, ["train"])
+    return work
 
 
-def test_a_stage_reports_from_inside_that_it_computed_as_params_say(
-    tmp_path: Path, synthetic_mirror: Path
-) -> None:
-    # One thread, not the repo's two: the record follows the params, not a default.
-    work = _workdir(tmp_path / "run", threads=1)
-    run_stages(work, ["prepare", "train"], synthetic_mirror)
-    record = json.loads((work / "provenance" / "train.json").read_text())
+TASKSET = shutil.which("taskset")
+
+
+def _on_cores(cores: str) -> list[str]:
+    """A launcher that keeps the process on `cores` (none without taskset)."""
+    return [TASKSET, "-c", cores] if TASKSET else []
+
+
+# Three trainings shared by the tests below (each is a prepare and a train process).
+@pytest.fixture(scope="module")
+def one_thread(tmp_path_factory: pytest.TempPathFactory, synthetic_mirror: Path) -> Path:
+    """One thread, not the repo's two: the record follows the params, not a default."""
+    return _train(
+        tmp_path_factory.mktemp("portable") / "one-thread", synthetic_mirror, [], threads=1
+    )
+
+
+@pytest.fixture(scope="module")
+def two_cores(tmp_path_factory: pytest.TempPathFactory, synthetic_mirror: Path) -> Path:
+    """The repo's two threads on two cores."""
+    return _train(
+        tmp_path_factory.mktemp("portable") / "two-cores", synthetic_mirror, _on_cores("0,1")
+    )
+
+
+def test_a_stage_reports_from_inside_that_it_computed_as_params_say(one_thread: Path) -> None:
+    record = json.loads((one_thread / "provenance" / "train.json").read_text())
     assert record["compute"] == {
         "profile": "portable",
         "torch_capability": "AVX2",
@@ -57,23 +77,21 @@ def test_a_stage_reports_from_inside_that_it_computed_as_params_say(
     assert record["precision"] == "32-true"
 
 
-@pytest.mark.skipif(shutil.which("taskset") is None, reason="needs taskset (util-linux)")
+@pytest.mark.skipif(TASKSET is None, reason="needs taskset (util-linux)")
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores")
 def test_training_on_one_core_gives_the_bytes_of_training_on_two(
-    tmp_path: Path, synthetic_mirror: Path
+    tmp_path: Path, synthetic_mirror: Path, two_cores: Path
 ) -> None:
-    one = _train_hashes(tmp_path / "one", synthetic_mirror, ["taskset", "-c", "0"])
-    two = _train_hashes(tmp_path / "two", synthetic_mirror, ["taskset", "-c", "0,1"])
-    assert one == two
-    assert "models/lenet5.pt" in one
+    one_core = _train(tmp_path / "one", synthetic_mirror, _on_cores("0"))
+    assert output_hashes(one_core, ["train"]) == output_hashes(two_cores, ["train"])
+    assert "models/lenet5.pt" in output_hashes(two_cores, ["train"])
 
 
 def test_a_different_thread_count_gives_different_weights(
-    tmp_path: Path, synthetic_mirror: Path
+    one_thread: Path, two_cores: Path
 ) -> None:
     """Why `compute.threads` is a param: the comparison above could not pass by accident."""
-    one = _train_hashes(tmp_path / "one", synthetic_mirror, [], threads=1)
-    two = _train_hashes(tmp_path / "two", synthetic_mirror, [], threads=2)
+    one, two = output_hashes(one_thread, ["train"]), output_hashes(two_cores, ["train"])
     assert one["models/lenet5.pt"] != two["models/lenet5.pt"]
 
 

@@ -190,7 +190,7 @@ def plot(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from mnist_pipeline.atomic import write_png
+    from mnist_pipeline.atomic import write_figure
 
     done = [r for r in results if r.objective is not None and r.status == SUCCEEDED]
     best = best_trial(results, maximize)
@@ -219,6 +219,4 @@ def plot(
         ax.set_ylabel(objective)
         ax.grid(alpha=0.3)
     fig.suptitle(f"{objective} against each swept param ({len(done)} trials)")
-    fig.tight_layout()
-    write_png(path, fig, dpi=100)
-    plt.close(fig)
+    write_figure(path, fig, dpi=100)

@@ -80,13 +80,18 @@ def test_safetensors_bytes_are_the_same_in_another_process(tmp_path: Path) -> No
 
 
 def test_png_has_no_software_stamp(tmp_path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(2, 2))
-    ax.plot([0, 1], [1, 0])
-    data = _same_bytes_in_two_places(
-        tmp_path, lambda p: atomic.write_png(p, fig, dpi=50), "a.png", "b.png"
-    )
-    plt.close(fig)
+    drawn = []
+
+    def plot(path: Path) -> None:
+        fig, ax = plt.subplots(figsize=(2, 2))
+        ax.plot([0, 1], [1, 0])
+        atomic.write_figure(path, fig, dpi=50)
+        drawn.append(fig.number)
+
+    data = _same_bytes_in_two_places(tmp_path, plot, "a.png", "b.png")
     assert data.startswith(b"\x89PNG") and b"matplotlib" not in data.lower()
+    # Closed: a stage that plots in a loop does not leak figures.
+    assert not set(drawn) & set(plt.get_fignums())
 
 
 def test_a_failed_write_leaves_the_old_file(tmp_path: Path) -> None:

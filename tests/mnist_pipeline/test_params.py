@@ -11,6 +11,7 @@ from mnist_pipeline import errors
 from mnist_pipeline.params import ParamsError, load_params, parse_params
 from stages import evaluate
 from tests.conftest import ROOT, tiny_params_dict
+from tests.stage_runs import stage_argv
 
 
 def test_repo_params_file_is_valid() -> None:
@@ -89,20 +90,10 @@ def test_stage_with_bad_params_exits_2_and_touches_no_output(
     raw = yaml.safe_load(params_file.read_text())
     raw["evaluate"]["batch_size"] = 0
     params_file.write_text(yaml.safe_dump(raw))
-    metrics = tmp_path / "metrics.json"
+    metrics = tmp_path / "metrics/evaluate.json"
+    metrics.parent.mkdir()
     metrics.write_text('{"test": {"acc": 0.5}}')
-    argv = [
-        "--params",
-        str(params_file),
-        "--model",
-        str(trained_model),
-        "--data",
-        str(prepared),
-        "--metrics",
-        str(metrics),
-        "--plots",
-        str(tmp_path / "plots"),
-    ]
+    argv = stage_argv("evaluate", params_file, tmp_path, model=trained_model, data=prepared)
     assert errors.run(evaluate.main, argv) == 2
     assert "evaluate.batch_size" in capsys.readouterr().err
     assert metrics.read_text() == '{"test": {"acc": 0.5}}'

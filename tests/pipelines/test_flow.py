@@ -8,11 +8,8 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
-from mnist_pipeline.checkpoints import FAIL_ENV
-from mnist_pipeline.model import load_model
 from mnist_pipeline.params import ParamsError
 from pipelines import dvc_repo
 from tests.conftest import tiny_params_dict
@@ -111,42 +108,6 @@ def test_a_stage_restored_from_the_run_cache_shows_as_cached(finished_run: FlowR
     restored = _stage_runs(str(back.state_details.flow_run_id), names)
     assert [r.state.name for r in restored] == ["Skipped", "Skipped", "Cached"]
     assert dvc_repo.changes(repo) == {}
-
-
-def test_killed_training_resumes_on_retry_with_the_same_result(
-    tmp_path: Path, finished_run: FlowRun, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    repo = make_repo(tmp_path / "repo", tmp_path / "remote")
-    k = 1  # killed halfway through epoch k+1 (1-based), after k epochs were checkpointed
-    monkeypatch.setenv(FAIL_ENV, str(k))
-    # Only what the comparison needs: prepare, train, evaluate (not prune and export).
-    state, _ = run_flow(repo, targets=["evaluate"], retries=2, push=False)
-    assert state.is_completed(), state.message
-
-    (train_run,) = _stage_runs(str(state.state_details.flow_run_id), ["train"])
-    assert train_run.run_count == 2  # killed once, retried once
-    summary = json.loads((repo / "metrics/train.json").read_text())
-    record = json.loads((repo / "provenance/train.json").read_text())
-    assert record["resumed_from_epoch"] == k  # the retry started at epoch k+1, not at 1
-    assert summary["epochs"] == tiny_params_dict()["train"]["max_epochs"]
-
-    # The DVCLive curves continue across the kill: one row per epoch, the same rows (steps and
-    # values) as the uninterrupted run's.
-    for curve in ("val/acc.tsv", "val/loss.tsv", "train/loss.tsv"):
-        rel = f"dvclive/train/plots/metrics/{curve}"
-        resumed, fresh = (repo / rel).read_text(), (finished_run.repo / rel).read_text()
-        assert resumed == fresh, curve
-    assert len((repo / "dvclive/train/plots/metrics/val/acc.tsv").read_text().splitlines()) == (
-        1 + summary["epochs"]
-    )
-
-    a, _ = load_model(repo / "models/lenet5.pt")
-    b, _ = load_model(finished_run.repo / "models/lenet5.pt")
-    for (name, wa), wb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
-        torch.testing.assert_close(wa, wb, rtol=0, atol=0, msg=f"{name} differs")
-    # Byte for byte: the model file, its results and the evaluation.
-    for rel in ("models/lenet5.pt", "metrics/train.json", "metrics/evaluate.json"):
-        assert (repo / rel).read_bytes() == (finished_run.repo / rel).read_bytes(), rel
 
 
 def test_invalid_override_fails_before_anything_runs(tmp_path: Path) -> None:

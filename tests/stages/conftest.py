@@ -12,6 +12,7 @@ from mnist_pipeline.model import load_model, save_model
 from mnist_pipeline.params import parse_params
 from stages import export
 from tests.conftest import tiny_params_dict
+from tests.stage_runs import stage_argv
 
 
 @pytest.fixture(scope="session")
@@ -26,20 +27,6 @@ def pruned_model(tmp_path_factory: pytest.TempPathFactory, trained_model: Path) 
     return path
 
 
-def export_argv(tmp: Path, params: Path, trained: Path, pruned: Path, data: Path) -> list[str]:
-    return [
-        "--params", str(params),
-        "--model", str(trained),
-        "--pruned", str(pruned),
-        "--data", str(data),
-        "--onnx", str(tmp / "lenet5.onnx"),
-        "--pruned-onnx", str(tmp / "lenet5_pruned.onnx"),
-        "--metrics", str(tmp / "export.json"),
-        "--timings", str(tmp / "timings.json"),
-        "--provenance", str(tmp / "provenance.json"),
-    ]  # fmt: skip
-
-
 @pytest.fixture(scope="session")
 def exported(
     tmp_path_factory: pytest.TempPathFactory,
@@ -47,11 +34,13 @@ def exported(
     pruned_model: Path,
     prepared: Path,
 ) -> Path:
-    """The export stage's outputs for the synthetic models, in a folder."""
+    """The export stage's outputs for the synthetic models, in a folder laid out as the
+    repository is (`models/lenet5.onnx`, `metrics/export.json`...)."""
     tmp = tmp_path_factory.mktemp("exported")
     params = tmp / "params.yaml"
     params.write_text(yaml.safe_dump(tiny_params_dict(), sort_keys=False))
-    export.main(export_argv(tmp, params, trained_model, pruned_model, prepared))
+    inputs = {"model": trained_model, "pruned": pruned_model, "data": prepared}
+    export.main(stage_argv("export", params, tmp, **inputs))
     return tmp
 
 

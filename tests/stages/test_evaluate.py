@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from stages import evaluate
+from tests.stage_runs import stage_argv
 
 
 def test_metrics_from_known_logits() -> None:
@@ -28,22 +29,10 @@ def test_metrics_from_known_logits() -> None:
 def test_main_writes_metrics_and_plots(
     tmp_path: Path, params_file: Path, trained_model: Path, prepared: Path
 ) -> None:
-    plots = tmp_path / "plots"
-    evaluate.main(
-        [
-            "--params",
-            str(params_file),
-            "--model",
-            str(trained_model),
-            "--data",
-            str(prepared),
-            "--metrics",
-            str(tmp_path / "m.json"),
-            "--plots",
-            str(plots),
-        ]
-    )
-    metrics = json.loads((tmp_path / "m.json").read_text())
+    argv = stage_argv("evaluate", params_file, tmp_path, model=trained_model, data=prepared)
+    evaluate.main(argv)
+    plots = tmp_path / "plots/evaluate"
+    metrics = json.loads((tmp_path / "metrics/evaluate.json").read_text())
     assert 0.9 <= metrics["test"]["acc"] <= 1.0
     assert len(json.loads((plots / "per_class.json").read_text())) == 10
     confusion = json.loads((plots / "confusion.json").read_text())

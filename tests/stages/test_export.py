@@ -17,7 +17,7 @@ from mnist_pipeline.model import RawPixelsLeNet5, load_model, predict_logits, sa
 from mnist_pipeline.params import ExportParams, parse_params
 from stages import export
 from tests.conftest import tiny_params_dict
-from tests.stages.conftest import export_argv
+from tests.stage_runs import stage_argv
 
 
 def _params(**kw: object) -> ExportParams:
@@ -26,7 +26,7 @@ def _params(**kw: object) -> ExportParams:
 
 def test_main_writes_checked_files_with_the_input_contract(exported: Path) -> None:
     for name in ("lenet5.onnx", "lenet5_pruned.onnx"):
-        model = onnx.load(exported / name)
+        model = onnx.load(exported / "models" / name)
         onnx.checker.check_model(model, full_check=True)
         assert {o.version for o in model.opset_import if o.domain in ("", "ai.onnx")} == {18}
         (inp,) = model.graph.input
@@ -38,14 +38,14 @@ def test_main_writes_checked_files_with_the_input_contract(exported: Path) -> No
         assert "raw grayscale pixel values 0-255" in props["input_contract"]
         assert props["input_dtype"] == "float32" and props["input_range"] == "0-255"
         assert float(props["normalization_std"]) > 0
-    assert (exported / "lenet5_pruned.onnx").stat().st_size < (
-        exported / "lenet5.onnx"
+    assert (exported / "models/lenet5_pruned.onnx").stat().st_size < (
+        exported / "models/lenet5.onnx"
     ).stat().st_size / 3
 
 
 def test_metrics_record_parity_accuracy_and_timings(exported: Path) -> None:
-    m = json.loads((exported / "export.json").read_text())
-    t = json.loads((exported / "timings.json").read_text())
+    m = json.loads((exported / "metrics/export.json").read_text())
+    t = json.loads((exported / "measurements/export.json").read_text())
     for name in ("dense", "pruned"):
         r = m[name]
         assert r["mismatches"] == 0 and r["parity_atol"] == 1e-4
@@ -60,7 +60,7 @@ def test_metrics_record_parity_accuracy_and_timings(exported: Path) -> None:
     assert m["dense"]["ort_test_acc"] >= 0.9
     assert m["pruned"]["onnx_bytes"] < m["dense"]["onnx_bytes"]
     assert set(t["pruned_vs_dense"]) >= {"ort_latency_speedup", "ort_throughput_speedup"}
-    record = json.loads((exported / "provenance.json").read_text())
+    record = json.loads((exported / "provenance/export.json").read_text())
     assert (
         record["stage"] == "export" and "CPUExecutionProvider" in record["onnxruntime_providers"]
     )
@@ -74,7 +74,7 @@ def test_ort_equals_pytorch_at_other_batch_sizes(
     net, _ = load_model(pruned_model)
     model = RawPixelsLeNet5(net, load_normalization(prepared))
     pixels = torch.randint(0, 256, (batch, 1, 28, 28)).float()
-    got = onnx_runtime.session(exported / "lenet5_pruned.onnx").run(
+    got = onnx_runtime.session(exported / "models/lenet5_pruned.onnx").run(
         None, {"pixels": pixels.numpy()}
     )
     with torch.inference_mode():
@@ -121,12 +121,12 @@ def test_stage_fails_and_writes_nothing_when_parity_breaks(
         return real(*args) + 1e-3  # as a wrong exporter or runtime would
 
     monkeypatch.setattr(onnx_runtime, "logits", off_by_a_bit)
-    argv = export_argv(tmp_path, params_file, trained_model, pruned_model, prepared)
-    assert errors.run(export.main, argv) == 1
+    inputs = {"model": trained_model, "pruned": pruned_model, "data": prepared}
+    assert errors.run(export.main, stage_argv("export", params_file, tmp_path, **inputs)) == 1
     err = capsys.readouterr().err
     assert "dense: ONNX Runtime does not match PyTorch" in err and "allowed 0.0001" in err
-    assert not list(tmp_path.glob("*.onnx")) and not (tmp_path / "export.json").exists()
-    assert not list(tmp_path.glob(".*.tmp"))  # no half-written leftovers
+    assert not list(tmp_path.rglob("*.onnx")) and not (tmp_path / "metrics/export.json").exists()
+    assert not list(tmp_path.rglob(".*.tmp"))  # no half-written leftovers
 
 
 def test_slower_pruned_model_fails_the_check() -> None:
@@ -146,6 +146,7 @@ def test_model_without_normalization_is_refused(
 ) -> None:
     net, _ = load_model(trained_model)
     save_model(net, tmp_path / "bare.pt", meta={})
-    argv = export_argv(tmp_path, params_file, tmp_path / "bare.pt", tmp_path / "bare.pt", prepared)
+    bare = tmp_path / "bare.pt"
+    argv = stage_argv("export", params_file, tmp_path, model=bare, pruned=bare, data=prepared)
     with pytest.raises(errors.StageError, match="no normalization"):
         export.main(argv)

@@ -19,6 +19,7 @@ from mnist_pipeline.model import LeNet5, Widths, count_params, load_model, save_
 from mnist_pipeline.params import Params, parse_params
 from stages import prune
 from tests.conftest import ROOT, tiny_params_dict
+from tests.stage_runs import output_hashes, stage_argv
 from tests.stages.conftest import plant_checkpoint
 
 # torch-pruning's count for LeNet5() on one 28x28 digit: conv and linear MACs plus one op per
@@ -156,22 +157,18 @@ def test_distillation_loss_is_zero_when_the_student_copies_the_teacher(
     assert loss.item() == pytest.approx(torch.nn.functional.cross_entropy(net(x), y).item())
 
 
+def _prune_argv(run_dir: Path, trained_model: Path, prepared: Path, raw: dict) -> list[str]:
+    """dvc.yaml's arguments for the stage, with `raw` as params and the outputs in `run_dir`."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    params = run_dir / "params.yaml"
+    return stage_argv("prune", params, run_dir, model=trained_model, data=prepared)
+
+
 def _run_main(tmp_path: Path, trained_model: Path, prepared: Path, raw: dict) -> dict:
-    params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump(raw, sort_keys=False))
-    out, metrics = tmp_path / "pruned.pt", tmp_path / "prune.json"
-    prune.main(
-        [
-            "--params", str(params),
-            "--model", str(trained_model),
-            "--data", str(prepared),
-            "--out", str(out),
-            "--metrics", str(metrics),
-            "--timings", str(tmp_path / "timings.json"),
-        ]
-    )  # fmt: skip
-    assert json.loads((tmp_path / "timings.json").read_text())["finetune_time_s"] > 0
-    return json.loads(metrics.read_text())
+    prune.main(_prune_argv(tmp_path, trained_model, prepared, raw))
+    assert json.loads((tmp_path / "measurements/prune.json").read_text())["finetune_time_s"] > 0
+    return json.loads((tmp_path / "metrics/prune.json").read_text())
 
 
 def test_main_structured_is_smaller_and_keeps_accuracy(
@@ -190,7 +187,7 @@ def test_main_structured_is_smaller_and_keeps_accuracy(
         (m["dense"]["test_acc"] - m["pruned"]["test_acc"]) * 100, abs=1e-3
     )
     assert "val_acc" in m["round1"]
-    net, meta = load_model(tmp_path / "pruned.pt")
+    net, meta = load_model(tmp_path / "models/lenet5_pruned.pt")
     _, dense_meta = load_model(trained_model)
     assert widths_of(net) == Widths(conv1=3, conv2=8, fc1=60, fc2=42)
     # The normalization stays with the model, so `export` can put it in the graph.
@@ -215,7 +212,7 @@ def test_main_unstructured_reports_sparsity_honestly(
     assert abs(p["file_bytes"] - d["file_bytes"]) < 0.01 * d["file_bytes"]
     assert p["test_acc"] >= 0.97
     assert m["round1"]["nonzero_params"] == p["nonzero_params"]  # masks counted while attached
-    net, _ = load_model(tmp_path / "pruned.pt")  # permanent: a plain state dict
+    net, _ = load_model(tmp_path / "models/lenet5_pruned.pt")  # permanent: a plain state dict
     assert pruning.sparsity(net) == pytest.approx(0.8, abs=1e-3)
 
 
@@ -226,27 +223,13 @@ def test_bad_params_fail_before_any_output(
     raw["prune"]["structured"]["ratio"] = 1.5
     with pytest.raises(Exception, match=r"prune\.structured\.ratio"):
         _run_main(tmp_path, trained_model, prepared, raw)
-    assert not (tmp_path / "pruned.pt").exists()
+    assert not (tmp_path / "models/lenet5_pruned.pt").exists()
     with pytest.raises(Exception, match=r"prune\.method"):
         parse_params({**tiny_params_dict(), "prune": {**raw["prune"], "method": "magic"}})
 
 
-def _prune_argv(run_dir: Path, trained_model: Path, prepared: Path, raw: dict) -> list[str]:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    return [
-        "--params", str(run_dir / "params.yaml"),
-        "--model", str(trained_model),
-        "--data", str(prepared),
-        "--out", str(run_dir / "pruned.pt"),
-        "--metrics", str(run_dir / "prune.json"),
-        "--ckpt-dir", str(run_dir / "ckpt"),
-        "--provenance", str(run_dir / "provenance.json"),
-    ]  # fmt: skip
-
-
 def _resumed_after(run_dir: Path) -> int | None:
-    return json.loads((run_dir / "provenance.json").read_text())["resumed_after_round"]
+    return json.loads((run_dir / "provenance/prune.json").read_text())["resumed_after_round"]
 
 
 def test_a_killed_prune_resumes_after_its_last_round_and_ends_the_same(
@@ -269,16 +252,15 @@ def test_a_killed_prune_resumes_after_its_last_round_and_ends_the_same(
     )
     assert done.returncode == -9, done.stderr[-2000:]  # SIGKILLed once round 1 was saved
     assert "round 1/3" in done.stderr and "round 2/3" not in done.stderr
-    assert not (killed / "pruned.pt").exists()
+    assert not (killed / "models/lenet5_pruned.pt").exists()
 
     prune.main(argv)  # the retry
     assert _resumed_after(killed) == 1
-    assert (killed / "pruned.pt").read_bytes() == (whole / "pruned.pt").read_bytes()
-    assert (killed / "prune.json").read_bytes() == (whole / "prune.json").read_bytes()
+    assert output_hashes(killed, ["prune"]) == output_hashes(whole, ["prune"])
 
     prune.main(argv)  # again, with every round saved: nothing to fine-tune, the same files
     assert _resumed_after(killed) == 3
-    assert (killed / "pruned.pt").read_bytes() == (whole / "pruned.pt").read_bytes()
+    assert output_hashes(killed, ["prune"]) == output_hashes(whole, ["prune"])
 
 
 def test_prune_resumes_only_with_its_fingerprint(
@@ -312,12 +294,12 @@ def test_a_prune_checkpoint_that_would_run_code_is_refused_unread(
     fp = prune_rounds.fingerprint(
         params.prune, params.train, params.compute, trained_model, prepared
     )
-    marker = plant_checkpoint(run_dir / "ckpt" / prune_rounds.ROUND_CKPT, fp, round=1)
+    marker = plant_checkpoint(run_dir / "checkpoints/prune" / prune_rounds.ROUND_CKPT, fp, round=1)
     prune.main(_prune_argv(run_dir, trained_model, prepared, raw))
     assert not marker.exists()
     log = capsys.readouterr().err  # the stage's own logging, set up by its main
     assert "made to run code when unpickled; refused unread: starting at round 1" in log
-    assert _resumed_after(run_dir) is None and (run_dir / "pruned.pt").is_file()
+    assert _resumed_after(run_dir) is None and (run_dir / "models/lenet5_pruned.pt").is_file()
 
 
 def test_unstructured_masks_survive_a_saved_round(tmp_path: Path, trained_model: Path) -> None:

@@ -13,21 +13,14 @@ import yaml
 from mnist_pipeline import errors, onnx_runtime, quantization
 from stages import quantize
 from tests.conftest import tiny_params_dict
+from tests.stage_runs import stage_argv
 
 
 def _argv(out: Path, exported: Path, prepared: Path, params: Path) -> list[str]:
-    return [
-        "--params", str(params),
-        "--onnx", str(exported / "lenet5.onnx"),
-        "--pruned-onnx", str(exported / "lenet5_pruned.onnx"),
-        "--data", str(prepared),
-        "--out", str(out / "lenet5_int8.onnx"),
-        "--pruned-out", str(out / "lenet5_pruned_int8.onnx"),
-        "--metrics", str(out / "quantize.json"),
-        "--timings", str(out / "timings.json"),
-        "--plot", str(out / "tradeoff.png"),
-        "--provenance", str(out / "provenance.json"),
-    ]  # fmt: skip
+    """dvc.yaml's arguments for the stage, reading the `exported` models."""
+    models = {"onnx": exported / "models/lenet5.onnx"}
+    models["pruned_onnx"] = exported / "models/lenet5_pruned.onnx"
+    return stage_argv("quantize", params, out, data=prepared, **models)
 
 
 @pytest.fixture(scope="module")
@@ -42,25 +35,25 @@ def quantized(tmp_path_factory: pytest.TempPathFactory, exported: Path, prepared
 def test_int8_models_keep_accuracy_predictions_and_the_input_contract(
     quantized: Path, exported: Path
 ) -> None:
-    m = json.loads((quantized / "quantize.json").read_text())
+    m = json.loads((quantized / "metrics/quantize.json").read_text())
     for name, float_file in (("dense", "lenet5.onnx"), ("pruned", "lenet5_pruned.onnx")):
         r = m[name]
         assert r["acc_drop_points"] <= 0.2 and r["agreement"] >= 0.995
         assert r["int8_test_acc"] >= 0.9
         assert r["int8_bytes"] < 0.5 * r["float_bytes"], "int8 weights: a much smaller file"
-        int8 = onnx.load(quantized / f"{Path(float_file).stem}_int8.onnx")
+        int8 = onnx.load(quantized / "models" / f"{Path(float_file).stem}_int8.onnx")
         onnx.checker.check_model(int8, full_check=True)
         assert any(n.op_type == "QuantizeLinear" for n in int8.graph.node)  # QDQ format
-        float_model = onnx.load(exported / float_file)
+        float_model = onnx.load(exported / "models" / float_file)
         props = {p.key: p.value for p in int8.metadata_props}
         assert {p.key: p.value for p in float_model.metadata_props}.items() <= props.items()
         assert "raw grayscale pixel values 0-255" in props["input_contract"]
         assert [i.name for i in int8.graph.input] == ["pixels"]
-    t = json.loads((quantized / "timings.json").read_text())
+    t = json.loads((quantized / "measurements/quantize.json").read_text())
     assert t["dense_int8"]["latency_ms"] > 0 and t["pruned_int8"]["throughput_ips"] > 0
     assert set(t["pruned_int8_vs_float"]) == {"latency_speedup", "throughput_speedup"}
-    assert (quantized / "tradeoff.png").read_bytes().startswith(b"\x89PNG")
-    assert json.loads((quantized / "provenance.json").read_text())["stage"] == "quantize"
+    assert (quantized / "plots/tradeoff.png").read_bytes().startswith(b"\x89PNG")
+    assert json.loads((quantized / "provenance/quantize.json").read_text())["stage"] == "quantize"
 
 
 def test_the_same_inputs_give_the_same_int8_bytes(
@@ -69,16 +62,16 @@ def test_the_same_inputs_give_the_same_int8_bytes(
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump(tiny_params_dict(), sort_keys=False))
     quantize.main(_argv(tmp_path / "again", exported, prepared, params))
-    for name in ("lenet5_int8.onnx", "lenet5_pruned_int8.onnx", "quantize.json"):
+    for name in (
+        "models/lenet5_int8.onnx",
+        "models/lenet5_pruned_int8.onnx",
+        "metrics/quantize.json",
+    ):
         assert (tmp_path / "again" / name).read_bytes() == (quantized / name).read_bytes(), name
 
 
 def test_a_model_that_breaks_the_contract_is_not_written(
-    tmp_path: Path,
-    exported: Path,
-    prepared: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path, exported: Path, prepared: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     real = onnx_runtime.logits
     calls = []
@@ -92,11 +85,11 @@ def test_a_model_that_breaks_the_contract_is_not_written(
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump(tiny_params_dict(), sort_keys=False))
     argv = _argv(tmp_path / "out", exported, prepared, params)
-    assert errors.run(quantize.main, argv) == 1
-    err = capsys.readouterr().err
-    assert "dense: the INT8 model breaks its contract" in err and "agrees" in err
-    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").glob("*.onnx"))
-    assert not (tmp_path / "out" / "quantize.json").exists()
+    with pytest.raises(errors.StageError, match="dense: the INT8 model breaks its contract") as e:
+        quantize.main(argv)
+    assert "agrees" in str(e.value)
+    assert not list(tmp_path.rglob("*.onnx")) and not list(tmp_path.rglob("*.tmp"))
+    assert not (tmp_path / "out/metrics/quantize.json").exists()
 
 
 def test_calibration_sample_is_seeded_and_bounded() -> None:

@@ -23,31 +23,16 @@ from mnist_pipeline.params import parse_params
 from stages import train
 from testing.ports import PortTaken, on_a_free_port, port_taken
 from tests.conftest import ROOT, tiny_params_dict
+from tests.stage_runs import output_hashes, stage_argv
 from tests.stages.conftest import plant_checkpoint
 
 COMPUTE = parse_params(tiny_params_dict()).compute
 
 
 def _train_args(tmp: Path, out: str, ckpt_dir: Path | None = None) -> list[str]:
-    """The stage's arguments, as dvc.yaml passes them, with outputs under `tmp / out`."""
-    return [
-        "--params",
-        str(tmp / "params.yaml"),
-        "--data",
-        str(tmp / "data"),
-        "--ckpt-dir",
-        str(ckpt_dir or tmp / out / "ckpt"),
-        "--live-dir",
-        str(tmp / out / "live"),
-        "--model",
-        str(tmp / out / "model.pt"),
-        "--metrics",
-        str(tmp / out / "train.json"),
-        "--timings",
-        str(tmp / out / "timings.json"),
-        "--provenance",
-        str(tmp / out / "provenance.json"),
-    ]
+    """dvc.yaml's arguments for the stage, with the outputs under `tmp / out`."""
+    ckpt = {"ckpt_dir": ckpt_dir} if ckpt_dir else {}
+    return stage_argv("train", tmp / "params.yaml", tmp / out, data=tmp / "data", **ckpt)
 
 
 def _run_train(
@@ -86,8 +71,8 @@ def test_killed_training_resumes_at_next_epoch_with_the_same_result(
 
     killed = _run_train(tmp_path, params, "run", {checkpoints.FAIL_ENV: "1"})
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
-    assert not (tmp_path / "run" / "model.pt").exists()
-    ckpt = torch.load(tmp_path / "run" / "ckpt" / "last.ckpt", weights_only=True)
+    assert not (tmp_path / "run" / "models/lenet5.pt").exists()
+    ckpt = torch.load(tmp_path / "run/checkpoints/train/last.ckpt", weights_only=True)
     assert ckpt["epoch"] == 0  # one epoch done, killed halfway through the second
 
     # The retry keeps the env var (as a Prefect retry would): a resumed run is not killed again.
@@ -98,40 +83,36 @@ def test_killed_training_resumes_at_next_epoch_with_the_same_result(
     # deprecation noise from inside Lightning.
     assert "`Trainer.fit` stopped" in resumed.stderr
     assert "💡" not in resumed.stderr and "LeafSpec" not in resumed.stderr
-    summary = json.loads((tmp_path / "run" / "train.json").read_text())
-    record = json.loads((tmp_path / "run" / "provenance.json").read_text())
+    summary = json.loads((tmp_path / "run" / "metrics/train.json").read_text())
+    record = json.loads((tmp_path / "run" / "provenance/train.json").read_text())
     assert record["resumed_from_epoch"] == 1 and summary["epochs"] == 3
-    assert json.loads((tmp_path / "run" / "timings.json").read_text())["fit_time_s"] > 0
+    assert json.loads((tmp_path / "run" / "measurements/train.json").read_text())["fit_time_s"] > 0
 
     # Curves continue: one row per epoch, steps increasing, nothing restarted or repeated.
-    rows = (tmp_path / "run/live/plots/metrics/val/acc.tsv").read_text().splitlines()[1:]
+    rows = (tmp_path / "run/dvclive/train/plots/metrics/val/acc.tsv").read_text().splitlines()[1:]
     steps = [int(r.split("\t")[0]) for r in rows]
     assert len(steps) == 3 and steps == sorted(set(steps))
 
     fresh = _run_train(tmp_path, params, "fresh")
     assert fresh.returncode == 0, fresh.stderr[-2000:]
-    a, _ = load_model(tmp_path / "run" / "model.pt")
-    b, _ = load_model(tmp_path / "fresh" / "model.pt")
+    a, _ = load_model(tmp_path / "run" / "models/lenet5.pt")
+    b, _ = load_model(tmp_path / "fresh" / "models/lenet5.pt")
     for (name, wa), wb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         torch.testing.assert_close(wa, wb, rtol=0, atol=0, msg=f"{name} differs")
     # Not only the same weights: the same bytes, in another folder, after a kill and a resume.
-    assert _outputs(tmp_path / "run") == _outputs(tmp_path / "fresh")
+    assert output_hashes(tmp_path / "run", ["train"]) == output_hashes(
+        tmp_path / "fresh", ["train"]
+    )
 
     # Run again on the finished checkpoint (`dvc repro -f train`): nothing is trained, and
     # every output comes out byte for byte as before, so nothing downstream needs to re-run.
-    before = _outputs(tmp_path / "fresh")
-    (tmp_path / "fresh" / "model.pt").unlink()
-    (tmp_path / "fresh" / "train.json").unlink()
+    before = output_hashes(tmp_path / "fresh", ["train"])
+    (tmp_path / "fresh" / "models/lenet5.pt").unlink()
+    (tmp_path / "fresh" / "metrics/train.json").unlink()
     again = _run_train(tmp_path, params, "fresh")
     assert again.returncode == 0, again.stderr[-2000:]
     assert "resuming from" in again.stderr
-    assert _outputs(tmp_path / "fresh") == before
-
-
-def _outputs(run: Path) -> dict[str, bytes]:
-    """The files DVC hashes for `train` (model, results, curves), by path inside the run."""
-    files = [run / "model.pt", run / "train.json", *sorted((run / "live").rglob("*.*"))]
-    return {f.relative_to(run).as_posix(): f.read_bytes() for f in files if f.is_file()}
+    assert output_hashes(tmp_path / "fresh", ["train"]) == before
 
 
 def test_resume_only_with_matching_fingerprint(
@@ -190,9 +171,9 @@ def test_ddp_on_two_cpu_processes(tmp_path: Path, prepared: Path) -> None:
     params["train"].update(max_epochs=3, strategy="ddp", devices=2, accelerator="cpu")
     done = _run_train(tmp_path, params, "ddp")
     assert done.returncode == 0, done.stderr[-3000:]
-    summary = json.loads((tmp_path / "ddp" / "train.json").read_text())
+    summary = json.loads((tmp_path / "ddp" / "metrics/train.json").read_text())
     assert summary["world_size"] == 2
-    net, _ = load_model(tmp_path / "ddp" / "model.pt")
+    net, _ = load_model(tmp_path / "ddp" / "models/lenet5.pt")
     test = load_split(prepared, "test")
     assert (predict_logits(net, test.images).argmax(1) == test.labels).float().mean() >= 0.9
 
@@ -269,24 +250,24 @@ def test_two_nodes_train_as_one_run_and_resume_a_kill_with_the_same_weights(
     slurm = _two_nodes(tmp_path, "slurm", "slurm")
     assert [d.returncode for d in slurm] == [0, 0], slurm[0].stdout[-3000:]
     assert "MEMBER: 2/2" in slurm[1].stdout
-    assert json.loads((tmp_path / "slurm" / "train.json").read_text())["world_size"] == 2
+    assert json.loads((tmp_path / "slurm" / "metrics/train.json").read_text())["world_size"] == 2
 
     # By torchrun, killed in its second epoch on both machines, then launched again.
     killed = _two_nodes(tmp_path, "torchrun", "torchrun", {checkpoints.FAIL_ENV: "1"})
     assert all(d.returncode != 0 for d in killed)
-    assert not (tmp_path / "torchrun" / "model.pt").exists()
+    assert not (tmp_path / "torchrun" / "models/lenet5.pt").exists()
     again = _two_nodes(tmp_path, "torchrun", "torchrun", {checkpoints.FAIL_ENV: "1"})
     assert [d.returncode for d in again] == [0, 0], again[0].stdout[-3000:]
     assert all("resuming from" in d.stdout for d in again)
-    record = json.loads((tmp_path / "torchrun" / "provenance.json").read_text())
+    record = json.loads((tmp_path / "torchrun" / "provenance/train.json").read_text())
     assert record["resumed_from_epoch"] == 1
     # The same run either way: the launcher, the kill and the resume change no bit.
-    slurm_model = (tmp_path / "slurm" / "model.pt").read_bytes()
-    assert (tmp_path / "torchrun" / "model.pt").read_bytes() == slurm_model
+    slurm_model = (tmp_path / "slurm" / "models/lenet5.pt").read_bytes()
+    assert (tmp_path / "torchrun" / "models/lenet5.pt").read_bytes() == slurm_model
 
     # A machine that cannot see the checkpoint the other resumes from: both stop, saying why,
     # instead of training out of step.
-    shutil.copytree(tmp_path / "torchrun" / "ckpt", tmp_path / "apart" / "ckpt")
+    shutil.copytree(tmp_path / "torchrun/checkpoints", tmp_path / "apart/checkpoints")
     apart = _two_nodes(tmp_path, "apart", "torchrun", ckpt_dirs=(None, tmp_path / "elsewhere"))
     assert all(d.returncode != 0 for d in apart)
     assert "would not train the same run" in apart[0].stdout
