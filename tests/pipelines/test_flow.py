@@ -1,5 +1,6 @@
-"""The pipeline flow end to end on the synthetic data: order, skipping, retries and resume,
-validation, push and pull, model registration.
+"""The pipeline flow end to end on the synthetic data: order, skipping, which failures are
+retried, validation, push and pull, model registration. (A training killed and resumed on the
+retry: test_flow_retry.py.)
 """
 
 from __future__ import annotations
