@@ -73,18 +73,18 @@ def _reference(root: Path, name: str, render: Callable[[dict[str, Any]], list[st
     return "\n".join([head, "", *render(d), "", _source(rel)])
 
 
+# The CPU's widest kernels, for the "where" lines: one model name covers CPUs from AVX2 to AMX.
+_WIDEST = (("amx", "AMX"), ("avx512f", "AVX-512"), ("avx2", "AVX2"))
+
+
 def _provenance_cpu(root: Path, stage: str) -> str:
     p = _load(root, f"provenance/{stage}.json")
     c, cpu = p["compute"], p["cpu"]
-    # The CPU's widest kernels: one model name covers CPUs from AVX2 to AMX.
     widest = next((n for k, n in _WIDEST if cpu.get(k)), "no AVX2")
     return (
         f"{cpu['model']} ({cpu['machine']}, up to {widest}), compute profile `{c['profile']}`, "
         f"{c['threads']} threads, kernels {c['torch_capability']}"
     )
-
-
-_WIDEST = (("amx", "AMX"), ("avx512f", "AVX-512"), ("avx2", "AVX2"))
 
 
 # --- the pipeline's committed results -------------------------------------------------------
