@@ -26,7 +26,7 @@ from rich.console import Console
 from benchmarks import inference, machine, orchestration, report, serving, targets, training
 from benchmarks import sweep as sweep_bench
 from benchmarks.training import PLAIN, PROJECT, SEED, Setup, Variant
-from mnist_pipeline.params import load_params
+from mnist_pipeline.params.schema import load_params
 from pipelines import overrides
 
 SKIPPABLE = ("seed", "plain", "training", "inference", "serving", "orchestration", "sweep")
@@ -81,8 +81,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def quick_data(workdir: Path) -> tuple[Path, Path]:
     """Synthetic raw files and their prepared splits, through the project's own writers."""
-    from mnist_pipeline import mnist_files
-    from mnist_pipeline.dataset import make_splits, save_splits
+    from mnist_pipeline.data import mnist_files
+    from mnist_pipeline.data.dataset import make_splits, save_splits
     from testing.synthetic import write_mirror
 
     raw = workdir / "raw"
@@ -162,7 +162,7 @@ def committed_prune_metrics(root: Path) -> dict[str, Any] | None:
 
 def run_serving(args: argparse.Namespace, data: Path) -> dict[str, Any]:
     """The load test on the first test digit, as raw pixels in a PNG."""
-    from mnist_pipeline.dataset import load_normalization, load_split
+    from mnist_pipeline.data.dataset import load_normalization, load_split
 
     if args.quick:
         return {"skipped": "not in --quick mode (it needs dvc repro's models)"}

@@ -1,6 +1,6 @@
 """Inference speed: ONNX Runtime against PyTorch eager, dense against pruned, batch-1 latency
 and batch-256 throughput, timed by the code the `export` stage times with
-(`mnist_pipeline.inference_speed`) on the models `dvc repro` wrote."""
+(`mnist_pipeline.onnx.speed`) on the models `dvc repro` wrote."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ from typing import Any
 
 import numpy as np
 
-from mnist_pipeline import inference_speed, onnx_runtime
-from mnist_pipeline.dataset import load_normalization, load_split
+from mnist_pipeline.data.dataset import load_normalization, load_split
 from mnist_pipeline.model import RawPixelsLeNet5, load_model
-from mnist_pipeline.params import ExportParams
+from mnist_pipeline.onnx import runtime
+from mnist_pipeline.onnx import speed as inference_speed
+from mnist_pipeline.params.schema import ExportParams
 
 MODELS = {
     "dense": ("lenet5.pt", "lenet5.onnx"),
@@ -33,9 +34,9 @@ def measure(
     models = {}
     for name, (pt, onnx) in MODELS.items():
         net, _ = load_model(models_dir / pt)
-        sess = onnx_runtime.session(models_dir / onnx, params.num_threads)
+        sess = runtime.session(models_dir / onnx, params.num_threads)
         # Time the files as they were exported, whatever params.yaml says now.
-        dtype = np.dtype(onnx_runtime.input_dtype(sess)).name
+        dtype = np.dtype(runtime.input_dtype(sess)).name
         params = params.model_copy(update={"input_dtype": dtype})
         models[name] = (RawPixelsLeNet5(net, norm).eval(), sess)
     if quick:

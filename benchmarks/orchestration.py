@@ -121,7 +121,7 @@ def profiles(root: Path, workdir: Path, reps: int, mirror: Path, timeout_s: floa
     import yaml
 
     from mnist_pipeline.compute import environment_for
-    from mnist_pipeline.params import load_params
+    from mnist_pipeline.params.schema import load_params
 
     env = {**os.environ, "MNIST_MIRROR": str(mirror.resolve())}
     for key in environment_for(load_params(root / "params.yaml").compute):

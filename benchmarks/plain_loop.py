@@ -18,12 +18,12 @@ import torch.nn.functional as F
 
 from benchmarks.clocks import EpochLog, Stopwatch, summary
 from mnist_pipeline import compute as compute_mod
-from mnist_pipeline.datamodule import TensorBatches
-from mnist_pipeline.dataset import Split, load_split
-from mnist_pipeline.lightning_module import build_optimizer, build_scheduler
+from mnist_pipeline.data.datamodule import TensorBatches
+from mnist_pipeline.data.dataset import Split, load_split
 from mnist_pipeline.model import LeNet5, accuracy
-from mnist_pipeline.params import ComputeParams, TrainParams
-from mnist_pipeline.training import resolve_precision
+from mnist_pipeline.params.schema import ComputeParams, TrainParams
+from mnist_pipeline.training.lightning_module import build_optimizer, build_scheduler
+from mnist_pipeline.training.trainer import resolve_precision
 
 
 def device_for(accelerator: str) -> torch.device:

@@ -1,5 +1,6 @@
-"""The project's training path, exactly as the `train` stage runs it: `stages.train.train`
-(fingerprint, in-memory data module, Lightning Trainer, checkpoint every epoch, DVCLive)."""
+"""The project's training path, exactly as the `train` stage runs it:
+`mnist_pipeline.training.fit.train` (fingerprint, in-memory data module, Lightning Trainer,
+checkpoint every epoch, DVCLive)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.clocks import EpochTimer, Stopwatch, summary
-from mnist_pipeline.dataset import Split, load_split, split_sizes
+from mnist_pipeline.data.dataset import Split, load_split, split_sizes
 from mnist_pipeline.model import accuracy
-from mnist_pipeline.params import ComputeParams, TrainParams
-from stages import train
+from mnist_pipeline.params.schema import ComputeParams, TrainParams
+from mnist_pipeline.training import fit
 
 
 def run(
@@ -25,7 +26,7 @@ def run(
         return accuracy(net, test[0].images, test[0].labels)
 
     timer = EpochTimer(watch, acc_on_test)
-    _, run_summary = train.train(
+    _, run_summary = fit.train(
         params, compute, data_dir, workdir / "ckpt", workdir / "live", extra_callbacks=[timer]
     )
     n_train, batch = split_sizes(data_dir)["train"], run_summary["batch_size"]

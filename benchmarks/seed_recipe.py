@@ -21,7 +21,7 @@ from torchvision import transforms
 from torchvision.datasets import MNIST
 
 from benchmarks.clocks import EpochTimer, Stopwatch, summary
-from mnist_pipeline import mnist_files
+from mnist_pipeline.data import mnist_files
 from mnist_pipeline.model import LeNet5, accuracy
 
 BATCH_SIZE, NUM_WORKERS, LR = 64, 4, 1e-3

@@ -88,7 +88,7 @@ def start_server(
     argv = ["--model", str(model), "--port", "0", "--log-level", "warning", *extra]
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "mnist_pipeline.server", *argv],
+            [sys.executable, "-m", "mnist_pipeline.serving.server", *argv],
             stdout=subprocess.DEVNULL,
             stderr=out,
         )

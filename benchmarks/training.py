@@ -58,7 +58,7 @@ def run_once(variant: Variant, setup: Setup, rep: int, in_process: bool) -> dict
     write_json(run_dir / "spec.json", spec)
     log = run_dir / "log.txt"
     from mnist_pipeline.compute import environment_for
-    from mnist_pipeline.params import ComputeParams
+    from mnist_pipeline.params.schema import ComputeParams
 
     compute = ComputeParams.model_validate(variant.compute)
     portable_pins = environment_for(compute.model_copy(update={"profile": "portable"}))
@@ -152,7 +152,7 @@ def ratios(summary: dict[str, Any]) -> dict[str, float]:
 
 def _run_child(spec: dict[str, Any]) -> dict[str, Any]:
     from benchmarks import memory, plain_loop, project_path, seed_recipe
-    from mnist_pipeline.params import ComputeParams, TrainParams
+    from mnist_pipeline.params.schema import ComputeParams, TrainParams
 
     v, s = spec["variant"], spec["setup"]
     workdir, target = Path(s["workdir"]), float(s["target_acc"])

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from mnist_pipeline.params import ComputeParams
+    from mnist_pipeline.params.schema import ComputeParams
 
 PORTABLE, FAST = "portable", "fast"
 # compute.isa -> (ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA, the CPU flag it needs)
@@ -87,7 +87,7 @@ def pin_from_argv(argv: list[str]) -> None:
     names (`--params`, default params.yaml). A missing or invalid file pins nothing: the
     stage's own `load_params` then reports it properly."""
     from mnist_pipeline.errors import ParamsError
-    from mnist_pipeline.params import load_params
+    from mnist_pipeline.params.schema import load_params
 
     path = "params.yaml"
     for i, arg in enumerate(argv):

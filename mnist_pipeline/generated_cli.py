@@ -1,7 +1,7 @@
 """The command line of a generator of checked files: `--write` regenerates, `--check` exits 1
 on drift.
 
-`mnist_pipeline.params_docs` (params.yaml's comments, the params table) and `benchmarks.docs`
+`mnist_pipeline.params.docs` (params.yaml's comments, the params table) and `benchmarks.docs`
 (the measured figures) share it: exit 0 when written or in date, 1 when a file drifted (each
 problem logged), 2 when the inputs cannot be read.
 """

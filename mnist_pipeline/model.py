@@ -18,7 +18,7 @@ from mnist_pipeline.atomic import write_torch
 from mnist_pipeline.errors import StageError
 
 if TYPE_CHECKING:
-    from mnist_pipeline.dataset import Normalization
+    from mnist_pipeline.data.dataset import Normalization
 
 
 @dataclass(frozen=True)

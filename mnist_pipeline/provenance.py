@@ -26,7 +26,7 @@ from pydantic import BaseModel
 
 from mnist_pipeline import environment
 from mnist_pipeline.atomic import write_json
-from mnist_pipeline.params import ComputeParams
+from mnist_pipeline.params.schema import ComputeParams
 
 # A dirty tree lists at most this many changed paths.
 _MAX_CHANGED = 20

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from mnist_pipeline import logs, provenance
-from mnist_pipeline.params import Params, load_params
+from mnist_pipeline.params.schema import Params, load_params
 
 
 def parser(

@@ -7,7 +7,8 @@ DVC owns the stage graph, the cache and `dvc.lock`; this flow adds retries, logs
 versioned artifacts around it:
 
 1. `check-params`: apply the `-S` overrides to `params.yaml` and validate the whole file
-   (`mnist_pipeline.params.load_params`); an invalid value stops the run before anything runs.
+   (`mnist_pipeline.params.schema.load_params`); an invalid value stops the run before anything
+   runs.
 2. One task per stage, in the order of DVC's graph (read from `dvc.yaml`, never listed here),
    named after the stage: `dvc repro --single-item <stage>` in a subprocess, or nothing when
    `dvc status` says the stage is up to date (state "Skipped"; "Cached" when DVC restored the
@@ -39,11 +40,10 @@ from prefect.tasks import exponential_backoff
 from mnist_pipeline import errors, provenance
 from pipelines import dvc_repo, flow_cli, overrides, registry, report, user_values, verify
 from pipelines.flow_cli import Cli
-from pipelines.registry import Bump
+from pipelines.registry import MODEL_NAME, Bump, register_version
 from pipelines.report import StageRun
 from pipelines.retry import StepFailed, retry_condition
 
-MODEL_NAME = "lenet5"
 EVALUATE, EXPORT = "evaluate", "export"
 SUMMARY_KEY, PER_CLASS_KEY = "mnist-pipeline-summary", "mnist-per-class-accuracy"
 AUDIT_KEY = "mnist-pipeline-audit"
@@ -128,44 +128,6 @@ def dvc_push(root: Path, timeout_s: float = 3600) -> str:
     return f"pushed {len(missing)} files"
 
 
-@task(name="register-model", cache_policy=NO_CACHE)
-def register_version(
-    root: Path,
-    name: str,
-    bump: Bump,
-    test_acc: float | None,
-    min_test_acc: float,
-    onnx: list[str] | None,
-    artifact: Path | None,
-) -> registry.Registration | State:
-    """Tag the run's commit as the next model version, once its checks pass."""
-    logger = get_run_logger()
-    problems = []
-    if artifact is not None and not artifact.is_file():
-        problems.append(f"{artifact.relative_to(root)} ({name} in dvc.yaml) does not exist")
-    if test_acc is None:
-        problems.append("no test accuracy from evaluate")
-    elif test_acc < min_test_acc:
-        problems.append(f"test accuracy {test_acc:.4f} < {min_test_acc}")
-    if onnx is not None and not onnx:  # the pipeline exports, but no ONNX model is there
-        problems.append("the export stage left no .onnx model")
-    if problems:
-        logger.warning("model not registered: %s", "; ".join(problems))
-        return Completed(name="Rejected", message="; ".join(problems), data=None)
-    message = (
-        f"{name}: test accuracy {test_acc:.4f}, flow run {current_flow_run.name} "
-        f"({current_flow_run.id})"
-    )
-    reg = registry.register(root, name, bump, message)
-    if reg.created:
-        where = "a snapshot commit of the working tree" if reg.snapshot else "HEAD"
-        logger.info("registered %s on %s (%s)", reg.tag, where, reg.commit[:12])
-        logger.info("publish it with: git push origin %s", reg.tag)
-    else:
-        logger.info("this model is already registered as %s", reg.tag)
-    return reg
-
-
 @task(name="report", cache_policy=NO_CACHE)
 def publish_report(
     root: Path,
@@ -222,6 +184,34 @@ def _test_acc(root: Path, evaluate_outs: list[Path], metrics: report.Metrics) ->
         if isinstance(value, int | float):
             return float(value)
     return None
+
+
+def _register(
+    repo: Path,
+    stages: list[str],
+    model_name: str,
+    bump: Bump,
+    min_test_acc: float,
+    artifact: Path | None,
+) -> str | None:
+    """The registration task, from what this run's stages left; the new tag, or None."""
+    outs = {s: dvc_repo.out_paths(repo, s) for s in (EVALUATE, EXPORT) if s in stages}
+    onnx = None
+    if EXPORT in outs:
+        onnx = [m["file"] for m in report.model_files(repo, outs[EXPORT])]
+        onnx = [f for f in onnx if f.endswith(".onnx")]
+    reg = register_version(
+        repo,
+        model_name,
+        bump,
+        _test_acc(repo, outs.get(EVALUATE, []), dvc_repo.metrics(repo)),
+        min_test_acc,
+        onnx,
+        artifact,
+        return_state=True,
+    ).result()
+    # A rejected registration's state carries no data: None.
+    return reg.tag if isinstance(reg, registry.Registration) else None
 
 
 @flow(name="mnist-pipeline")
@@ -287,25 +277,11 @@ def pipeline(
             runs.append(run)
 
         pushed = dvc_push(repo) if push else "not pushed (push=False)"
-        registered = None
-        if register_model:
-            outs = {s: dvc_repo.out_paths(repo, s) for s in (EVALUATE, EXPORT) if s in stages}
-            onnx = None
-            if EXPORT in outs:
-                onnx = [m["file"] for m in report.model_files(repo, outs[EXPORT])]
-                onnx = [f for f in onnx if f.endswith(".onnx")]
-            reg = register_version(
-                repo,
-                model_name,
-                bump,
-                _test_acc(repo, outs.get(EVALUATE, []), dvc_repo.metrics(repo)),
-                min_test_acc,
-                onnx,
-                declared.get(model_name),
-                return_state=True,
-            ).result()
-            # A rejected registration's state carries no data: None.
-            registered = reg.tag if isinstance(reg, registry.Registration) else None
+        registered = (
+            _register(repo, stages, model_name, bump, min_test_acc, declared.get(model_name))
+            if register_model
+            else None
+        )
         publish_report(repo, stages, runs, before, changes, pushed, registered)
         return {
             "stages": [asdict(r) for r in runs],

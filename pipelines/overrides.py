@@ -4,7 +4,7 @@
 override grammar, which DVC uses; DVC's own code applies them, so the result is what
 `dvc exp run -S` would write). Like `dvc exp run -S`, the new values are written to
 `params.yaml`, so `dvc.lock` records them and `git diff params.yaml` shows what the run used.
-The whole file is validated with `mnist_pipeline.params.load_params` first: an invalid value
+The whole file is validated with `mnist_pipeline.params.schema.load_params` first: an invalid value
 leaves `params.yaml` untouched and nothing runs.
 """
 
@@ -19,7 +19,7 @@ import yaml
 
 from mnist_pipeline.atomic import write_bytes
 from mnist_pipeline.errors import ParamsError
-from mnist_pipeline.params import Params, load_params, parse_params
+from mnist_pipeline.params.schema import Params, load_params, parse_params
 from pipelines.dvc_repo import flatten
 
 PARAMS_FILE = "params.yaml"

@@ -16,6 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run as current_flow_run
+from prefect.states import Completed, State
+
+MODEL_NAME = "lenet5"  # the dvc.yaml artifact the flows register
 Bump = Literal["major", "minor", "patch"]
 FIRST_VERSION: dict[str, str] = {"major": "v1.0.0", "minor": "v0.1.0", "patch": "v0.0.1"}
 SNAPSHOT_NOTE = "Snapshot of the working tree the run left, on top of HEAD (branch not moved)."
@@ -97,3 +103,41 @@ def register(root: Path, name: str, bump: Bump, message: str) -> Registration:
         bump_patch=not first and bump == "patch",
     )
     return Registration(event.tag, event.version, commit, is_snapshot, created=True)
+
+
+@task(name="register-model", cache_policy=NO_CACHE)
+def register_version(
+    root: Path,
+    name: str,
+    bump: Bump,
+    test_acc: float | None,
+    min_test_acc: float,
+    onnx: list[str] | None,
+    artifact: Path | None,
+) -> Registration | State:
+    """Tag the run's commit as the next model version, once its checks pass."""
+    logger = get_run_logger()
+    problems = []
+    if artifact is not None and not artifact.is_file():
+        problems.append(f"{artifact.relative_to(root)} ({name} in dvc.yaml) does not exist")
+    if test_acc is None:
+        problems.append("no test accuracy from evaluate")
+    elif test_acc < min_test_acc:
+        problems.append(f"test accuracy {test_acc:.4f} < {min_test_acc}")
+    if onnx is not None and not onnx:  # the pipeline exports, but no ONNX model is there
+        problems.append("the export stage left no .onnx model")
+    if problems:
+        logger.warning("model not registered: %s", "; ".join(problems))
+        return Completed(name="Rejected", message="; ".join(problems), data=None)
+    message = (
+        f"{name}: test accuracy {test_acc:.4f}, flow run {current_flow_run.name} "
+        f"({current_flow_run.id})"
+    )
+    reg = register(root, name, bump, message)
+    if reg.created:
+        where = "a snapshot commit of the working tree" if reg.snapshot else "HEAD"
+        logger.info("registered %s on %s (%s)", reg.tag, where, reg.commit[:12])
+        logger.info("publish it with: git push origin %s", reg.tag)
+    else:
+        logger.info("this model is already registered as %s", reg.tag)
+    return reg

@@ -183,7 +183,7 @@ def source_notes(root: Path) -> list[str]:
 
 def mirror_env(root: Path) -> dict[str, str]:
     """MNIST_MIRROR for the rebuild: the one set, else this tree's verified downloads."""
-    from mnist_pipeline.mnist_files import FILES, MIRROR_ENV
+    from mnist_pipeline.data.mnist_files import FILES, MIRROR_ENV
 
     if os.environ.get(MIRROR_ENV):
         return {}

@@ -17,8 +17,9 @@ from typing import Any
 
 import yaml
 
-from mnist_pipeline import errors, model_card, stage
+from mnist_pipeline import errors, stage
 from mnist_pipeline.atomic import atomic_dir
+from mnist_pipeline.evaluation import model_card
 
 log = logging.getLogger(__name__)
 

@@ -27,12 +27,14 @@ from typing import Any
 
 import onnxruntime as ort
 
-from mnist_pipeline import errors, inference_speed, onnx_runtime, stage
+from mnist_pipeline import errors, stage
 from mnist_pipeline.atomic import atomic_path, write_json
-from mnist_pipeline.dataset import Normalization, load_normalization, load_split
+from mnist_pipeline.data.dataset import Normalization, load_normalization, load_split
 from mnist_pipeline.model import RawPixelsLeNet5, load_model, predict_logits, widths_of
-from mnist_pipeline.onnx_export import check_parity, export_onnx, metadata
-from mnist_pipeline.params import ExportParams
+from mnist_pipeline.onnx import runtime
+from mnist_pipeline.onnx import speed as inference_speed
+from mnist_pipeline.onnx.export import check_parity, export_onnx, metadata
+from mnist_pipeline.params.schema import ExportParams
 
 log = logging.getLogger(__name__)
 
@@ -102,9 +104,7 @@ def export_both(params: ExportParams, args: argparse.Namespace) -> None:
         # Checked before it replaces `dst`, so a failed check leaves no file behind.
         with atomic_path(dst) as tmp:
             export_onnx(model, tmp, params, metadata(params, norm, net))
-            parity = check_parity(
-                model, onnx_runtime.session(tmp), pixels, test.labels, params, name
-            )
+            parity = check_parity(model, runtime.session(tmp), pixels, test.labels, params, name)
         # The raw-pixel path against the tensors the model was trained and evaluated on.
         prepared = predict_logits(net, test.images, params.batch_size)
         raw = predict_logits(model, pixels, params.batch_size)
@@ -114,7 +114,7 @@ def export_both(params: ExportParams, args: argparse.Namespace) -> None:
         # passed: within `atol`, every prediction the same, so both have PyTorch's accuracy.
         measured[name] = {"ort_max_abs_diff": parity.pop("max_abs_diff")}
         metrics[name] = {"onnx_bytes": dst.stat().st_size, "parity_atol": params.atol, **parity}
-        models[name] = (model, onnx_runtime.session(dst, params.num_threads))
+        models[name] = (model, runtime.session(dst, params.num_threads))
     metrics["opset"] = params.opset
     write_json(args.metrics, metrics)
 

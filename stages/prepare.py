@@ -1,7 +1,7 @@
 """Download MNIST, verify it, carve a seeded validation split and normalize every split once.
 
 Stage `prepare`: (mirrors) -> data/raw (the four verified .gz files, reused when present),
-data/prepared (see `mnist_pipeline.dataset` for the layout), provenance/prepare.json.
+data/prepared (see `mnist_pipeline.data.dataset` for the layout), provenance/prepare.json.
 Params: `prepare` section of params.yaml; the `MNIST_MIRROR` environment variable overrides
 `prepare.mirror`.
 """
@@ -13,10 +13,11 @@ import logging
 import sys
 from pathlib import Path
 
-from mnist_pipeline import errors, mnist_files, stage
+from mnist_pipeline import errors, stage
 from mnist_pipeline.atomic import atomic_dir
-from mnist_pipeline.dataset import make_splits, save_splits
-from mnist_pipeline.params import PrepareParams
+from mnist_pipeline.data import mnist_files
+from mnist_pipeline.data.dataset import make_splits, save_splits
+from mnist_pipeline.params.schema import PrepareParams
 
 log = logging.getLogger(__name__)
 

@@ -8,13 +8,13 @@ precision) is set up from the `train` section, by the same code that trains the 
 `structured` (the default) removes whole conv channels and fc neurons, so the result is a plain
 `LeNet5(Widths(...))` with fewer parameters and MACs, which loads without torch-pruning and runs
 faster. `unstructured` zeroes the weights of smallest magnitude: the tensors keep their shapes,
-so only a compressed file shrinks and nothing runs faster (`mnist_pipeline.pruning`). Either
-method works in `rounds` steps, each pruning an equal share of the target and then fine-tuning,
-optionally distilling from the dense model (`mnist_pipeline.distillation`).
+so only a compressed file shrinks and nothing runs faster (`mnist_pipeline.pruning.structured`).
+Either method works in `rounds` steps, each pruning an equal share of the target and then
+fine-tuning, optionally distilling from the dense model (`mnist_pipeline.pruning.distillation`).
 
 Resuming: after each round, the state so far is saved to `--ckpt-dir` with a fingerprint; a
 retried or killed run with the same fingerprint starts at the round after the last one saved
-and ends with the same model as an uninterrupted run (`mnist_pipeline.prune_rounds`).
+and ends with the same model as an uninterrupted run (`mnist_pipeline.pruning.rounds`).
 """
 
 from __future__ import annotations
@@ -28,12 +28,12 @@ from typing import Any
 
 from mnist_pipeline import errors, stage
 from mnist_pipeline.atomic import write_json
-from mnist_pipeline.dataset import load_split
+from mnist_pipeline.data.dataset import load_split
 from mnist_pipeline.model import accuracy, load_model, save_model, widths_of
-from mnist_pipeline.params import ComputeParams, PruneParams, TrainParams
-from mnist_pipeline.prune_rounds import fingerprint, prune_and_finetune
-from mnist_pipeline.pruning import file_sizes, model_stats
-from mnist_pipeline.training import resolve_precision
+from mnist_pipeline.params.schema import ComputeParams, PruneParams, TrainParams
+from mnist_pipeline.pruning.rounds import fingerprint, prune_and_finetune
+from mnist_pipeline.pruning.structured import file_sizes, model_stats
+from mnist_pipeline.training.trainer import resolve_precision
 
 log = logging.getLogger(__name__)
 

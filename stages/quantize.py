@@ -15,7 +15,7 @@ on at least `quantize.min_agreement` of the digits, and it keeps the float model
 output and metadata (the input contract). Otherwise the stage fails.
 
 What is hashed does not depend on the CPU: ONNX Runtime's calibrator computes the ranges, but
-from activations that the portable reference (`mnist_pipeline.onnx_reference`, PyTorch)
+from activations that the portable reference (`mnist_pipeline.onnx.reference`, PyTorch)
 computes, so the INT8 files have the same bytes everywhere; the accuracies in
 metrics/quantize.json are the reference's too. The contract must also hold in ONNX Runtime,
 whose own figures go to measurements/quantize.json with the timings.
@@ -35,12 +35,13 @@ matplotlib.use("Agg")  # headless: no display on CI or servers
 import matplotlib.pyplot as plt
 import onnxruntime as ort
 
-from mnist_pipeline import errors, onnx_runtime, stage
+from mnist_pipeline import errors, stage
 from mnist_pipeline.atomic import atomic_path, write_figure, write_json
-from mnist_pipeline.dataset import load_normalization, load_split
-from mnist_pipeline.inference_speed import session_speeds
-from mnist_pipeline.params import QuantizeParams
-from mnist_pipeline.quantization import calibration_sample, check_contract, quantize_onnx
+from mnist_pipeline.data.dataset import load_normalization, load_split
+from mnist_pipeline.onnx import runtime
+from mnist_pipeline.onnx.quantization import calibration_sample, check_contract, quantize_onnx
+from mnist_pipeline.onnx.speed import session_speeds
+from mnist_pipeline.params.schema import QuantizeParams
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +101,8 @@ def quantize_both(params: QuantizeParams, args: argparse.Namespace) -> None:
         ("dense", args.onnx, args.out),
         ("pruned", args.pruned_onnx, args.pruned_out),
     ):
-        float_sess = onnx_runtime.session(src)
-        dtype = onnx_runtime.input_dtype(float_sess)
+        float_sess = runtime.session(src)
+        dtype = runtime.input_dtype(float_sess)
         calibration = calibration_sample(
             val.astype(dtype), params.calibration_size, params.calibration_seed
         )
@@ -118,8 +119,8 @@ def quantize_both(params: QuantizeParams, args: argparse.Namespace) -> None:
             "size_ratio": round(int8_bytes / float_bytes, 5),
             **contract,
         }
-        sessions[name] = onnx_runtime.session(src, params.num_threads)
-        sessions[f"{name}_int8"] = onnx_runtime.session(dst, params.num_threads)
+        sessions[name] = runtime.session(src, params.num_threads)
+        sessions[f"{name}_int8"] = runtime.session(dst, params.num_threads)
     write_json(args.metrics, metrics)
 
     times = session_speeds(sessions, test_pixels, params)

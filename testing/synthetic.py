@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mnist_pipeline import mnist_files
+from mnist_pipeline.data import mnist_files
 
 
 def make_images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

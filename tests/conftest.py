@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from mnist_pipeline.compute import pin_environment
-from mnist_pipeline.params import Params, load_params, parse_params
+from mnist_pipeline.params.schema import Params, load_params, parse_params
 
 ROOT = Path(__file__).resolve().parents[1]
 # Before anything imports torch: the tests that call a stage's `main` in this process compute
@@ -104,9 +104,9 @@ def trained_model(tmp_path_factory: pytest.TempPathFactory, prepared: Path) -> P
 @pytest.fixture(scope="session")
 def onnx_model(tmp_path_factory: pytest.TempPathFactory, trained_model: Path) -> Path:
     """`trained_model` exported to ONNX as the `export` stage does (raw 0-255 pixels in)."""
-    from mnist_pipeline import onnx_export
-    from mnist_pipeline.dataset import Normalization
+    from mnist_pipeline.data.dataset import Normalization
     from mnist_pipeline.model import RawPixelsLeNet5, load_model
+    from mnist_pipeline.onnx import export as onnx_export
 
     params = parse_params(tiny_params_dict()).export
     net, meta = load_model(trained_model)
@@ -121,7 +121,7 @@ def onnx_model(tmp_path_factory: pytest.TempPathFactory, trained_model: Path) ->
 @pytest.fixture(scope="session")
 def digits(prepared: Path) -> list:
     """Four test-set digits as uint8 (28, 28) numpy pixels, light on dark like MNIST."""
-    from mnist_pipeline.dataset import load_normalization, load_split
+    from mnist_pipeline.data.dataset import load_normalization, load_split
 
     test = load_split(prepared, "test")
     pixels = load_normalization(prepared).invert(test.images[:4])

@@ -41,7 +41,7 @@ def stage_argv(name: str, params: Path, out: Path, **inputs: Path) -> list[str]:
 def stage_env(mirror: Path) -> dict[str, str]:
     """This process's environment, less the compute pins it may carry, plus the mirror."""
     from mnist_pipeline.compute import environment_for
-    from mnist_pipeline.params import load_params
+    from mnist_pipeline.params.schema import load_params
 
     pins = environment_for(load_params(ROOT / "params.yaml").compute)
     env = {k: v for k, v in os.environ.items() if k not in pins}

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mnist_pipeline.params import Params
+from mnist_pipeline.params.schema import Params
 from tests.conftest import ROOT
 
 DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())
@@ -37,6 +37,16 @@ def project_imports(module: Path) -> set[Path]:
                     if target.is_file():
                         todo.append(target)
     return seen
+
+
+def test_package_inits_hold_no_code() -> None:
+    """`project_imports` follows modules, not the `__init__.py` files Python runs on the way:
+    they can stay out of every stage's deps because they hold a docstring and nothing else."""
+    for init in (ROOT / "mnist_pipeline").rglob("__init__.py"):
+        body = ast.parse(init.read_text()).body
+        assert all(isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant) for n in body), (
+            f"{init.relative_to(ROOT)} holds code: list it under the deps of the stages using it"
+        )
 
 
 def test_stages_holds_the_stages_and_nothing_else() -> None:

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from mnist_pipeline.errors import ParamsError
-from mnist_pipeline.params import parse_params
+from mnist_pipeline.params.schema import parse_params
 from tests.conftest import tiny_params_dict
 from tests.stage_runs import output_hashes, run_stages, stage_env
 

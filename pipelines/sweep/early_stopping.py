@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from typing import TYPE_CHECKING, Any
 
 from mnist_pipeline import errors
 from pipelines import dvc_repo
@@ -41,8 +41,6 @@ from pipelines.sweep import trials
 if TYPE_CHECKING:
     from pipelines.sweep.options import EarlyStopping
 
-Pruner = Literal["none", "median", "percentile"]
-PRUNERS: tuple[str, ...] = get_args(Pruner)
 STAGE = "train"  # the stage whose per-epoch metrics are watched
 METRICS_DIR = Path("plots") / "metrics"  # where DVCLive writes a metric's TSV in its dir
 EPOCHS = "epoch.tsv"  # DVCLive's TSV of Lightning's epoch at each step

@@ -59,7 +59,7 @@ def sweep(
     )
     plan = planning.make(Path(root), space, execution, early_stopping, promotion)
     done = planning.done_earlier(plan, space.objective)
-    ordered = results.collect(plan, run.run(plan, space, execution, done))
+    ordered = planning.collect(plan, run.run(plan, space, execution, done))
     data = publish_report(
         plan.repo, plan.name, plan.commit, plan.mode, ordered, plan.swept, space.objective,
         space.maximize,

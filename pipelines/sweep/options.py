@@ -4,14 +4,15 @@ from them (`pipelines.flow_cli`), and Prefect shows each field with its descript
 No `from __future__ import annotations`: Prefect and pydantic read these types at run time.
 """
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field
 
-from pipelines.flow import MODEL_NAME
 from pipelines.flow_cli import Cli, Options
-from pipelines.registry import Bump
-from pipelines.sweep.early_stopping import Pruner
+from pipelines.registry import MODEL_NAME, Bump
+
+# Optuna pruners that stop a trial from the epochs it reported (pipelines.sweep.early_stopping).
+Pruner = Literal["none", "median", "percentile"]
 
 
 class SearchSpace(Options):

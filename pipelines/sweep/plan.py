@@ -226,3 +226,24 @@ def check_objective(root: Path, objective: str) -> None:
             f"objective {objective!r} is not a metric of this repo (or is ambiguous); "
             f"metrics: {', '.join(sr.metric_names(metrics))}"
         )
+
+
+def collect(plan: Plan, finished: dict[str, sr.TrialResult]) -> list[sr.TrialResult]:
+    """The results in name order, as `dvc exp show` shows them: the leaderboard reads the
+    experiments back from this repo (fetched from `origin` first), and takes the seconds of
+    the trials done earlier from the previous report."""
+    if plan.url:
+        trials.fetch_experiments(plan.repo, plan.url, plan.commit, plan.name)
+    shown = trials.experiments(plan.repo)
+    earlier = results.earlier_seconds(results.results_file(plan.repo, plan.name))
+    for key, r in finished.items():
+        if r.seconds is None:
+            r.seconds = earlier.get(key)
+        if r.status != sr.SUCCEEDED:
+            continue
+        if key not in shown:
+            r.status, r.note = sr.FAILED, "its experiment is not in dvc exp show"
+            continue
+        r.metrics = sr.other_metrics(shown[key].metrics, plan.files) or r.metrics
+        r.rev = shown[key].rev
+    return sorted(finished.values(), key=lambda r: r.name)

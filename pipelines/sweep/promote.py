@@ -9,7 +9,7 @@ from pathlib import Path
 from prefect import get_run_logger
 
 from pipelines import dvc_repo, registry
-from pipelines.flow import register_version
+from pipelines.registry import register_version
 from pipelines.retry import StepFailed
 from pipelines.sweep import report as sr
 from pipelines.sweep.options import Promotion

@@ -6,14 +6,10 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from pipelines.sweep import early_stopping, trials
 from pipelines.sweep import report as sr
 from pipelines.sweep.space import Trial
-
-if TYPE_CHECKING:
-    from pipelines.sweep.plan import Plan
 
 RESULTS_DIR = Path("sweeps")
 _ERROR_LINE = re.compile(r"^\s*(\w+\.)*\w*(Error|Exception): |^error: ")
@@ -90,32 +86,11 @@ def cause(text: str) -> str:
     return "\n".join([lines[0], *errors_[-1:], *lines[1:]]) if lines else text
 
 
-def collect(plan: Plan, results: dict[str, sr.TrialResult]) -> list[sr.TrialResult]:
-    """The results in name order, as `dvc exp show` shows them: the leaderboard reads the
-    experiments back from this repo (fetched from `origin` first), and takes the seconds of
-    the trials done earlier from the previous report."""
-    if plan.url:
-        trials.fetch_experiments(plan.repo, plan.url, plan.commit, plan.name)
-    shown = trials.experiments(plan.repo)
-    earlier = _earlier_seconds(results_file(plan.repo, plan.name))
-    for key, r in results.items():
-        if r.seconds is None:
-            r.seconds = earlier.get(key)
-        if r.status != sr.SUCCEEDED:
-            continue
-        if key not in shown:
-            r.status, r.note = sr.FAILED, "its experiment is not in dvc exp show"
-            continue
-        r.metrics = sr.other_metrics(shown[key].metrics, plan.files) or r.metrics
-        r.rev = shown[key].rev
-    return sorted(results.values(), key=lambda r: r.name)
-
-
 def results_file(root: Path, sweep: str) -> Path:
     return root / RESULTS_DIR / f"{sweep}.json"
 
 
-def _earlier_seconds(path: Path) -> dict[str, float]:
+def earlier_seconds(path: Path) -> dict[str, float]:
     """Each trial's seconds from the sweep's previous report, for the trials done then."""
     try:
         data = json.loads(path.read_text())

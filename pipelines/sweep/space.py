@@ -9,7 +9,7 @@ interval(1e-3,1e-1))` (log-uniform), `range(a,b[,step])` (integers), `choice(...
 lists (categorical); a single value is fixed for every trial.
 
 Every trial's `params.yaml` is built with DVC's override code and validated whole with
-`mnist_pipeline.params` (through `pipelines.overrides`), so a malformed override, an unknown
+`mnist_pipeline.params.schema` (through `pipelines.overrides`), so a malformed override, an unknown
 key or a value outside the schema stops the sweep before it starts, with a message naming the
 override, the trial and the key.
 """

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from mnist_pipeline.datamodule import TensorBatches
-from mnist_pipeline.dataset import Split
+from mnist_pipeline.data.datamodule import TensorBatches
+from mnist_pipeline.data.dataset import Split
 
 
 def _split(n: int) -> Split:

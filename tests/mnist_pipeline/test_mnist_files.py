@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mnist_pipeline import mnist_files
+from mnist_pipeline.data import mnist_files
 from mnist_pipeline.errors import StageError
 
 NAME = "train-labels-idx1-ubyte.gz"

@@ -11,8 +11,8 @@ import onnx
 import pytest
 from fastapi.testclient import TestClient
 
-from mnist_pipeline import model_ref, predict, server
 from mnist_pipeline.errors import UsageError
+from mnist_pipeline.serving import model_ref, predict, server
 from pipelines.registry import register
 from testing.scratch_repo import GIT_IDENTITY, git
 

@@ -18,7 +18,8 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from mnist_pipeline import onnx_runtime, predict, server
+from mnist_pipeline.onnx import runtime
+from mnist_pipeline.serving import predict, server
 
 
 def _png_bytes(pixels: np.ndarray, fmt: str = "PNG") -> bytes:
@@ -65,7 +66,7 @@ def test_health_model_card_and_docs(client: TestClient, onnx_model: Path) -> Non
     assert client.get("/docs").status_code == 200
     schema = client.get("/openapi.json").json()
     assert "/predict" in schema["paths"] and "/readyz" in schema["paths"]
-    assert {"ModelInfo", "PredictionOut", "ErrorOut"} <= set(schema["components"]["schemas"])
+    assert {"ModelInfo", "Prediction", "ErrorOut"} <= set(schema["components"]["schemas"])
 
 
 def test_uploads_get_the_answers_of_mnist_predict(
@@ -78,9 +79,9 @@ def test_uploads_get_the_answers_of_mnist_predict(
         paths.append(tmp_path / f"d{i}.img")
         paths[-1].write_bytes(data)
     got = client.post("/predict", files=files).json()
-    sess = onnx_runtime.session(onnx_model)
+    sess = runtime.session(onnx_model)
     want = predict.classify(sess, [predict.load_digit(p) for p in paths], [p.name for p in paths])
-    assert got == [p.as_json() for p in want]
+    assert got == [p.model_dump() for p in want]
     assert [r["file"] for r in got] == [f"d{i}.img" for i in range(len(digits))]
 
 
@@ -88,8 +89,8 @@ def test_json_pixels(client: TestClient, digits: list[np.ndarray], onnx_model: P
     one = client.post("/predict", json={"pixels": digits[0].tolist()}).json()
     many = client.post("/predict", json={"pixels": [d.tolist() for d in digits]}).json()
     assert len(one) == 1 and len(many) == len(digits) and one[0]["digit"] == many[0]["digit"]
-    (ref,) = predict.classify(onnx_runtime.session(onnx_model), [digits[0]], ["pixels[0]"])
-    assert one[0] == ref.as_json()
+    (ref,) = predict.classify(runtime.session(onnx_model), [digits[0]], ["pixels[0]"])
+    assert one[0] == ref.model_dump()
 
 
 @pytest.mark.parametrize(
@@ -193,7 +194,7 @@ def test_workers_get_the_options_the_parent_parsed(
     argv += ["--port", "0"]
     assert server.main(argv) == 0
     config = started["config"]
-    assert config.app == "mnist_pipeline.server:app_from_env" and config.workers == 2
+    assert config.app == "mnist_pipeline.serving.server:app_from_env" and config.workers == 2
     monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)  # this process: one registry
     with TestClient(server.app_from_env()) as worker:
         _wait_ready(worker)

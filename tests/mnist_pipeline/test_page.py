@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from mnist_pipeline import server
+from mnist_pipeline.serving import server
 
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 pytestmark = [

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from mnist_pipeline import errors
-from mnist_pipeline.params import ParamsError, load_params, parse_params
+from mnist_pipeline.params.schema import ParamsError, load_params, parse_params
 from stages import evaluate
 from tests.conftest import ROOT, tiny_params_dict
 from tests.stage_runs import stage_argv

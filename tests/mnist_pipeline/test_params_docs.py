@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mnist_pipeline import params_docs
-from mnist_pipeline.params import load_params
+from mnist_pipeline.params import docs as params_docs
+from mnist_pipeline.params.schema import load_params
 from tests.conftest import ROOT
 
 PARAMS = ROOT / "params.yaml"
@@ -29,7 +29,9 @@ def copies(tmp_path: Path) -> tuple[Path, Path]:
 
 def test_every_key_has_a_description() -> None:
     missing = [k for k, f in params_docs.fields() if not (f.description or "").strip()]
-    assert not missing, f"add Field(description=...) in mnist_pipeline/params.py for {missing}"
+    assert not missing, (
+        f"add Field(description=...) in mnist_pipeline/params/schema.py for {missing}"
+    )
 
 
 def test_descriptions_leave_the_allowed_values_to_the_types() -> None:

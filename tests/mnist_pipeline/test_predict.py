@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mnist_pipeline import onnx_runtime, predict
+from mnist_pipeline.onnx import runtime
+from mnist_pipeline.serving import predict
 from tests.conftest import ROOT
 
 
@@ -87,7 +88,7 @@ def test_cli_classifies_good_files_and_reports_bad_ones(
     digits: list[np.ndarray],
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    sess = onnx_runtime.session(onnx_model)
+    sess = runtime.session(onnx_model)
     files: list[Path] = []
     expected: dict[str, int] = {}
     for i, d in enumerate(digits):
@@ -160,7 +161,7 @@ def test_runs_as_a_module_without_importing_torch(onnx_model: Path, tmp_path: Pa
         "import sys, runpy\n"
         f"sys.argv = ['mnist-predict', '--model', {str(onnx_model)!r}, {str(img)!r}]\n"
         "try:\n"
-        "    runpy.run_module('mnist_pipeline.predict', run_name='__main__')\n"
+        "    runpy.run_module('mnist_pipeline.serving.predict', run_name='__main__')\n"
         "except SystemExit as e:\n"
         "    assert e.code == 0, e.code\n"
         "assert 'torch' not in sys.modules, 'predict must not import torch'\n"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from mnist_pipeline import environment, provenance
-from mnist_pipeline.params import PrepareParams
+from mnist_pipeline.params.schema import PrepareParams
 from testing.scratch_repo import git
 
 PARAMS = PrepareParams(val_size=10, split_seed=0)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mnist_pipeline.params import ParamsError
+from mnist_pipeline.params.schema import ParamsError
 from pipelines import dvc_repo
 from tests.conftest import tiny_params_dict
 from tests.pipelines.conftest import (

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from mnist_pipeline.checkpoints import FAIL_ENV
 from mnist_pipeline.model import load_model
+from mnist_pipeline.training.checkpoints import FAIL_ENV
 from tests.conftest import tiny_params_dict
 from tests.pipelines.conftest import make_repo, run_flow, task_runs
 from tests.stage_runs import output_hashes

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mnist_pipeline.params import ParamsError
+from mnist_pipeline.params.schema import ParamsError
 from pipelines.overrides import apply
 from tests.conftest import tiny_params_dict
 

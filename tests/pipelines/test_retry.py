@@ -7,7 +7,7 @@ import errno
 import pytest
 from prefect.states import Completed, Failed
 
-from mnist_pipeline.params import ParamsError
+from mnist_pipeline.params.schema import ParamsError
 from pipelines.retry import StepFailed, classify, is_transient, retry_condition
 
 CMD = "python -m stages.train --data data/prepared"

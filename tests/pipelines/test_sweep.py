@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 import yaml
 
+from mnist_pipeline.data.mnist_files import md5sum
 from mnist_pipeline.errors import PARAMS_ERROR_EXIT, STAGE_ERROR_EXIT, UsageError
-from mnist_pipeline.mnist_files import md5sum
 from pipelines.sweep import trials
 from testing.scratch_repo import git
 from tests.pipelines.conftest import dvc, make_repo

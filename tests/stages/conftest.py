@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mnist_pipeline import pruning
 from mnist_pipeline.model import load_model, save_model
-from mnist_pipeline.params import parse_params
+from mnist_pipeline.params.schema import parse_params
+from mnist_pipeline.pruning import structured as pruning
 from stages import export
 from tests.conftest import tiny_params_dict
 from tests.stage_runs import stage_argv

@@ -11,7 +11,8 @@ from pathlib import Path
 import yaml
 from fastapi.testclient import TestClient
 
-from mnist_pipeline import model_card, server
+from mnist_pipeline.evaluation import model_card
+from mnist_pipeline.serving import server
 from stages import card
 from tests.conftest import ROOT
 

@@ -11,10 +11,13 @@ import onnx
 import pytest
 import torch
 
-from mnist_pipeline import errors, inference_speed, onnx_export, onnx_runtime
-from mnist_pipeline.dataset import load_normalization, load_split
+from mnist_pipeline import errors
+from mnist_pipeline.data.dataset import load_normalization, load_split
 from mnist_pipeline.model import RawPixelsLeNet5, load_model, predict_logits, save_model
-from mnist_pipeline.params import ExportParams, parse_params
+from mnist_pipeline.onnx import export as onnx_export
+from mnist_pipeline.onnx import runtime as onnx_runtime
+from mnist_pipeline.onnx import speed
+from mnist_pipeline.params.schema import ExportParams, parse_params
 from stages import export
 from tests.conftest import tiny_params_dict
 from tests.stage_runs import stage_argv
@@ -132,10 +135,10 @@ def test_stage_fails_and_writes_nothing_when_parity_breaks(
 def test_slower_pruned_model_fails_the_check() -> None:
     t = {"ort_latency_ms": 1.0, "ort_throughput_ips": 1000.0}
     t |= {"torch_latency_ms": 1.0, "torch_throughput_ips": 1000.0}
-    faster = inference_speed.speedups({"dense": t, "pruned": {**t, "ort_throughput_ips": 1500.0}})
+    faster = speed.speedups({"dense": t, "pruned": {**t, "ort_throughput_ips": 1500.0}})
     assert faster["ort_throughput_speedup"] == 1.5
     export.check_not_slower(faster, max_slowdown=0.0)
-    slower = inference_speed.speedups({"dense": t, "pruned": {**t, "ort_latency_ms": 1.3}})
+    slower = speed.speedups({"dense": t, "pruned": {**t, "ort_latency_ms": 1.3}})
     export.check_not_slower(slower, max_slowdown=0.5)  # within the tolerance
     with pytest.raises(errors.StageError, match="slower than the dense one"):
         export.check_not_slower(slower, max_slowdown=0.1)

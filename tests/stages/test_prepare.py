@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from mnist_pipeline import errors, mnist_files
-from mnist_pipeline.dataset import load_normalization, load_split, split_indices
+from mnist_pipeline import errors
+from mnist_pipeline.data import mnist_files
+from mnist_pipeline.data.dataset import load_normalization, load_split, split_indices
 from stages import prepare
 from testing.synthetic import make_images
 from tests.conftest import ROOT

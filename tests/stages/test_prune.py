@@ -13,10 +13,19 @@ import pytest
 import torch
 import yaml
 
-from mnist_pipeline import distillation, prune_rounds, pruning
-from mnist_pipeline.dataset import load_split
-from mnist_pipeline.model import LeNet5, Widths, count_params, load_model, save_model, widths_of
-from mnist_pipeline.params import Params, parse_params
+from mnist_pipeline.data.dataset import load_split
+from mnist_pipeline.model import (
+    LeNet5,
+    Widths,
+    count_params,
+    load_model,
+    save_model,
+    widths_of,
+)
+from mnist_pipeline.params.schema import Params, parse_params
+from mnist_pipeline.pruning import distillation
+from mnist_pipeline.pruning import rounds as prune_rounds
+from mnist_pipeline.pruning import structured as pruning
 from stages import prune
 from tests.conftest import ROOT, tiny_params_dict
 from tests.stage_runs import output_hashes, stage_argv

@@ -10,7 +10,8 @@ import onnx
 import pytest
 import yaml
 
-from mnist_pipeline import errors, onnx_runtime, quantization
+from mnist_pipeline import errors
+from mnist_pipeline.onnx import quantization, runtime
 from stages import quantize
 from tests.conftest import tiny_params_dict
 from tests.stage_runs import stage_argv
@@ -73,7 +74,7 @@ def test_the_same_inputs_give_the_same_int8_bytes(
 def test_a_model_that_breaks_the_contract_is_not_written(
     tmp_path: Path, exported: Path, prepared: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = onnx_runtime.logits
+    real = runtime.logits
     calls = []
 
     def int8_disagrees(sess: object, pixels: np.ndarray, batch_size: int) -> np.ndarray:
@@ -81,7 +82,7 @@ def test_a_model_that_breaks_the_contract_is_not_written(
         out = real(sess, pixels, batch_size)
         return out if len(calls) % 2 else np.roll(out, 1, axis=1)  # every second: the INT8
 
-    monkeypatch.setattr(onnx_runtime, "logits", int8_disagrees)
+    monkeypatch.setattr(runtime, "logits", int8_disagrees)
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump(tiny_params_dict(), sort_keys=False))
     argv = _argv(tmp_path / "out", exported, prepared, params)

@@ -15,12 +15,11 @@ import pytest
 import torch
 import yaml
 
-from mnist_pipeline import checkpoints, training
-from mnist_pipeline.dataset import load_split
+from mnist_pipeline.data.dataset import load_split
 from mnist_pipeline.errors import ParamsError
 from mnist_pipeline.model import load_model, predict_logits, save_model
-from mnist_pipeline.params import parse_params
-from stages import train
+from mnist_pipeline.params.schema import parse_params
+from mnist_pipeline.training import checkpoints, fit, trainer
 from testing.ports import PortTaken, on_a_free_port, port_taken
 from tests.conftest import ROOT, tiny_params_dict
 from tests.stage_runs import output_hashes, stage_argv
@@ -123,39 +122,38 @@ def test_resume_only_with_matching_fingerprint(
 ) -> None:
     params = parse_params(tiny_params_dict()).train
     params = params.model_copy(update={"max_epochs": 1})
-    train.train(params, COMPUTE, prepared, tmp_path / "ckpt", tmp_path / "live")
-    fp = train.fingerprint(params, COMPUTE, prepared)
+    fit.train(params, COMPUTE, prepared, tmp_path / "ckpt", tmp_path / "live")
+    fp = fit.fingerprint(params, COMPUTE, prepared)
     assert checkpoints.find_resumable(tmp_path / "ckpt", fp) == tmp_path / "ckpt" / "last.ckpt"
 
     other = params.model_copy(update={"seed": params.seed + 1})
-    assert train.fingerprint(other, COMPUTE, prepared) != fp
+    assert fit.fingerprint(other, COMPUTE, prepared) != fp
     # Params that do not change the weights do not block resuming.
     assert (
-        train.fingerprint(params.model_copy(update={"progress_bar": False}), COMPUTE, prepared)
-        == fp
+        fit.fingerprint(params.model_copy(update={"progress_bar": False}), COMPUTE, prepared) == fp
     )
     # How the process computes does (each changes the last bits of each step): the thread
     # count, and the profile (the portable one's pinned kernels against the machine's).
     other_threads = COMPUTE.model_copy(update={"threads": COMPUTE.threads + 1})
-    assert train.fingerprint(params, other_threads, prepared) != fp
+    assert fit.fingerprint(params, other_threads, prepared) != fp
     torch.set_num_threads(COMPUTE.threads)
     fast = COMPUTE.model_copy(update={"profile": "fast"})
-    assert train.fingerprint(params, fast, prepared) != fp
+    assert fit.fingerprint(params, fast, prepared) != fp
     torch.set_num_threads(COMPUTE.threads)
     # So does what `precision: auto` resolves to on other hardware (under the fast profile).
     auto = params.model_copy(update={"precision": "auto", "accelerator": "cpu"})
-    monkeypatch.setattr(training, "cpu_has_bf16", lambda: True)
-    with_bf16 = train.fingerprint(auto, fast, prepared)
-    monkeypatch.setattr(training, "cpu_has_bf16", lambda: False)
-    assert train.fingerprint(auto, fast, prepared) != with_bf16
+    monkeypatch.setattr(trainer, "cpu_has_bf16", lambda: True)
+    with_bf16 = fit.fingerprint(auto, fast, prepared)
+    monkeypatch.setattr(trainer, "cpu_has_bf16", lambda: False)
+    assert fit.fingerprint(auto, fast, prepared) != with_bf16
     torch.set_num_threads(COMPUTE.threads)
     # So does another version of a compute library.
     other_env = {"torch": "0.0-other"}
     monkeypatch.setattr(checkpoints.environment, "installed_versions", lambda: other_env)
-    assert train.fingerprint(params, COMPUTE, prepared) != fp
+    assert fit.fingerprint(params, COMPUTE, prepared) != fp
     monkeypatch.undo()
     with caplog.at_level("WARNING"):
-        other_fp = train.fingerprint(other, COMPUTE, prepared)
+        other_fp = fit.fingerprint(other, COMPUTE, prepared)
         assert checkpoints.find_resumable(tmp_path / "ckpt", other_fp) is None
     assert "starting fresh" in caplog.text
 
@@ -281,9 +279,9 @@ def test_a_checkpoint_that_would_run_code_is_refused_unread_and_training_starts_
     params, compute = every.train, every.compute
     ckpt_dir = tmp_path / "ckpt"
     # The right fingerprint, as someone who can write to a shared checkpoint folder could copy.
-    fp = train.fingerprint(params, compute, prepared)
+    fp = fit.fingerprint(params, compute, prepared)
     marker = plant_checkpoint(ckpt_dir / checkpoints.LAST, fp)
-    _, summary = train.train(params, compute, prepared, ckpt_dir, tmp_path / "live")
+    _, summary = fit.train(params, compute, prepared, ckpt_dir, tmp_path / "live")
     assert not marker.exists()
     assert "made to run code when unpickled; refused unread" in caplog.text
     assert "starting fresh" in caplog.text
@@ -305,7 +303,7 @@ def test_tuned_batch_size_grows_stays_within_the_split_and_survives_resume(
     params = parse_params(tiny_params_dict()).train
     params = params.model_copy(update={"max_epochs": 2, "tune_batch_size": True})
     n_train = json.loads((prepared / "meta.json").read_text())["sizes"]["train"]
-    _, summary = train.train(params, COMPUTE, prepared, tmp_path / "ckpt", tmp_path / "live")
+    _, summary = fit.train(params, COMPUTE, prepared, tmp_path / "ckpt", tmp_path / "live")
     # A CPU never runs out of memory on these batches: the tuner doubles up to the split.
     assert params.batch_size < summary["batch_size"] <= n_train
     assert summary["epochs"] == 2
@@ -313,8 +311,8 @@ def test_tuned_batch_size_grows_stays_within_the_split_and_survives_resume(
     assert ckpt["MNISTDataModule"] == {"batch_size": summary["batch_size"]}
 
     # Run again: it resumes from the finished checkpoint, with that batch size and no tuning.
-    monkeypatch.setattr(training, "tune_batch_size", lambda *a: pytest.fail("tuned on resume"))
-    _, again = train.train(params, COMPUTE, prepared, tmp_path / "ckpt", tmp_path / "live")
+    monkeypatch.setattr(fit, "tune_batch_size", lambda *a: pytest.fail("tuned on resume"))
+    _, again = fit.train(params, COMPUTE, prepared, tmp_path / "ckpt", tmp_path / "live")
     assert again["resumed_from_epoch"] == 2
     assert again["batch_size"] == summary["batch_size"]
 
@@ -330,7 +328,7 @@ def test_tuning_the_batch_size_under_ddp_is_a_params_error() -> None:
 def test_compiled_training_saves_a_plain_model(tmp_path: Path, prepared: Path) -> None:
     params = parse_params(tiny_params_dict()).train
     params = params.model_copy(update={"max_epochs": 1, "compile": True})
-    net, _ = train.train(params, COMPUTE, prepared, tmp_path / "ckpt", tmp_path / "live")
+    net, _ = fit.train(params, COMPUTE, prepared, tmp_path / "ckpt", tmp_path / "live")
     save_model(net, tmp_path / "m.pt")
     back, _ = load_model(tmp_path / "m.pt")  # parameter names as without compile
     test = load_split(prepared, "test")

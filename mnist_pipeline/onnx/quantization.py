@@ -3,7 +3,7 @@
 ONNX Runtime static quantization: `quant_pre_process` (shape inference and graph clean-up),
 then QDQ nodes with per-channel int8 weights and int8 activations whose ranges are calibrated
 on a sample of raw pixels. The ranges come from activations that the portable reference
-(`mnist_pipeline.onnx_reference`, PyTorch) computes, so an INT8 file has the same bytes on
+(`mnist_pipeline.onnx.reference`, PyTorch) computes, so an INT8 file has the same bytes on
 every CPU. `check_contract` holds an INT8 model to its float model's accuracy, predictions and
 interface, on the reference (the result) and in ONNX Runtime (a measurement).
 """
@@ -29,9 +29,11 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.calibrate import save_tensors_data
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from mnist_pipeline import errors, onnx_reference, onnx_runtime
-from mnist_pipeline.onnx_runtime import INPUT_NAME
-from mnist_pipeline.params import QuantizeParams
+from mnist_pipeline import errors
+from mnist_pipeline.onnx import reference as onnx_reference
+from mnist_pipeline.onnx import runtime as onnx_runtime
+from mnist_pipeline.onnx.runtime import INPUT_NAME
+from mnist_pipeline.params.schema import QuantizeParams
 
 log = logging.getLogger(__name__)
 

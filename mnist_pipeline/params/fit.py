@@ -1,7 +1,7 @@
 """The params of fitting LeNet-5: the `train` and `prune` sections, with the optimizer and the
 learning-rate schedule each fit uses, and the strict base every params section shares.
 
-`mnist_pipeline.params` holds the other sections and the one loader of the whole file; the
+`mnist_pipeline.params.schema` holds the other sections and the one loader of the whole file; the
 same rules hold here: no defaults for values that change results, each key described once.
 """
 

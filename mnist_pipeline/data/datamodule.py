@@ -14,7 +14,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from mnist_pipeline.dataset import Split, load_split
+from mnist_pipeline.data.dataset import Split, load_split
 
 
 class EpochShuffle:

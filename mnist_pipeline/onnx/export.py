@@ -18,8 +18,8 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from mnist_pipeline import errors, onnx_runtime
-from mnist_pipeline.dataset import Normalization
+from mnist_pipeline import errors
+from mnist_pipeline.data.dataset import Normalization
 from mnist_pipeline.model import (
     RAW_PIXEL_DTYPES,
     LeNet5,
@@ -27,8 +27,9 @@ from mnist_pipeline.model import (
     predict_logits,
     widths_of,
 )
-from mnist_pipeline.onnx_runtime import INPUT_NAME, OUTPUT_NAME
-from mnist_pipeline.params import ExportParams
+from mnist_pipeline.onnx import runtime as onnx_runtime
+from mnist_pipeline.onnx.runtime import INPUT_NAME, OUTPUT_NAME
+from mnist_pipeline.params.schema import ExportParams
 
 log = logging.getLogger(__name__)
 

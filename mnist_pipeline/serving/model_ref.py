@@ -20,8 +20,8 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-from mnist_pipeline import onnx_runtime
 from mnist_pipeline.errors import UsageError
+from mnist_pipeline.onnx import runtime
 
 
 def default_cache_dir() -> Path:
@@ -108,6 +108,13 @@ def resolve(spec: str, repo: str = ".", cache_dir: Path | None = None) -> ModelS
     return ModelSource(Path(out), ref.name, version, ref.stage, commit)
 
 
+def read_registered(repo: str, commit: str, path: str) -> str:
+    """A text file of `repo` as the registered `commit` has it (DVC-tracked or in git)."""
+    from dvc.api import read
+
+    return read(path, repo=repo, rev=commit)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """`--model`, `--repo`, `--cache-dir`: the model options of mnist-predict and mnist-serve."""
     parser.add_argument(
@@ -129,4 +136,4 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def open_model(args: argparse.Namespace) -> tuple[ModelSource, ort.InferenceSession]:
     """The model the options name, in an ONNX Runtime session; UsageError names the problem."""
     source = resolve(args.model, args.repo, args.cache_dir)
-    return source, onnx_runtime.open_model(source.path)
+    return source, runtime.open_model(source.path)

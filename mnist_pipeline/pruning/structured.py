@@ -20,9 +20,9 @@ from torch import nn
 from torch.nn.utils import prune as torch_prune
 
 from mnist_pipeline import errors
-from mnist_pipeline.dataset import Split
+from mnist_pipeline.data.dataset import Split
 from mnist_pipeline.model import LeNet5, count_params, widths_of
-from mnist_pipeline.params_fit import StructuredPruneParams
+from mnist_pipeline.params.fit import StructuredPruneParams
 
 EXAMPLE_INPUT = torch.zeros(1, 1, 28, 28)
 

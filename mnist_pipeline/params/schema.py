@@ -4,7 +4,7 @@ Every stage calls `load_params` before doing any work: an unknown key, a wrong t
 out-of-range value raises `ParamsError` naming the key, so a typo fails fast and no output
 is touched. Values that change results have no defaults here: DVC only tracks what is
 written in `params.yaml`. The sections that fit a model (`train`, `prune`) are in
-`mnist_pipeline.params_fit`.
+`mnist_pipeline.params.fit`.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from mnist_pipeline.errors import ParamsError
-from mnist_pipeline.params_fit import PruneParams, Section, TrainParams
+from mnist_pipeline.params.fit import PruneParams, Section, TrainParams
 
-# The descriptions below (the docstring under each key, here and in params_fit) are the only
-# ones: `python -m mnist_pipeline.params_docs --write` turns them, with the allowed values the
+# The descriptions below (the docstring under each key, here and in `fit`) are the only
+# ones: `python -m mnist_pipeline.params.docs --write` turns them, with the allowed values the
 # types give, into params.yaml's comments and docs/pipeline.md's params table, and a test fails
 # when those drift.
 

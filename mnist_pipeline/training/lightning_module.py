@@ -11,7 +11,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from mnist_pipeline.model import LeNet5, Widths
-from mnist_pipeline.params_fit import OptimizerParams, SchedulerParams
+from mnist_pipeline.params.fit import OptimizerParams, SchedulerParams
 
 
 def build_optimizer(params: OptimizerParams, model: torch.nn.Module) -> torch.optim.Optimizer:

@@ -10,9 +10,9 @@ import numpy as np
 from fastapi import Request
 from starlette.datastructures import UploadFile
 
-from mnist_pipeline import predict
-from mnist_pipeline.micro_batcher import Digits
-from mnist_pipeline.server_limits import Limits
+from mnist_pipeline.serving import predict
+from mnist_pipeline.serving.limits import Limits
+from mnist_pipeline.serving.micro_batcher import Digits
 
 
 class BadInput(Exception):

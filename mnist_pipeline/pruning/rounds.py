@@ -28,17 +28,19 @@ import torch_pruning as tp
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
-from mnist_pipeline import checkpoints, dataset, distillation, errors, pruning
 from mnist_pipeline import compute as compute_mod
+from mnist_pipeline import errors
 from mnist_pipeline.atomic import write_torch
-from mnist_pipeline.datamodule import MNISTDataModule
-from mnist_pipeline.dataset import Split, load_split
-from mnist_pipeline.distillation import DistilledLitLeNet5
-from mnist_pipeline.lightning_module import LitLeNet5
+from mnist_pipeline.data import dataset
+from mnist_pipeline.data.datamodule import MNISTDataModule
+from mnist_pipeline.data.dataset import Split, load_split
 from mnist_pipeline.model import LeNet5, Widths, accuracy, widths_of
-from mnist_pipeline.params import ComputeParams
-from mnist_pipeline.params_fit import PruneParams, StructuredPruneParams, TrainParams
-from mnist_pipeline.pruning import (
+from mnist_pipeline.params.fit import PruneParams, StructuredPruneParams, TrainParams
+from mnist_pipeline.params.schema import ComputeParams
+from mnist_pipeline.pruning import distillation
+from mnist_pipeline.pruning import structured as pruning
+from mnist_pipeline.pruning.distillation import DistilledLitLeNet5
+from mnist_pipeline.pruning.structured import (
     make_permanent,
     make_structured_pruner,
     model_stats,
@@ -46,7 +48,9 @@ from mnist_pipeline.pruning import (
     structured_step,
     unstructured_step,
 )
-from mnist_pipeline.training import make_datamodule, make_trainer, resolve_precision
+from mnist_pipeline.training import checkpoints
+from mnist_pipeline.training.lightning_module import LitLeNet5
+from mnist_pipeline.training.trainer import make_datamodule, make_trainer, resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -102,27 +106,9 @@ def save_round(
 def load_round(ckpt_dir: Path, fp: str) -> dict[str, Any] | None:
     """The last saved round if it matches `fp`; otherwise None, with the reason logged."""
     path = ckpt_dir / ROUND_CKPT
-    if not path.is_file():
-        log.info("no prune checkpoint in %s: starting at round 1", ckpt_dir)
-        return None
-    try:
-        saved = checkpoints.load(path)
-    except checkpoints.Refused as err:
-        log.warning("prune checkpoint %s: starting at round 1", err)
-        return None
-    except Exception as err:  # a checkpoint cut short by a kill is not worth dying for
-        log.warning("prune checkpoint %s is unreadable (%s): starting at round 1", path, err)
-        return None
-    if saved.get("fingerprint") != fp:
-        log.warning(
-            "prune checkpoint %s was made with other params, data or code (fingerprint %s, "
-            "now %s): starting at round 1",
-            path,
-            str(saved.get("fingerprint"))[:12],
-            fp[:12],
-        )
-        return None
-    log.info("resuming after round %d from %s (fingerprint %s)", saved["round"], path, fp[:12])
+    saved = checkpoints.load_matching(path, fp, "prune checkpoint", "starting at round 1")
+    if saved is not None:
+        log.info("resuming after round %d from %s (fingerprint %s)", saved["round"], path, fp[:12])
     return saved
 
 

@@ -2,7 +2,7 @@
 
     mnist-serve --model models/lenet5_pruned.onnx [--host 127.0.0.1] [--port 8000]
     mnist-serve --model lenet5-pruned-int8-onnx#prod --workers 2    # a registered version
-    python -m mnist_pipeline.server --model models/lenet5_int8.onnx
+    python -m mnist_pipeline.serving.server --model models/lenet5_int8.onnx
 
 - `POST /predict` with one or more image files (multipart field `file`, repeatable), or with
   JSON `{"pixels": ...}`: raw 0-255 digits, one 28x28 list of rows or a list of them. The
@@ -20,7 +20,7 @@
 Bad input gets a 4xx JSON error `{"error": ..., "file": ...}` that names the problem, and the
 server keeps serving: a file that is not an image, truncated or over `--max-bytes`; a
 decompression bomb; pixels of the wrong shape or range; more than `--max-files` files; a body
-over its cap, or too slow (`server_limits`). It binds 127.0.0.1 unless `--host` says
+over its cap, or too slow (`serving.limits`). It binds 127.0.0.1 unless `--host` says
 otherwise. One ONNX Runtime session per process serves every request (its `run` is
 thread-safe); each request's decoding and inference run in one trip to a worker thread, off
 the event loop, or in a shared run with other requests' digits (`--max-batch`,
@@ -44,29 +44,30 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
-from pydantic import BaseModel
+from fastapi import FastAPI
 
-from mnist_pipeline import served_model, server_metrics
 from mnist_pipeline.errors import UsageError
-from mnist_pipeline.micro_batcher import MicroBatcher
-from mnist_pipeline.model_ref import ModelSource
-from mnist_pipeline.served_model import DEFAULT_WARMUP_RUNS, ModelInfo, ModelSlot, ModelSpec
-from mnist_pipeline.server_inputs import BadInput, decode_uploads, pixels_from_json, read_uploads
-from mnist_pipeline.server_limits import (
+from mnist_pipeline.serving import metrics as server_metrics
+from mnist_pipeline.serving import routes, served_model
+from mnist_pipeline.serving.inputs import BadInput
+from mnist_pipeline.serving.limits import (
     DEFAULT_BODY_TIMEOUT_S,
     DEFAULT_MAX_BYTES,
     DEFAULT_MAX_FILES,
     DEFAULT_MAX_IN_FLIGHT,
-    RETRY_AFTER_S,
     Limits,
     RequestLimits,
 )
-from mnist_pipeline.server_metrics import Observe, ServerMetrics
+from mnist_pipeline.serving.metrics import Observe, ServerMetrics
+from mnist_pipeline.serving.micro_batcher import MicroBatcher
+from mnist_pipeline.serving.model_ref import ModelSource
+from mnist_pipeline.serving.served_model import (
+    DEFAULT_WARMUP_RUNS,
+    ModelSlot,
+    ModelSpec,
+)
 
 log = logging.getLogger(__name__)
-PAGE = Path(__file__).with_name("static") / "index.html"
 # Micro-batching is off by default: for single-image requests on 2 cores it served no more
 # requests than running each at once (parsing HTTP and images costs more than the model), and
 # waiting 2 ms for company halved the rate of a lone client (README, "Serving").
@@ -81,22 +82,6 @@ DEFAULT_KEEP_ALIVE_S, DEFAULT_MAX_CONNECTIONS, DEFAULT_GRACE_S = 5, 1024, 30
 # How `--workers` processes get the options the parent parsed.
 OPTIONS_ENV = "MNIST_SERVE_OPTIONS"
 __all__ = ["BadInput", "Limits", "MicroBatcher", "ModelSource"]
-
-
-class PredictionOut(BaseModel):
-    file: str
-    digit: int
-    probability: float
-    probabilities: list[float]
-
-
-class ErrorOut(BaseModel):
-    error: str
-    file: str | None
-
-
-class Status(BaseModel):
-    status: str
 
 
 def create_app(
@@ -137,6 +122,29 @@ def create_app(
 
     slot = ModelSlot(spec, first, make, swapped, lambda _: metrics.reload_failures.inc())
 
+    app = FastAPI(
+        title="MNIST digit classifier",
+        description="LeNet-5 in ONNX Runtime: raw 0-255 pixels of 28x28 digits, or images.",
+        lifespan=_lifespan(slot, spec, load_first),
+    )
+    access_log = server_metrics.json_access_log() if log_format == "json" else None
+    handlers = routes.HANDLERS | {"/docs", "/openapi.json"}
+    app.add_middleware(RequestLimits, limits=limits)  # inside Observe: refusals are counted
+    app.add_middleware(Observe, metrics=metrics, handlers=handlers, access_log=access_log)
+    app.add_exception_handler(BadInput, routes.bad_input)  # type: ignore[arg-type]
+    for router in (
+        routes.page_and_metrics(metrics),
+        routes.probes(slot),
+        routes.model(slot),
+        routes.predictions(slot, metrics, limits),
+    ):
+        app.include_router(router)
+    return app
+
+
+def _lifespan(slot: ModelSlot, spec: ModelSpec, load_first: bool) -> Any:
+    """Load the model (in the background unless `load_first`), and SIGHUP reloads it."""
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> Any:
         loop = asyncio.get_running_loop()
@@ -164,89 +172,7 @@ def create_app(
         if slot.current is not None:
             await slot.current.batcher.close()
 
-    app = FastAPI(
-        title="MNIST digit classifier",
-        description="LeNet-5 in ONNX Runtime: raw 0-255 pixels of 28x28 digits, or images.",
-        lifespan=lifespan,
-    )
-    access_log = server_metrics.json_access_log() if log_format == "json" else None
-    handlers = {"/", "/healthz", "/readyz", "/model", "/model/card", "/metrics", "/predict"}
-    handlers |= {"/docs", "/openapi.json"}
-    app.add_middleware(RequestLimits, limits=limits)  # inside Observe: refusals are counted
-    app.add_middleware(Observe, metrics=metrics, handlers=handlers, access_log=access_log)
-    errors: dict[int | str, dict[str, Any]] = {c: {"model": ErrorOut} for c in (413, 415, 422)}
-    errors[503] = {"model": ErrorOut, "description": "No model loaded yet, or saturated"}
-
-    def serving() -> served_model.ServedModel:
-        if slot.current is None:
-            raise BadInput(503, "no model is loaded yet: see /readyz")
-        return slot.current
-
-    @app.exception_handler(BadInput)
-    async def bad_input(_: Request, err: BadInput) -> JSONResponse:
-        headers = {"retry-after": str(RETRY_AFTER_S)} if err.status == 503 else None
-        return JSONResponse(
-            {"error": err.message, "file": err.file}, status_code=err.status, headers=headers
-        )
-
-    @app.get("/", include_in_schema=False)
-    async def page() -> HTMLResponse:
-        return HTMLResponse(PAGE.read_text())
-
-    @app.get("/healthz")
-    async def healthz() -> Status:
-        """Liveness: the process answers."""
-        return Status(status="ok")
-
-    @app.get("/readyz", responses={503: {"model": Status}})
-    async def readyz() -> Status:
-        """Readiness: a model is loaded and passed its warm-up."""
-        if slot.current is None:
-            return JSONResponse({"status": "loading"}, status_code=503)  # type: ignore[return-value]
-        return Status(status="ready")
-
-    @app.get("/model", responses={503: {"model": ErrorOut}})
-    async def model_info() -> ModelInfo:
-        return serving().info
-
-    @app.get("/model/card", response_class=PlainTextResponse, responses={404: {"model": ErrorOut}})
-    async def model_card() -> PlainTextResponse:
-        """The model card (Markdown) of the artifact served."""
-        card = serving().card
-        if card is None:
-            raise BadInput(404, "this model has no model card (not a dvc.yaml artifact)")
-        return PlainTextResponse(card, media_type="text/markdown; charset=utf-8")
-
-    @app.get("/metrics", response_class=PlainTextResponse)
-    async def scrape() -> Response:
-        """Prometheus metrics, in the text format."""
-        data, kind = metrics.render()
-        return Response(data, media_type=kind)
-
-    @app.post("/predict", response_model=list[PredictionOut], responses=errors)
-    async def predict_digits(request: Request) -> JSONResponse:
-        """Image files (multipart field `file`, repeatable) or JSON `{"pixels": ...}`."""
-        model = serving()  # once: a swap while this request runs does not change its model
-        kind = request.headers.get("content-type", "")
-        if kind.startswith("multipart/form-data"):
-            files = await read_uploads(request, limits)
-            preds, run = await model.batcher.classify(lambda: decode_uploads(files, limits))
-        elif kind.startswith("application/json"):
-            try:
-                body = await request.json()
-            except ValueError:
-                raise BadInput(422, "the body is not valid JSON") from None
-            batch = pixels_from_json(body, limits)
-            names = [f"pixels[{i}]" for i in range(len(batch))]
-            preds, run = await model.batcher.classify(lambda: (list(batch), names))
-        else:
-            raise BadInput(415, "send multipart/form-data (field `file`) or application/json")
-        request.state.batch_size, request.state.model_sha256 = run, model.info.sha256
-        metrics.predicted(p.digit for p in preds)
-        # A response made here skips FastAPI's validation of the return value (it is ours).
-        return JSONResponse([p.as_json() for p in preds])
-
-    return app
+    return lifespan
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -368,7 +294,9 @@ def main(argv: list[str] | None = None) -> int:
 
     options = json.loads(json.dumps(app_options(args, source), default=str))
     config = uvicorn.Config(
-        "mnist_pipeline.server:app_from_env" if args.workers > 1 else app_from_options(options),
+        "mnist_pipeline.serving.server:app_from_env"
+        if args.workers > 1
+        else app_from_options(options),
         factory=args.workers > 1,
         host=args.host,
         port=args.port,

@@ -14,7 +14,7 @@ import numpy as np
 import onnxruntime as ort
 from starlette.concurrency import run_in_threadpool
 
-from mnist_pipeline import predict
+from mnist_pipeline.serving import predict
 
 Digits = tuple[list[np.ndarray], list[str]]  # uint8 (28, 28) digits and their names
 Job = tuple[list[np.ndarray], list[str], asyncio.Future]

@@ -25,10 +25,11 @@ import yaml
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from mnist_pipeline import model_ref, onnx_runtime, predict
 from mnist_pipeline.errors import UsageError
-from mnist_pipeline.micro_batcher import MicroBatcher
-from mnist_pipeline.model_ref import ModelSource
+from mnist_pipeline.onnx import runtime
+from mnist_pipeline.serving import model_ref, predict
+from mnist_pipeline.serving.micro_batcher import MicroBatcher
+from mnist_pipeline.serving.model_ref import ModelSource
 
 log = logging.getLogger(__name__)
 DEFAULT_WARMUP_RUNS = 10
@@ -86,15 +87,15 @@ def check_contract(sess: ort.InferenceSession, warmup_runs: int) -> None:
     """UsageError unless the model takes raw (N, 1, 28, 28) digits and gives (N, 10) finite
     logits; the warm-up runs are its last `warmup_runs` batch-1 runs."""
     inputs, outputs = sess.get_inputs(), sess.get_outputs()
-    if [i.name for i in inputs] != [onnx_runtime.INPUT_NAME]:
+    if [i.name for i in inputs] != [runtime.INPUT_NAME]:
         raise UsageError(f"the model's inputs are {[i.name for i in inputs]}; expected pixels")
-    if onnx_runtime.OUTPUT_NAME not in [o.name for o in outputs]:
-        raise UsageError(f"the model has no output {onnx_runtime.OUTPUT_NAME!r}")
+    if runtime.OUTPUT_NAME not in [o.name for o in outputs]:
+        raise UsageError(f"the model has no output {runtime.OUTPUT_NAME!r}")
     shape = inputs[0].shape
     if len(shape) != 4 or list(shape[1:]) != [1, predict.FIELD, predict.FIELD]:
         raise UsageError(f"the model's input has shape {shape}; expected [N, 1, 28, 28]")
     try:
-        onnx_runtime.input_dtype(sess)
+        runtime.input_dtype(sess)
         rng = np.random.default_rng(0)
         digits = [rng.integers(0, 256, (predict.FIELD, predict.FIELD), np.uint8) for _ in range(2)]
         preds = predict.classify(sess, digits, ["a", "b"])  # a batch of 2: N is free
@@ -136,10 +137,10 @@ def find_card(source: ModelSource, repo: str = ".") -> str | None:
     file that is an artifact's path there; None for any other file or a card not found."""
     try:
         if source.commit is not None:
-            from dvc.api import read
+            commit = source.commit
 
             def text(path: str) -> str:
-                return read(path, repo=repo, rev=source.commit)
+                return model_ref.read_registered(repo, commit, path)
         else:
 
             def text(path: str) -> str:

@@ -209,7 +209,7 @@ class ReferenceSession:
 
 
 def logits(sess: ReferenceSession, pixels: np.ndarray, batch_size: int) -> np.ndarray:
-    """Logits (N, 10) for raw pixels (N, 1, 28, 28), in batches, as `onnx_runtime.logits`."""
+    """Logits (N, 10) for raw pixels (N, 1, 28, 28), in batches, as `runtime.logits`."""
     (name,) = (i.name for i in sess.get_inputs())
     out = sess.get_outputs()[0].name
     return np.concatenate(

@@ -13,8 +13,8 @@ from pytorch_lightning.callbacks import Callback, TQDMProgressBar
 from pytorch_lightning.plugins.environments import SLURMEnvironment
 
 from mnist_pipeline.compute import PORTABLE
-from mnist_pipeline.datamodule import MNISTDataModule
-from mnist_pipeline.params import ComputeParams, TrainParams
+from mnist_pipeline.data.datamodule import MNISTDataModule
+from mnist_pipeline.params.schema import ComputeParams, TrainParams
 
 
 def cpu_has_bf16() -> bool:
@@ -104,7 +104,7 @@ def tune_batch_size(trainer: pl.Trainer, lit: pl.LightningModule, data: MNISTDat
     never beyond the training split; returns the batch size it settles on."""
     from pytorch_lightning.tuner import Tuner
 
-    from mnist_pipeline.dataset import split_sizes
+    from mnist_pipeline.data.dataset import split_sizes
 
     start = data.batch_size
     n_train = split_sizes(data.data_dir)["train"]

@@ -6,9 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mnist_pipeline.lightning_module import LitLeNet5
 from mnist_pipeline.model import LeNet5
-from mnist_pipeline.params_fit import OptimizerParams, SchedulerParams
+from mnist_pipeline.params.fit import OptimizerParams, SchedulerParams
+from mnist_pipeline.training.lightning_module import LitLeNet5
 
 
 class DistilledLitLeNet5(LitLeNet5):

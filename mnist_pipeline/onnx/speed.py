@@ -14,10 +14,10 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from mnist_pipeline import onnx_runtime
 from mnist_pipeline.model import RAW_PIXEL_DTYPES, RawPixelsLeNet5
-from mnist_pipeline.onnx_runtime import INPUT_NAME, OUTPUT_NAME
-from mnist_pipeline.params import ExportParams, QuantizeParams
+from mnist_pipeline.onnx import runtime as onnx_runtime
+from mnist_pipeline.onnx.runtime import INPUT_NAME, OUTPUT_NAME
+from mnist_pipeline.params.schema import ExportParams, QuantizeParams
 
 
 def median_times(fns: dict[str, Callable[[], Any]], warmup: int, runs: int) -> dict[str, float]:

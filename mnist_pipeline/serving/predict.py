@@ -2,7 +2,7 @@
 
     mnist-predict --model models/lenet5_pruned.onnx digit.png other.jpg [--json]
     mnist-predict --model lenet5-pruned-onnx#prod digit.png   # a registered version
-    python -m mnist_pipeline.predict ...
+    python -m mnist_pipeline.serving.predict ...
 
 Each image (PNG, JPEG, ... of any size and colour mode) is turned into what the model was
 trained on, the way MNIST was made: grayscale, a light digit on a dark background (the
@@ -14,7 +14,7 @@ Prints one line per file (digit and probability), or a JSON list with --json. A 
 cannot be read as an image gets an error line on stderr and the others are still classified.
 Exit status: 0 all files classified, 1 some failed, 2 usage error (bad arguments or model).
 Needs only Pillow, numpy and onnxruntime for a model file, so it starts fast; a registered
-version is fetched first (`mnist_pipeline.model_ref`: GTO and DVC).
+version is fetched first (`mnist_pipeline.serving.model_ref`: GTO and DVC).
 """
 
 from __future__ import annotations
@@ -23,16 +23,17 @@ import argparse
 import json
 import sys
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Literal
 
 import numpy as np
 import onnxruntime as ort
 from PIL import Image, ImageOps, UnidentifiedImageError
+from pydantic import BaseModel, ConfigDict
 
-from mnist_pipeline import model_ref, onnx_runtime
 from mnist_pipeline.errors import UsageError
+from mnist_pipeline.onnx import runtime
+from mnist_pipeline.serving import model_ref
 
 Polarity = Literal["auto", "light-on-dark", "dark-on-light"]
 FIELD, BOX = 28, 20  # MNIST: digits fitted into 20x20, centred in a 28x28 field
@@ -47,21 +48,15 @@ class ImageError(ValueError):
     """This file cannot be turned into a digit image; the message says why."""
 
 
-@dataclass(frozen=True)
-class Prediction:
+class Prediction(BaseModel):
+    """One classified digit: what `mnist-predict --json` prints and `POST /predict` answers."""
+
+    model_config = ConfigDict(frozen=True)
+
     file: str
     digit: int
-    probability: float
+    probability: float  # the digit's, rounded to 6 places like the ten below
     probabilities: list[float]
-
-    def as_json(self) -> dict[str, object]:
-        """The fields `mnist-predict --json` prints and the server answers."""
-        return {
-            "file": self.file,
-            "digit": self.digit,
-            "probability": round(self.probability, 6),
-            "probabilities": self.probabilities,
-        }
 
 
 def to_gray(img: Image.Image) -> np.ndarray:
@@ -175,11 +170,16 @@ def classify(
     sess: ort.InferenceSession, digits: list[np.ndarray], files: list[str]
 ) -> list[Prediction]:
     """Run the model once on all digits (each uint8 (28, 28))."""
-    batch = np.stack(digits)[:, None].astype(onnx_runtime.input_dtype(sess))  # (N, 1, 28, 28)
-    logits = onnx_runtime.logits(sess, batch, batch_size=len(batch))  # (N, 10), raw 0-255 in
+    batch = np.stack(digits)[:, None].astype(runtime.input_dtype(sess))  # (N, 1, 28, 28)
+    logits = runtime.logits(sess, batch, batch_size=len(batch))  # (N, 10), raw 0-255 in
     probs = softmax(logits.astype(np.float64))
     return [
-        Prediction(f, int(p.argmax()), float(p.max()), [round(float(v), 6) for v in p])
+        Prediction(
+            file=f,
+            digit=int(p.argmax()),
+            probability=round(float(p.max()), 6),
+            probabilities=[round(float(v), 6) for v in p],
+        )
         for f, p in zip(files, probs, strict=True)
     ]
 
@@ -231,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
             results.append({"file": f, "error": d})
             continue
         p = next(preds)
-        results.append(p.as_json())
+        results.append(p.model_dump())
         if not args.json:
             print(f"{f}: {p.digit} (p={p.probability:.3f})")
     if args.json:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from mnist_pipeline.params import Params
+from mnist_pipeline.params.schema import Params
 
 LIMITATIONS = (
     "Trained on MNIST only: single handwritten digits 0-9, light on dark, scaled into a 20x20 "
@@ -99,21 +99,22 @@ def contract_lines(meta: dict[str, Any], r: Results) -> list[str]:
     return lines or ["- The `evaluate` stage's test-set figures below; no further contract."]
 
 
-def render(name: str, artifact: dict[str, Any], r: Results, n_weakest: int) -> str:
-    """The card of one `dvc.yaml` artifact, as Markdown."""
-    meta, p, sizes = artifact["meta"], r.params, r.data_meta["sizes"]
-    acc = test_accuracy(meta, r)
-    size = size_bytes(meta, r)
-    dense = r.prune["dense" if meta["variant"] == "dense" else "pruned"]
-    input_line = (
-        "raw grayscale pixels 0-255, float32 `[N, 1, 28, 28]` named `pixels`, giving logits "
-        "`[N, 10]` named `logits` (the normalization is inside the graph)"
-        if meta["format"] == "onnx"
-        else "a PyTorch LeNet-5 state dict with its widths and normalization; load with "
+def _input_line(meta: dict[str, Any]) -> str:
+    if meta["format"] == "onnx":
+        return (
+            "raw grayscale pixels 0-255, float32 `[N, 1, 28, 28]` named `pixels`, giving logits "
+            "`[N, 10]` named `logits` (the normalization is inside the graph)"
+        )
+    return (
+        "a PyTorch LeNet-5 state dict with its widths and normalization; load with "
         "`mnist_pipeline.model.load_model`, feed normalized `[N, 1, 28, 28]` tensors"
     )
-    t, o = p.train, p.train.optimizer
-    out = [
+
+
+def _about(name: str, artifact: dict[str, Any], r: Results) -> list[str]:
+    """Title, description, intended use, input contract and data."""
+    p, sizes = r.params, r.data_meta["sizes"]
+    return [
         f"# Model card: {name}",
         "",
         artifact.get("desc", "").strip(),
@@ -129,8 +130,9 @@ def render(name: str, artifact: dict[str, Any], r: Results, n_weakest: int) -> s
         "",
         "## Input contract",
         "",
-        f"Input: {input_line}. A digit is light on dark, fitted into 20x20 and centred by mass "
-        "in 28x28, as MNIST's are; `mnist-predict` and `mnist-serve` do this for any image.",
+        f"Input: {_input_line(artifact['meta'])}. A digit is light on dark, fitted into 20x20 "
+        "and centred by mass in 28x28, as MNIST's are; `mnist-predict` and `mnist-serve` do "
+        "this for any image.",
         "",
         "## Training data and split",
         "",
@@ -138,7 +140,12 @@ def render(name: str, artifact: dict[str, Any], r: Results, n_weakest: int) -> s
         f"of the 60,000 training images, seed {p.prepare.split_seed}), tested on the "
         f"{sizes['test']:,} test digits. Pixels normalized with the training split's mean "
         f"{r.data_meta['mean']:.4f} and std {r.data_meta['std']:.4f}.",
-        "",
+    ]
+
+
+def _key_params(meta: dict[str, Any], p: Params) -> list[str]:
+    t, o = p.train, p.train.optimizer
+    rows = [
         "## Key params",
         "",
         "| param | value |",
@@ -150,29 +157,34 @@ def render(name: str, artifact: dict[str, Any], r: Results, n_weakest: int) -> s
         f"| `train.seed` | {t.seed} |",
     ]
     if meta["variant"] == "pruned":
-        out.append(f"| `prune.method` | {p.prune.method}, {p.prune.rounds} rounds |")
-        out.append(f"| `prune.structured.ratio` | {p.prune.structured.ratio:g} |")
+        rows.append(f"| `prune.method` | {p.prune.method}, {p.prune.rounds} rounds |")
+        rows.append(f"| `prune.structured.ratio` | {p.prune.structured.ratio:g} |")
     if meta["format"] == "onnx":
-        out.append(f"| `export.opset` | {p.export.opset} |")
+        rows.append(f"| `export.opset` | {p.export.opset} |")
     if meta.get("int8"):
-        out.append(f"| `quantize.method` | {p.quantize.method} |")
-    out += [
-        "",
+        rows.append(f"| `quantize.method` | {p.quantize.method} |")
+    return rows
+
+
+def _results(meta: dict[str, Any], r: Results, n_weakest: int) -> list[str]:
+    """Test accuracy, the weakest classes, the size and the contract passed."""
+    size = size_bytes(meta, r)
+    dense = r.prune["dense" if meta["variant"] == "dense" else "pruned"]
+    return [
         "## Test results",
         "",
-        f"Test accuracy: **{_pct(acc)}** on {sizes['test']:,} digits.",
+        f"Test accuracy: **{_pct(test_accuracy(meta, r))}** on "
+        f"{r.data_meta['sizes']['test']:,} digits.",
         "",
         f"Weakest classes (F1 of the dense PyTorch model, `evaluate`; lowest {n_weakest}):",
         "",
         "| digit | F1 | precision | recall | support |",
         "|---|--:|--:|--:|--:|",
-    ]
-    out += [
-        f"| {c['class']} | {c['f1']:.4f} | {c['precision']:.4f} | {c['recall']:.4f} | "
-        f"{c['support']} |"
-        for c in weakest(r.per_class, n_weakest)
-    ]
-    out += [
+        *(
+            f"| {c['class']} | {c['f1']:.4f} | {c['precision']:.4f} | {c['recall']:.4f} | "
+            f"{c['support']} |"
+            for c in weakest(r.per_class, n_weakest)
+        ),
         "",
         "## Size",
         "",
@@ -182,7 +194,11 @@ def render(name: str, artifact: dict[str, Any], r: Results, n_weakest: int) -> s
         "## Contract it passed",
         "",
         *contract_lines(meta, r),
-        "",
+    ]
+
+
+def _limits_and_reproduce(name: str, artifact: dict[str, Any]) -> list[str]:
+    return [
         "## Limitations",
         "",
         *(f"- {line}" for line in LIMITATIONS),
@@ -198,4 +214,15 @@ def render(name: str, artifact: dict[str, Any], r: Results, n_weakest: int) -> s
         "`dvc.lock` pin every input; the figures above are that run's `metrics/`.",
         "",
     ]
-    return "\n".join(out)
+
+
+def render(name: str, artifact: dict[str, Any], r: Results, n_weakest: int) -> str:
+    """The card of one `dvc.yaml` artifact, as Markdown."""
+    meta = artifact["meta"]
+    sections = [
+        _about(name, artifact, r),
+        _key_params(meta, r.params),
+        _results(meta, r, n_weakest),
+        _limits_and_reproduce(name, artifact),
+    ]
+    return "\n\n".join("\n".join(s) for s in sections)

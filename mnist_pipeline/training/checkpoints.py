@@ -30,15 +30,9 @@ import torch
 from pydantic import BaseModel
 from pytorch_lightning.callbacks import Callback
 
-from mnist_pipeline import (
-    datamodule,
-    dataset,
-    environment,
-    errors,
-    lightning_module,
-    model,
-    training,
-)
+from mnist_pipeline import environment, errors, model
+from mnist_pipeline.data import datamodule, dataset
+from mnist_pipeline.training import lightning_module, trainer
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +41,7 @@ METRICS_KEY = "callback_metrics"  # in each checkpoint: the metrics of the epoch
 FAIL_ENV = "MNIST_FAIL_AFTER_EPOCH"  # test hook: see `KillAfterEpoch`
 # The shared code whose edits change what a fit produces (`train`'s, and `prune`'s
 # fine-tuning): part of their resume fingerprints, with the stage's own module.
-TRAINING_CODE: tuple[ModuleType, ...] = (model, lightning_module, datamodule, dataset, training)
+TRAINING_CODE: tuple[ModuleType, ...] = (model, lightning_module, datamodule, dataset, trainer)
 # Left out of the fingerprint: the progress bar changes nothing.
 NOT_IN_FINGERPRINT = {"progress_bar"}
 
@@ -103,28 +97,40 @@ def saved(ckpt: Path, key: str) -> Any:
     return load(ckpt).get(key)
 
 
+def load_matching(path: Path, fp: str, what: str, fresh: str) -> dict[str, Any] | None:
+    """The checkpoint at `path` if it exists, loads and carries the fingerprint `fp`; otherwise
+    None, with the reason logged: "<what> <why>: <fresh>"."""
+    if not path.is_file():
+        log.info("no %s in %s: %s", what, path.parent, fresh)
+        return None
+    try:
+        state = load(path)
+    except Refused as err:
+        log.warning("%s %s: %s", what, err, fresh)
+        return None
+    except Exception as err:  # a checkpoint cut short by a kill is not worth dying for
+        log.warning("%s %s is unreadable (%s): %s", what, path, err, fresh)
+        return None
+    if state.get("fingerprint") != fp:
+        log.warning(
+            "%s %s was made with other params, data or code (fingerprint %s, now %s): %s",
+            what,
+            path,
+            str(state.get("fingerprint"))[:12],
+            fp[:12],
+            fresh,
+        )
+        return None
+    return state
+
+
 def find_resumable(ckpt_dir: Path, fp: str) -> Path | None:
     """`last.ckpt` if it exists, loads and matches `fp`; otherwise None, with the reason logged."""
     last = ckpt_dir / LAST
     if not last.is_file():
         log.info("no checkpoint in %s: starting from scratch", ckpt_dir)
         return None
-    try:
-        fp_saved = saved(last, "fingerprint")
-    except Refused as err:
-        log.warning("checkpoint %s: starting fresh", err)
-        return None
-    except Exception as err:  # a checkpoint cut short by a kill is not worth dying for
-        log.warning("checkpoint %s is unreadable (%s): starting fresh", last, err)
-        return None
-    if fp_saved != fp:
-        log.warning(
-            "checkpoint %s was made with other params, data or code (fingerprint %s, now %s): "
-            "starting fresh",
-            last,
-            str(fp_saved)[:12],
-            fp[:12],
-        )
+    if load_matching(last, fp, "checkpoint", "starting fresh") is None:
         return None
     log.info("resuming from %s (fingerprint %s)", last, fp[:12])
     return last

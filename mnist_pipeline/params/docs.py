@@ -1,15 +1,16 @@
 """params.yaml's comments and the docs' params table, generated from the params schema.
 
-Each param is described once, in `mnist_pipeline.params` and `params_fit` (the docstring
-under the key, and a short `Field(title=...)` where the first sentence of the description is
-too long for one line); its allowed values come from its type (Literal choices, bounds).
+Each param is described once, in `mnist_pipeline.params.schema` and `mnist_pipeline.params.fit`
+(the docstring under the key, and a short `Field(title=...)` where the first sentence of the
+description is too long for one line); its allowed values come from its type (Literal choices,
+bounds).
 This module writes both from there. params.yaml keeps every value's text as written and gets
 one comment line per key: the title or first sentence, then the allowed values where they say
 more than the type; the table (the block between the params-table markers in
 docs/pipeline.md, or in any file given) has the full descriptions.
 
-    python -m mnist_pipeline.params_docs --write   # rewrite both files
-    python -m mnist_pipeline.params_docs --check   # exit 1 naming the file and keys that drifted
+    python -m mnist_pipeline.params.docs --write   # rewrite both files
+    python -m mnist_pipeline.params.docs --check   # exit 1 naming the file and keys that drifted
 """
 
 from __future__ import annotations
@@ -29,19 +30,19 @@ from pydantic.fields import FieldInfo
 
 from mnist_pipeline import generated_cli
 from mnist_pipeline.atomic import write_bytes
-from mnist_pipeline.params import Params
+from mnist_pipeline.params.schema import Params
 
 log = logging.getLogger(__name__)
 
-COMMAND = "uv run python -m mnist_pipeline.params_docs --write"
+COMMAND = "uv run python -m mnist_pipeline.params.docs --write"
 WIDTH = 99
 TABLE_START = "<!-- params-table:start -->"
 TABLE_END = "<!-- params-table:end -->"
 _ROW = re.compile(r"\| `([^`]+)` \|")
 HEADER = f"""\
-# Params of every stage, validated as a whole by mnist_pipeline/params.py before any work.
+# Params of every stage, validated as a whole by mnist_pipeline/params/schema.py before any work.
 # Write floats with a dot and a digit (1.0e-3): YAML reads 1e-3 as a string.
-# One comment a key, generated from the schema (mnist_pipeline/params.py, params_fit.py), whose
+# One comment a key, generated from the schema (mnist_pipeline/params/schema.py and fit.py), whose
 # full descriptions are in docs/pipeline.md's params table: change a value here, a description
 # there, then run `{COMMAND}`.
 """
@@ -196,7 +197,9 @@ def render_params_yaml(text: str) -> str:
         unknown = sorted(set(written) - set(model.model_fields))
         if unknown:
             keys = ", ".join(prefix + k for k in unknown)
-            raise ValueError(f"params file: {keys}: not in the schema (mnist_pipeline/params.py)")
+            raise ValueError(
+                f"params file: {keys}: not in the schema (mnist_pipeline/params/schema.py)"
+            )
         indent = "  " * depth
         first, after_section = True, False
         for name, field in model.model_fields.items():
@@ -327,7 +330,7 @@ def write(params_path: Path, readme_path: Path) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     p = generated_cli.parser(
-        "python -m mnist_pipeline.params_docs",
+        "python -m mnist_pipeline.params.docs",
         __doc__,
         write="rewrite both files",
         check="exit 1 if either file drifted",

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from mnist_pipeline import predict
+from mnist_pipeline.serving import predict
 
 DEFAULT_MAX_BYTES = 5 * 1024 * 1024
 DEFAULT_MAX_FILES = 64

@@ -1,0 +1,1 @@
+"""Structured pruning, its rounds and the distillation that fine-tunes the pruned model."""

@@ -1,0 +1,130 @@
+"""The HTTP endpoints of `mnist-serve`, one router a concern: probes, the model, predictions,
+and the page and metrics. Each reads the model in the slot once per request, so a swap while a
+request runs does not change its model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from pydantic import BaseModel
+
+from mnist_pipeline.serving.inputs import BadInput, decode_uploads, pixels_from_json, read_uploads
+from mnist_pipeline.serving.limits import RETRY_AFTER_S, Limits
+from mnist_pipeline.serving.metrics import ServerMetrics
+from mnist_pipeline.serving.predict import Prediction
+from mnist_pipeline.serving.served_model import ModelInfo, ModelSlot, ServedModel
+
+PAGE = Path(__file__).with_name("static") / "index.html"
+HANDLERS = {"/", "/healthz", "/readyz", "/model", "/model/card", "/metrics", "/predict"}
+
+
+class ErrorOut(BaseModel):
+    error: str
+    file: str | None
+
+
+class Status(BaseModel):
+    status: str
+
+
+def serving(slot: ModelSlot) -> ServedModel:
+    """The model in the slot; 503 while none is loaded."""
+    if slot.current is None:
+        raise BadInput(503, "no model is loaded yet: see /readyz")
+    return slot.current
+
+
+async def bad_input(_: Request, err: BadInput) -> JSONResponse:
+    """Every refusal in the one documented shape, `{"error", "file"}`."""
+    headers = {"retry-after": str(RETRY_AFTER_S)} if err.status == 503 else None
+    return JSONResponse(
+        {"error": err.message, "file": err.file}, status_code=err.status, headers=headers
+    )
+
+
+def probes(slot: ModelSlot) -> APIRouter:
+    router = APIRouter()
+
+    @router.get("/healthz")
+    async def healthz() -> Status:
+        """Liveness: the process answers."""
+        return Status(status="ok")
+
+    @router.get("/readyz", responses={503: {"model": Status}})
+    async def readyz() -> Status:
+        """Readiness: a model is loaded and passed its warm-up."""
+        if slot.current is None:
+            return JSONResponse({"status": "loading"}, status_code=503)  # type: ignore[return-value]
+        return Status(status="ready")
+
+    return router
+
+
+def model(slot: ModelSlot) -> APIRouter:
+    router = APIRouter()
+
+    @router.get("/model", responses={503: {"model": ErrorOut}})
+    async def model_info() -> ModelInfo:
+        return serving(slot).info
+
+    @router.get(
+        "/model/card", response_class=PlainTextResponse, responses={404: {"model": ErrorOut}}
+    )
+    async def model_card() -> PlainTextResponse:
+        """The model card (Markdown) of the artifact served."""
+        card = serving(slot).card
+        if card is None:
+            raise BadInput(404, "this model has no model card (not a dvc.yaml artifact)")
+        return PlainTextResponse(card, media_type="text/markdown; charset=utf-8")
+
+    return router
+
+
+def predictions(slot: ModelSlot, metrics: ServerMetrics, limits: Limits) -> APIRouter:
+    router = APIRouter()
+    refusals: dict[int | str, dict[str, Any]] = {c: {"model": ErrorOut} for c in (413, 415, 422)}
+    refusals[503] = {"model": ErrorOut, "description": "No model loaded yet, or saturated"}
+
+    @router.post("/predict", response_model=list[Prediction], responses=refusals)
+    async def predict_digits(request: Request) -> JSONResponse:
+        """Image files (multipart field `file`, repeatable) or JSON `{"pixels": ...}`."""
+        model = serving(slot)  # once: a swap while this request runs does not change its model
+        kind = request.headers.get("content-type", "")
+        if kind.startswith("multipart/form-data"):
+            files = await read_uploads(request, limits)
+            preds, run = await model.batcher.classify(lambda: decode_uploads(files, limits))
+        elif kind.startswith("application/json"):
+            try:
+                body = await request.json()
+            except ValueError:
+                raise BadInput(422, "the body is not valid JSON") from None
+            batch = pixels_from_json(body, limits)
+            names = [f"pixels[{i}]" for i in range(len(batch))]
+            preds, run = await model.batcher.classify(lambda: (list(batch), names))
+        else:
+            raise BadInput(415, "send multipart/form-data (field `file`) or application/json")
+        request.state.batch_size, request.state.model_sha256 = run, model.info.sha256
+        metrics.predicted(p.digit for p in preds)
+        # A response made here skips FastAPI's validation of the return value (it is ours).
+        return JSONResponse([p.model_dump() for p in preds])
+
+    return router
+
+
+def page_and_metrics(metrics: ServerMetrics) -> APIRouter:
+    router = APIRouter()
+
+    @router.get("/", include_in_schema=False)
+    async def page() -> HTMLResponse:
+        return HTMLResponse(PAGE.read_text())
+
+    @router.get("/metrics", response_class=PlainTextResponse)
+    async def scrape() -> Response:
+        """Prometheus metrics, in the text format."""
+        data, kind = metrics.render()
+        return Response(data, media_type=kind)
+
+    return router

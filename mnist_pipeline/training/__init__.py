@@ -1,0 +1,1 @@
+"""Training: the Trainer factory, fingerprinted checkpoints and the resumable fit loop."""
