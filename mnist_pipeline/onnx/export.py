@@ -27,7 +27,7 @@ from mnist_pipeline.model import (
     predict_logits,
     widths_of,
 )
-from mnist_pipeline.onnx import runtime as onnx_runtime
+from mnist_pipeline.onnx import runtime
 from mnist_pipeline.onnx.runtime import INPUT_NAME, OUTPUT_NAME
 from mnist_pipeline.params.schema import ExportParams
 
@@ -118,7 +118,7 @@ def check_parity(
     differ by more than `params.atol` or disagree on any prediction."""
     x = pixels.to(RAW_PIXEL_DTYPES[params.input_dtype])
     ref = predict_logits(model, x, params.batch_size).numpy()
-    got = onnx_runtime.logits(sess, x.numpy(), params.batch_size)
+    got = runtime.logits(sess, x.numpy(), params.batch_size)
     diff = float(np.abs(got - ref).max())
     ref_pred, got_pred = ref.argmax(axis=1), got.argmax(axis=1)
     mismatches = int((ref_pred != got_pred).sum())

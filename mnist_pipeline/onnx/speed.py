@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from mnist_pipeline.model import RAW_PIXEL_DTYPES, RawPixelsLeNet5
-from mnist_pipeline.onnx import runtime as onnx_runtime
+from mnist_pipeline.onnx import runtime
 from mnist_pipeline.onnx.runtime import INPUT_NAME, OUTPUT_NAME
 from mnist_pipeline.params.schema import ExportParams, QuantizeParams
 
@@ -102,7 +102,7 @@ def session_speeds(
     many = np.resize(pixels, (params.throughput_batch, *pixels.shape[1:]))
 
     def runner(sess: ort.InferenceSession, x: np.ndarray) -> Callable[[], Any]:
-        x = x.astype(onnx_runtime.input_dtype(sess))
+        x = x.astype(runtime.input_dtype(sess))
         return lambda: sess.run([OUTPUT_NAME], {INPUT_NAME: x})
 
     lat = median_times(
