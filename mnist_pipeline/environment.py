@@ -113,16 +113,9 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m mnist_pipeline.environment", description=__doc__.splitlines()[0]
     )
     p.add_argument("--lock", type=Path, default=Path("uv.lock"))
-    mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--write", type=Path, default=None, help="write here (default: print)")
-    mode.add_argument("--check", type=Path, default=None, help="exit 1 if this file differs")
+    p.add_argument("--write", type=Path, default=None, help="write here (default: print)")
     args = p.parse_args(argv)
     text = compute_env_text(args.lock)
-    if args.check is not None:
-        if args.check.is_file() and args.check.read_text() == text:
-            return 0
-        sys.stderr.write(f"{args.check} is out of date: run with --write {args.check}\n")
-        return 1
     if args.write is None:
         sys.stdout.write(text)
     else:
