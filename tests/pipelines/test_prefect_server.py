@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -179,3 +180,54 @@ def test_served_flow_runs_and_pauses_its_schedule_on_exit(
         finally:
             stop_group(serving)
     assert api.get(f"/deployments/name/{name}").json()["paused"] is True
+
+
+def _most_at_once(runs: list[dict]) -> int:
+    """The most of `runs` whose start-to-end intervals overlap at one instant."""
+    at = datetime.fromisoformat
+    edges = sorted(  # an end before a start at the same instant
+        [(at(r["start_time"]), 1) for r in runs] + [(at(r["end_time"]), -1) for r in runs]
+    )
+    most = now = 0
+    for _, step in edges:
+        now += step
+        most = max(most, now)
+    return most
+
+
+def test_deployed_sweep_on_a_worker_runs_jobs_trials_at_a_time(
+    tmp_path: Path, client: tuple[str, dict[str, str], Path]
+) -> None:
+    """prefect.yaml's lr-sweep, run from its deployment on a process worker with
+    `{"execution": {"jobs": 2}}`: of three trials, never more than two run at once."""
+    url, env, repo = client
+    deployed = subprocess.run(
+        [sys.executable, "-m", "pipelines.deploy"],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert deployed.returncode == 0, deployed.stdout[-3000:] + deployed.stderr[-3000:]
+    api = httpx.Client(base_url=url, timeout=30)
+    dep = api.get("/deployments/name/mnist-sweep/lr-sweep").raise_for_status().json()
+    space = {"overrides": ["train.seed=1,2,3", "train.max_epochs=1"], "name": "jobs"}
+    params = {"space": space, "execution": {"jobs": 2, "retry_delay_s": 0}}
+    flow_run = api.post(f"/deployments/{dep['id']}/create_flow_run", json={"parameters": params})
+    flow_run_id = flow_run.raise_for_status().json()["id"]
+    worker = start(
+        [sys.executable, "-m", "prefect", "worker", "start", "--pool", dep["work_pool_name"]],
+        tmp_path,
+        env,
+        tmp_path / "worker.log",
+    )
+    try:
+        state = wait_for(api, flow_run_id, worker, tmp_path / "worker.log")
+    finally:
+        stop_group(worker)
+    log = (tmp_path / "worker.log").read_text()
+    assert state["type"] == "COMPLETED", f"{state}\n{log[-4000:]}"
+    trial_runs = stage_runs(api, flow_run_id, {"jobs-000", "jobs-001", "jobs-002"})
+    assert len(trial_runs) == 3 and all(r["state"]["type"] == "COMPLETED" for r in trial_runs)
+    assert _most_at_once(trial_runs) == 2
