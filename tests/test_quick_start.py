@@ -65,7 +65,10 @@ def newcomer(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, 
     """A fresh clone of this repo at HEAD, and a shell's environment with the MNIST mirror."""
     mirror = os.environ.get("MNIST_MIRROR")
     if not mirror:
-        pytest.skip("MNIST_MIRROR is not set (the README's offline setting)")
+        missing = "MNIST_MIRROR is not set (the README's offline setting)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(missing)  # CI must run the quick start, not skip it
+        pytest.skip(missing)
     repo = tmp_path_factory.mktemp("newcomer") / "mnist-pipeline"
     git(repo.parent, "clone", "-q", str(ROOT), str(repo))
     if subprocess.run(["git", "rev-parse", "-q", "--verify", "main"], cwd=repo).returncode:
