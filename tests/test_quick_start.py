@@ -22,11 +22,14 @@ from pathlib import Path
 import pytest
 import yaml
 
+from testing.prefect_server import stop_group
 from testing.scratch_repo import GIT_IDENTITY, git
 from tests.conftest import ROOT
 from tests.stage_runs import shell_env
 
-pytestmark = pytest.mark.slow
+# Longer than the suite's 20 minutes a test: a whole pipeline and the fast suite, one after the
+# other, on a loaded 2-core machine.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
 FENCE = re.compile(r"^```bash\n(.*?)^```", re.S | re.M)
 
@@ -45,18 +48,24 @@ def quick_start(page: Path) -> list[str]:
 
 
 def run(line: str, repo: Path, env: dict[str, str], timeout: float) -> float:
-    """`line` in bash in `repo`; its seconds; fails with its output's tail if it fails."""
+    """`line` in bash in `repo`; its seconds; fails with its output's tail if it fails. Run in
+    a group of its own, which goes whatever ends the test: no `dvc repro` outlives it holding
+    the repo's lock."""
     started = time.monotonic()
-    done = subprocess.run(
+    proc = subprocess.Popen(
         ["bash", "-c", line],
         cwd=repo,
         env=env,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         text=True,
-        timeout=timeout,
+        start_new_session=True,
     )
-    out = (done.stdout + done.stderr)[-6000:]
-    assert done.returncode == 0, f"`{line}` exited {done.returncode}:\n{out}"
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    finally:
+        stop_group(proc)
+    assert proc.returncode == 0, f"`{line}` exited {proc.returncode}:\n{out[-6000:]}"
     return time.monotonic() - started
 
 
