@@ -3,18 +3,28 @@
 A page marks each generated block as `<!-- generated: NAME -->` ... `<!-- end: NAME -->`;
 `--write` fills every block from its sources (`metrics/`, `measurements/`, `provenance/`,
 `dvc.lock`, `benchmarks/reference/`, and the targets in `benchmarks/targets.py`), and `--check`
-exits 1 naming each page and block that differs, so no figure in the docs goes stale. Run
-`uv run python -m benchmarks.docs --write` after committing new results.
+exits 1 naming each page and block that differs, so no figure in the docs goes stale.
+
+The sources are read as committed (at `--rev`, HEAD by default), not from the working tree:
+every `dvc repro` rewrites `measurements/` and `provenance/` with the timings and the host of
+the machine it ran on, and running the project must not make its docs check fail. The docs show
+the run that was committed; to show a new one, commit its JSON, then run
+`uv run python -m benchmarks.docs --write` and commit the pages.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import io
 import json
 import logging
 import re
+import subprocess
 import sys
-from collections.abc import Callable
+import tarfile
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +39,9 @@ log = logging.getLogger(__name__)
 BLOCK = re.compile(r"<!-- generated: ([\w-]+) -->\n(.*?)<!-- end: \1 -->", re.S)
 OPENING = re.compile(r"<!-- generated: ([\w-]+) -->")
 REF = "benchmarks/reference"
+# Every file a block reads, as folders or files of the repository (`benchmarks/targets.py` is
+# imported code, not data).
+SOURCES = ("metrics", "measurements", "provenance", "dvc.lock", REF)
 # Where the targets table looks for each target's figure, first match wins: the reference runs
 # the docs' own tables show, then the one run that measured everything but serving and sweeps.
 TARGET_SOURCES = (
@@ -39,6 +52,20 @@ TARGET_SOURCES = (
     f"{REF}/cpu-2core-sweep.json",
     f"{REF}/cpu-2core-targets.json",
 )
+
+
+@contextlib.contextmanager
+def committed(repo: Path, rev: str = "HEAD") -> Iterator[Path]:
+    """A temporary folder holding the blocks' sources as committed at `rev` in `repo`."""
+    cmd = ["git", "-C", str(repo), "archive", "--format=tar", rev, "--", *SOURCES]
+    done = subprocess.run(cmd, capture_output=True)
+    if done.returncode != 0:
+        err = done.stderr.decode(errors="replace").strip()
+        raise ValueError(f"cannot read the committed JSON at {rev} in {repo}: {err}")
+    with tempfile.TemporaryDirectory(prefix="docs-sources-") as tmp:
+        with tarfile.open(fileobj=io.BytesIO(done.stdout)) as tar:
+            tar.extractall(tmp, filter="data")
+        yield Path(tmp)
 
 
 def _load(root: Path, rel: str) -> dict[str, Any]:
@@ -418,14 +445,27 @@ def main(argv: list[str] | None = None) -> int:
         check="exit 1 if a block is out of date",
     )
     p.add_argument("--docs", type=Path, default=Path("docs"), help="the pages' folder")
-    p.add_argument("--root", type=Path, default=Path("."), help="where the JSON files are")
-    args = p.parse_args(argv)
-    return generated_cli.run(
-        args,
-        lambda: write(args.docs, args.root),
-        lambda: drift(args.docs, args.root),
-        (OSError, ValueError, KeyError),
+    p.add_argument("--root", type=Path, default=Path("."), help="the repository of the JSON")
+    p.add_argument(
+        "--rev", default="HEAD", help="read the JSON as committed at this revision (HEAD)"
     )
+    p.add_argument(
+        "--worktree",
+        action="store_true",
+        help="read the JSON in --root as it is now, committed or not (and without git)",
+    )
+    args = p.parse_args(argv)
+
+    def sourced(fn: Callable[[Path, Path], Any]) -> Callable[[], Any]:
+        def call() -> Any:
+            if args.worktree:
+                return fn(args.docs, args.root)
+            with committed(args.root, args.rev) as root:
+                return fn(args.docs, root)
+
+        return call
+
+    return generated_cli.run(args, sourced(write), sourced(drift), (OSError, ValueError, KeyError))
 
 
 if __name__ == "__main__":

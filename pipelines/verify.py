@@ -258,14 +258,15 @@ def report(audit: Audit) -> str:
     """The audit as text: a table of outputs, then the verdict and the reasons."""
     lines = [f"audit of commit {audit.commit}"]
     if audit.rebuilt:
-        profiles = sorted(set(audit.profiles.values()))
+        # Only the stages that compute with torch record a profile (not `prepare`).
+        profiles = ", ".join(sorted(set(audit.profiles.values()))) or "none (no torch stage)"
         lines.append(
             f"rebuilt {len(audit.rebuilt)} stages in a fresh clone ({', '.join(audit.rebuilt)}), "
-            f"compute profile: {', '.join(profiles)}"
+            f"compute profile: {profiles}"
             + (
-                ""
-                if profiles == ["portable"]
-                else " (results of the fast profile reproduce on the same CPU model only)"
+                " (results of the fast profile reproduce on the same CPU model only)"
+                if "fast" in audit.profiles.values()
+                else ""
             )
         )
     if audit.outputs:

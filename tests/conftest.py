@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -43,6 +44,18 @@ def tiny_params_dict() -> dict:
         calibration_size=50, batch_size=64, warmup_runs=2, latency_runs=10, throughput_runs=3
     )
     return raw
+
+
+@pytest.fixture(scope="session", autouse=True)
+def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Registered versions fetched without `--cache-dir` land in a temporary folder, not in
+    the user's ~/.cache/mnist-pipeline/models: tests write only under their temp folders."""
+    from mnist_pipeline.serving import model_ref
+
+    folder = tmp_path_factory.mktemp("model-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(model_ref, "default_cache_dir", lambda: folder)
+        yield folder
 
 
 @pytest.fixture(scope="session")

@@ -38,14 +38,19 @@ def stage_argv(name: str, params: Path, out: Path, **inputs: Path) -> list[str]:
     return argv
 
 
-def stage_env(mirror: Path) -> dict[str, str]:
-    """This process's environment, less the compute pins it may carry, plus the mirror."""
+def shell_env() -> dict[str, str]:
+    """This process's environment as a user's shell has it: less the compute pins that
+    tests/conftest.py sets before torch is imported."""
     from mnist_pipeline.compute import environment_for
     from mnist_pipeline.params.schema import load_params
 
     pins = environment_for(load_params(ROOT / "params.yaml").compute)
-    env = {k: v for k, v in os.environ.items() if k not in pins}
-    return env | {
+    return {k: v for k, v in os.environ.items() if k not in pins}
+
+
+def stage_env(mirror: Path) -> dict[str, str]:
+    """This process's environment, less the compute pins it may carry, plus the mirror."""
+    return shell_env() | {
         "PYTHONPATH": str(ROOT),
         "MNIST_MIRROR": str(mirror),
         "MNIST_MD5SUMS": str(mirror / "MD5SUMS"),

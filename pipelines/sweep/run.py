@@ -1,5 +1,6 @@
 """Running a sweep's plan: the stages every trial shares once, then one `trial` task per trial,
-J at a time, each a DVC experiment in its own clone (`pipelines.sweep.trials`).
+J at a time (the flow holds that limit, not the task runner), each a DVC experiment in its own
+clone (`pipelines.sweep.trials`).
 
 A transient failure (a killed process) is retried and `train` resumes from its checkpoint;
 any other failure fails that trial alone. In the adaptive mode each trial's per-epoch metric
@@ -15,6 +16,7 @@ from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.futures import as_completed
 from prefect.tasks import exponential_backoff
 
 from pipelines import dvc_repo
@@ -162,9 +164,15 @@ def run(
         return results.failed(t, note, attempts)
 
     if study is None:
-        futures = {t.name: (t, submit(t)) for t in todo}
-        for t, future in futures.values():
-            future.wait()
+        # J in flight at a time, whatever the task runner: a deployment's flow run has
+        # Prefect's default one, with no limit of its own (the command line bounds it too).
+        waiting, in_flight = list(todo), dict[Any, Trial]()
+        while waiting or in_flight:
+            while waiting and len(in_flight) < execution.jobs:
+                t = waiting.pop(0)
+                in_flight[submit(t)] = t
+            future = next(as_completed(list(in_flight)))
+            t = in_flight.pop(future)
             done[t.name] = collect(t, future)
         return done
     n = search.trials or 0

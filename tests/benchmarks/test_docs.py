@@ -1,4 +1,5 @@
-"""The docs' tables of measured figures are what the committed JSON generates."""
+"""The docs' tables of measured figures are what the committed JSON generates, whatever the
+last `dvc repro` on this machine left in the working tree."""
 
 from __future__ import annotations
 
@@ -10,26 +11,42 @@ from pathlib import Path
 import pytest
 
 from benchmarks import docs, targets
+from testing.scratch_repo import git
 
 ROOT = Path(__file__).resolve().parents[2]
-SOURCES = ("metrics", "measurements", "provenance", "benchmarks/reference", "dvc.lock")
 
 
 @pytest.fixture
 def copy(tmp_path: Path) -> Path:
-    """A copy of the docs and of every file their blocks are generated from."""
-    for rel in ("docs", *SOURCES):
-        src, dst = ROOT / rel, tmp_path / rel
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        if src.is_dir():
-            shutil.copytree(src, dst, symlinks=True)
-        else:
-            shutil.copy(src, dst)
+    """The docs, and every file their blocks are generated from as committed, in one folder."""
+    shutil.copytree(ROOT / "docs", tmp_path / "docs", symlinks=True)
+    with docs.committed(ROOT) as sources:
+        shutil.copytree(sources, tmp_path, dirs_exist_ok=True)
     return tmp_path
 
 
 def test_committed_pages_match_their_json() -> None:
-    assert docs.drift(ROOT / "docs", ROOT) == []
+    with docs.committed(ROOT) as sources:
+        assert docs.drift(ROOT / "docs", sources) == []
+
+
+def test_a_run_on_this_machine_leaves_the_check_passing(tmp_path: Path) -> None:
+    """`dvc repro` rewrites the tracked measurements/ and provenance/ with this machine's
+    timings: the check reads them as committed; `--worktree` reads what the run left."""
+    repo = tmp_path / "repo"
+    git(tmp_path, "clone", "-q", str(ROOT), str(repo))
+    path = repo / "measurements/export.json"
+    m = json.loads(path.read_text())
+    m["dense"]["ort_latency_ms"] = 9.876  # another machine's timing
+    path.write_text(json.dumps(m))
+    args = ["--check", "--docs", str(repo / "docs"), "--root", str(repo)]
+    assert docs.main(args) == 0
+    assert docs.main([*args, "--worktree"]) == 1
+    git(repo, "commit", "-qam", "this machine's run")
+    assert docs.main(args) == 1  # committed without --write: the pages are stale
+    assert docs.main(["--write", *args[1:]]) == 0
+    assert "| 9.8760 ms |" in (repo / "docs/prune-export.md").read_text()
+    assert docs.main(["--check", *args[1:], "--rev", "HEAD~1"]) == 1
 
 
 def test_every_block_is_used_on_some_page() -> None:
@@ -48,7 +65,7 @@ def test_a_changed_figure_in_the_json_fails_the_check(
     m = json.loads(path.read_text())
     m["dense"]["ort_latency_ms"] = 0.132  # the README's stale figure of issue 19
     path.write_text(json.dumps(m))
-    args = ["--check", "--docs", str(copy / "docs"), "--root", str(copy)]
+    args = ["--check", "--docs", str(copy / "docs"), "--root", str(copy), "--worktree"]
     with caplog.at_level(logging.ERROR):
         assert docs.main(args) == 1
     assert (
@@ -80,8 +97,9 @@ def test_the_targets_table_holds_every_target_once() -> None:
 def test_an_unknown_or_unclosed_block_is_an_error(copy: Path) -> None:
     page = copy / "docs/index.md"
     page.write_text("<!-- generated: no-such-table -->\n<!-- end: no-such-table -->\n")
-    args = ["--check", "--docs", str(copy / "docs"), "--root", str(copy)]
+    args = ["--check", "--docs", str(copy / "docs"), "--root", str(copy), "--worktree"]
     assert docs.main(args) == 2
+    assert docs.main(args[:-1]) == 2  # no git repository: no committed JSON
     page.write_text("<!-- generated: evaluate -->\n")
     with pytest.raises(ValueError, match="no `<!-- end: NAME -->` for: evaluate"):
         docs.render(page.read_text(), copy)

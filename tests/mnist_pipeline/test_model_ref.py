@@ -115,4 +115,5 @@ def test_paths_are_files_not_references(onnx_model: Path, tmp_path: Path) -> Non
     assert not model_ref.is_reference("models/lenet5")
     assert model_ref.is_reference("lenet5-onnx") and model_ref.is_reference("m@v1.0.0")
     assert server.main(["--model", "missing.onnx"]) == 2
-    assert server.main(["--model", "m@v1.0.0", "--repo", str(tmp_path)]) == 2  # no registry
+    no_registry = ["--model", "m@v1.0.0", "--repo", str(tmp_path)]
+    assert server.main([*no_registry, "--cache-dir", str(tmp_path / "c")]) == 2

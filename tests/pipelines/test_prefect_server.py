@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -92,10 +93,8 @@ def stage_runs(api: httpx.Client, flow_run_id: str, stages: set[str]) -> list[di
     return sorted(found, key=lambda r: r["start_time"])
 
 
-def test_deployed_flow_runs_on_a_worker_against_a_real_server(
-    tmp_path: Path, client: tuple[str, dict[str, str], Path]
-) -> None:
-    url, env, repo = client
+def deploy(url: str, env: dict[str, str], repo: Path) -> httpx.Client:
+    """`python -m pipelines.deploy` in `repo`; a client of the server's API."""
     deployed = subprocess.run(
         [sys.executable, "-m", "pipelines.deploy"],
         cwd=repo,
@@ -105,8 +104,37 @@ def test_deployed_flow_runs_on_a_worker_against_a_real_server(
         timeout=300,
     )
     assert deployed.returncode == 0, deployed.stdout[-3000:] + deployed.stderr[-3000:]
+    return httpx.Client(base_url=url, timeout=30)
 
-    api = httpx.Client(base_url=url, timeout=30)
+
+def run_on_worker(
+    api: httpx.Client, dep: dict, params: dict, tmp_path: Path, env: dict[str, str], *opts: str
+) -> str:
+    """A run of deployment `dep` with `params`, now, as `prefect deployment run` or the UI's
+    "Quick run" would, on a process worker of its pool; its id, once it completed."""
+    flow_run = api.post(f"/deployments/{dep['id']}/create_flow_run", json={"parameters": params})
+    flow_run_id = flow_run.raise_for_status().json()["id"]
+    pool = dep["work_pool_name"]
+    log = tmp_path / "worker.log"
+    worker = start(
+        [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, *opts],
+        tmp_path,
+        env,
+        log,
+    )
+    try:
+        state = wait_for(api, flow_run_id, worker, log)
+    finally:
+        stop_group(worker)
+    assert state["type"] == "COMPLETED", f"{state}\n{log.read_text()[-4000:]}"
+    return flow_run_id
+
+
+def test_deployed_flow_runs_on_a_worker_against_a_real_server(
+    tmp_path: Path, client: tuple[str, dict[str, str], Path]
+) -> None:
+    url, env, repo = client
+    api = deploy(url, env, repo)
     dep = api.get(f"/deployments/name/{DEPLOYMENT}").raise_for_status().json()
     assert [s["schedule"]["cron"] for s in dep["schedules"]] == ["0 2 * * *"]
     assert dep["global_concurrency_limit"]["limit"] == 1
@@ -114,24 +142,8 @@ def test_deployed_flow_runs_on_a_worker_against_a_real_server(
     (pull,) = dep["pull_steps"]
     assert Path(pull["prefect.deployments.steps.set_working_directory"]["directory"]) == repo
 
-    # Trigger a run now, as `prefect deployment run` or the UI's "Quick run" would.
     params = {"targets": ["evaluate"], "retry_delay_s": 0}
-    flow_run = api.post(f"/deployments/{dep['id']}/create_flow_run", json={"parameters": params})
-    flow_run_id = flow_run.raise_for_status().json()["id"]
-
-    pool = dep["work_pool_name"]
-    worker = start(
-        [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, "--limit", "1"],
-        tmp_path,
-        env,
-        tmp_path / "worker.log",
-    )
-    try:
-        state = wait_for(api, flow_run_id, worker, tmp_path / "worker.log")
-    finally:
-        stop_group(worker)
-    log = (tmp_path / "worker.log").read_text()
-    assert state["type"] == "COMPLETED", f"{state}\n{log[-4000:]}"
+    flow_run_id = run_on_worker(api, dep, params, tmp_path, env, "--limit", "1")
 
     stages = stage_runs(api, flow_run_id, {"prepare", "train", "evaluate"})
     assert [r["name"] for r in stages] == ["prepare", "train", "evaluate"]
@@ -179,3 +191,32 @@ def test_served_flow_runs_and_pauses_its_schedule_on_exit(
         finally:
             stop_group(serving)
     assert api.get(f"/deployments/name/{name}").json()["paused"] is True
+
+
+def _most_at_once(runs: list[dict]) -> int:
+    """The most of `runs` whose start-to-end intervals overlap at one instant."""
+    at = datetime.fromisoformat
+    edges = sorted(  # an end before a start at the same instant
+        [(at(r["start_time"]), 1) for r in runs] + [(at(r["end_time"]), -1) for r in runs]
+    )
+    most = now = 0
+    for _, step in edges:
+        now += step
+        most = max(most, now)
+    return most
+
+
+def test_deployed_sweep_on_a_worker_runs_jobs_trials_at_a_time(
+    tmp_path: Path, client: tuple[str, dict[str, str], Path]
+) -> None:
+    """prefect.yaml's lr-sweep, run from its deployment on a process worker with
+    `{"execution": {"jobs": 2}}`: of three trials, never more than two run at once."""
+    url, env, repo = client
+    api = deploy(url, env, repo)
+    dep = api.get("/deployments/name/mnist-sweep/lr-sweep").raise_for_status().json()
+    space = {"overrides": ["train.seed=1,2,3", "train.max_epochs=1"], "name": "jobs"}
+    params = {"space": space, "execution": {"jobs": 2, "retry_delay_s": 0}}
+    flow_run_id = run_on_worker(api, dep, params, tmp_path, env)
+    trial_runs = stage_runs(api, flow_run_id, {"jobs-000", "jobs-001", "jobs-002"})
+    assert len(trial_runs) == 3 and all(r["state"]["type"] == "COMPLETED" for r in trial_runs)
+    assert _most_at_once(trial_runs) == 2

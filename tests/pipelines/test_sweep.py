@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -151,6 +153,37 @@ def test_rerun_runs_nothing_that_finished(
     # The same name with another space is refused, not overwritten.
     other = _sweep(sweep_repo, overrides=["train.optimizer.lr=2e-3"], name="lr")
     assert other.is_failed() and "exists with other params" in other.message
+
+
+def test_the_flow_itself_runs_jobs_trials_at_a_time(
+    sweep_repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As a deployment calls it: the flow function with JSON parameters and Prefect's default
+    task runner, no command line around it; at most `jobs` trials run at once."""
+    from pipelines.sweep.flow import sweep
+
+    lock, running, most, started = threading.Lock(), [0], [0], []
+
+    def counted(ws: Path, name: str, *args: Any, **kwargs: Any) -> Any:
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+            started.append(name)
+        time.sleep(1.5)
+        with lock:
+            running[0] -= 1
+        raise RuntimeError("counted, not run")
+
+    monkeypatch.setattr(trials, "run_trial", counted)
+    state = sweep(
+        root=str(sweep_repo),
+        space={"overrides": ["train.seed=1,2,3,4"], "name": "jobs"},
+        execution={"jobs": 2, "retries": 0},
+        return_state=True,
+    )
+    assert state.is_failed() and "4 of 4 trials failed" in state.message, state.message
+    assert sorted(started) == ["jobs-000", "jobs-001", "jobs-002", "jobs-003"]
+    assert most[0] == 2
 
 
 def test_bad_params_stop_the_sweep_before_any_trial(

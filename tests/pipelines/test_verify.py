@@ -52,6 +52,18 @@ def test_only_the_asked_stages_are_compared() -> None:
     assert [r.path for r in rows] == ["data/prepared"]
 
 
+def test_the_profile_line_names_what_the_rebuilt_stages_used() -> None:
+    """`--stages prepare` rebuilds no stage that computes with torch: no profile, no warning."""
+    rows = verify.compare(_lock("m1"), _lock("m1"), ["prepare"])
+    fast = " (results of the fast profile reproduce on the same CPU model only)"
+    cases = [({}, "none (no torch stage)"), ({"train": "portable"}, "portable")]
+    for profiles, shown in cases:
+        text = verify.report(verify.Audit("c0", rows, rebuilt=["prepare"], profiles=profiles))
+        assert f"compute profile: {shown}\n" in text + "\n" and fast not in text
+    text = verify.report(verify.Audit("c0", rows, rebuilt=["train"], profiles={"train": "fast"}))
+    assert f"compute profile: fast{fast}" in text
+
+
 def test_explanations_stale_lock_upstream_and_provenance() -> None:
     committed, rebuilt = _lock("m1", "d1", "c1"), _lock("m2", "d2", "c2", lr=0.2)
     rows = verify.compare(committed, rebuilt, ["prepare", "train"])
