@@ -224,10 +224,10 @@ def pipeline(
     register_model: Annotated[bool, Cli(("--register",))] = False,
     model_name: str = MODEL_NAME,
     bump: Bump = "minor",
-    min_test_acc: float = 0.98,
-    retries: int = 3,
-    retry_delay_s: float = 30.0,
-    stage_timeout_s: float = 6 * 3600,
+    min_test_acc: flow_cli.Fraction = 0.98,
+    retries: flow_cli.Count = 3,
+    retry_delay_s: flow_cli.Seconds = 30.0,
+    stage_timeout_s: flow_cli.PositiveSeconds = 6 * 3600,
 ) -> dict[str, Any]:
     """Run the DVC pipeline in `root`, stage by stage.
 
@@ -249,7 +249,7 @@ def pipeline(
     """
     logger = get_run_logger()
     user_values.check(model_name=model_name)  # it becomes a git tag
-    repo = Path(root).resolve()
+    repo = user_values.existing_folder("--root", root)
     with dvc_repo.one_repo(repo):
         declared: dict[str, Path] = {}
         if register_model:  # a typo here should not cost a whole training run to find out
@@ -300,7 +300,8 @@ def audit(
     root: str = ".",
     rev: str = "HEAD",
     stages: list[str] | None = None,
-    timeout_s: float = 6 * 3600,
+    timeout_s: flow_cli.PositiveSeconds = 6 * 3600,
+    remote: bool = True,
 ) -> dict[str, Any]:
     """Rebuild `rev` in a fresh clone and compare every output with its dvc.lock
     (`pipelines.verify`); the run fails when one differs. Publishes the comparison.
@@ -339,6 +340,7 @@ def parser() -> argparse.ArgumentParser:
 
 def run_from_args(argv: list[str] | None = None) -> None:
     _, kwargs = flow_cli.parse(parser(), pipeline, argv)
+    user_values.existing_folder("--root", kwargs["root"])  # before a flow run starts
     pipeline(**kwargs)
 
 

@@ -24,6 +24,7 @@ either way. The Prefect flow `audit` (`pipelines.flow`) runs the same, for a sch
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shutil
 import subprocess
@@ -202,8 +203,10 @@ def verify(
     echo: Callable[[str], None] = print,
 ) -> Audit:
     """Clone `rev` of `root`, rebuild `stages` (default all) there, compare with its dvc.lock."""
-    root = root.resolve()
+    root = user_values.existing_folder("--root", root)
     user_values.check(rev=rev)
+    if timeout_s is not None and not (math.isfinite(timeout_s) and timeout_s > 0):
+        raise UsageError(f"--timeout-s {timeout_s}: a number of seconds above 0")
     commit = git(root, "rev-parse", "--verify", "--end-of-options", f"{rev}^{{commit}}")
     audit = Audit(commit, notes=source_notes(root) if rev == "HEAD" else [])
     work = Path(tempfile.mkdtemp(prefix="mnist-verify-")) if keep is None else keep
