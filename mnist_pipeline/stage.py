@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mnist_pipeline import logs, provenance
+from mnist_pipeline import locked, logs, provenance
 from mnist_pipeline.params.schema import Params, load_params
 
 
@@ -73,12 +73,15 @@ def running(
     *,
     computes: bool = True,
 ) -> Iterator[StageRun]:
-    """Set up logging, load and validate `args.params` whole, and run the block inside the
+    """Set up logging, load and validate `args.params` whole, check the input files against
+    the `dvc.lock` that recorded them (`locked.check_inputs`), and run the block inside the
     stage's provenance record, which hashes the params `sections` it reads (default: its own)
     and the `inputs`. With `computes`, the block runs as the `compute` section says
     (`provenance.record`'s `compute`), which imports torch: not for `prepare`."""
     logs.setup_logging()
     params = load_params(args.params)
+    inputs = list(inputs)
+    locked.check_inputs(inputs)
     read = [getattr(params, s) for s in (sections or (name,))]
     compute = params.compute if computes else None
     with provenance.record(args.provenance, name, inputs, read, compute) as record:
