@@ -9,6 +9,7 @@ names after the file it writes to, the order of safetensors' metadata, and PNG t
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -20,12 +21,45 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mnist_pipeline.errors import StageError
+
 if TYPE_CHECKING:
     import numpy as np
     from matplotlib.figure import Figure
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+
+
+NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
+
+
+@contextmanager
+def naming_a_full_disk(path: Path) -> Iterator[None]:
+    """A full disk (or quota) while writing `path` becomes a StageError that names it: the
+    OS error of a write names no file."""
+    try:
+        yield
+    except OSError as err:
+        if err.errno not in NO_SPACE:
+            raise
+        raise StageError(f"no space left on the device writing {path}: {err.strerror}") from err
+
+
+def remove_stale(path: Path) -> list[Path]:
+    """Remove the temporary siblings (`.<name>.*.tmp`, `.<name>.old`) that an `atomic_dir` or
+    `atomic_path` of `path` killed before it finished left behind; call it only where no other
+    process can be writing `path` (a stage holds its lock). Returns what it removed."""
+    stale = [*path.parent.glob(f".{path.name}.*.tmp"), path.with_name(f".{path.name}.old")]
+    removed = []
+    for p in stale:
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+        elif p.exists():
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
 
 
 @contextmanager
@@ -37,7 +71,8 @@ def atomic_path(path: Path) -> Iterator[Path]:
     tmp_path = Path(tmp)
     tmp_path.chmod(0o666 & ~_UMASK)  # mkstemp makes it private; outputs are ordinary files
     try:
-        yield tmp_path
+        with naming_a_full_disk(path):
+            yield tmp_path
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
@@ -50,7 +85,8 @@ def atomic_dir(path: Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     tmp.chmod(0o777 & ~_UMASK)  # mkdtemp makes it private; the output is an ordinary folder
     try:
-        yield tmp
+        with naming_a_full_disk(path):
+            yield tmp
         if path.exists():
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)

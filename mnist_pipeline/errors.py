@@ -8,6 +8,7 @@ to decide what a retry can fix.
 
 from __future__ import annotations
 
+import errno
 import sys
 from collections.abc import Callable
 
@@ -45,4 +46,11 @@ def run(main: Callable[[list[str] | None], object], argv: list[str] | None = Non
     except (UsageError, StageError) as err:
         print(f"error: {err}", file=sys.stderr)
         return exit_code(err) or STAGE_ERROR_EXIT
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        # A full disk is not a bug: say so, and which file, where the OS says it.
+        where = f" writing {err.filename}" if err.filename else ""
+        print(f"error: no space left on the device{where}: {err.strerror}", file=sys.stderr)
+        return STAGE_ERROR_EXIT
     return 0

@@ -14,13 +14,16 @@ and `--provenance` are measurements and run records, kept out of what DVC hashes
 from __future__ import annotations
 
 import argparse
+import fcntl
+import os
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mnist_pipeline import logs, provenance
+from mnist_pipeline import locked, logs, provenance
+from mnist_pipeline.errors import StageError
 from mnist_pipeline.params.schema import Params, load_params
 
 
@@ -73,13 +76,48 @@ def running(
     *,
     computes: bool = True,
 ) -> Iterator[StageRun]:
-    """Set up logging, load and validate `args.params` whole, and run the block inside the
+    """Set up logging, load and validate `args.params` whole, check the input files against
+    the `dvc.lock` that recorded them (`locked.check_inputs`), and run the block inside the
     stage's provenance record, which hashes the params `sections` it reads (default: its own)
     and the `inputs`. With `computes`, the block runs as the `compute` section says
     (`provenance.record`'s `compute`), which imports torch: not for `prepare`."""
     logs.setup_logging()
     params = load_params(args.params)
+    inputs = list(inputs)
+    locked.check_inputs(inputs)
     read = [getattr(params, s) for s in (sections or (name,))]
     compute = params.compute if computes else None
-    with provenance.record(args.provenance, name, inputs, read, compute) as record:
+    with (
+        one_at_a_time(args.provenance, name),
+        provenance.record(args.provenance, name, inputs, read, compute) as record,
+    ):
         yield StageRun(params, record)
+
+
+@contextmanager
+def one_at_a_time(run_record: Path | None, name: str) -> Iterator[None]:
+    """Hold an exclusive lock on `.<name>.stage-lock` beside the stage's run record (which
+    DVC does not hash) while the stage runs: a copy left running by a `dvc` that was killed
+    keeps it, so a second copy cannot start in the same folders; it stops with a StageError
+    instead (`pipelines.retry` takes it as transient). The kernel drops the lock when the
+    holder dies, however it dies. Without a run record (a stage run by hand), no lock."""
+    if run_record is None:
+        yield
+        return
+    path = run_record.parent / f".{name}.stage-lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "?"
+            raise StageError(
+                f"another {name} is already running in these folders (pid {holder}, lock "
+                f"{path}); wait for it or stop it"
+            ) from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"{os.getpid()}\n")
+        lock.flush()
+        yield

@@ -97,7 +97,7 @@ def stage_order(root: Path, targets: list[str] | None = None) -> list[str]:
         # DVC's edges point from a stage to the stages it depends on.
         deps = repo.index.graph.subgraph(stages)
         if targets:
-            by_name = {_address(root, s): s for s in stages}
+            by_name = {address(root, s): s for s in stages}
             unknown = sorted(set(targets) - set(by_name))
             if unknown:
                 raise UsageError(
@@ -107,10 +107,10 @@ def stage_order(root: Path, targets: list[str] | None = None) -> list[str]:
             keep |= {d for t in targets for d in nx.descendants(deps, by_name[t])}
             deps = deps.subgraph(keep)
         ordered = nx.lexicographical_topological_sort(deps.reverse(), key=lambda s: position[s])
-        return [_address(root, s) for s in ordered]
+        return [address(root, s) for s in ordered]
 
 
-def _address(root: Path, stage: Any) -> str:
+def address(root: Path, stage: Any) -> str:
     """The stage's DVC address from the repo root (`addressing` is relative to the cwd)."""
     dvcfile = Path(os.path.relpath(stage.path, root)).as_posix()
     return stage.name if dvcfile == "dvc.yaml" else f"{dvcfile}:{stage.name}"

@@ -224,10 +224,10 @@ def pipeline(
     register_model: Annotated[bool, Cli(("--register",))] = False,
     model_name: str = MODEL_NAME,
     bump: Bump = "minor",
-    min_test_acc: float = 0.98,
-    retries: int = 3,
-    retry_delay_s: float = 30.0,
-    stage_timeout_s: float = 6 * 3600,
+    min_test_acc: flow_cli.Fraction = 0.98,
+    retries: flow_cli.Count = 3,
+    retry_delay_s: flow_cli.Seconds = 30.0,
+    stage_timeout_s: flow_cli.PositiveSeconds = 6 * 3600,
 ) -> dict[str, Any]:
     """Run the DVC pipeline in `root`, stage by stage.
 
@@ -249,7 +249,7 @@ def pipeline(
     """
     logger = get_run_logger()
     user_values.check(model_name=model_name)  # it becomes a git tag
-    repo = Path(root).resolve()
+    repo = user_values.existing_folder("--root", root)
     with dvc_repo.one_repo(repo):
         declared: dict[str, Path] = {}
         if register_model:  # a typo here should not cost a whole training run to find out
@@ -300,24 +300,32 @@ def audit(
     root: str = ".",
     rev: str = "HEAD",
     stages: list[str] | None = None,
-    timeout_s: float = 6 * 3600,
+    timeout_s: flow_cli.PositiveSeconds = 6 * 3600,
+    remote: bool = True,
 ) -> dict[str, Any]:
-    """Rebuild `rev` in a fresh clone and compare every output with its dvc.lock
-    (`pipelines.verify`); the run fails when one differs. Publishes the comparison.
+    """Check `rev`'s git-tracked outputs against its dvc.lock, re-hash the cache objects it
+    names, rebuild it in a fresh clone and compare every output with its dvc.lock
+    (`pipelines.verify`); the run fails when one check fails. Publishes the comparison.
 
     Args:
         root: the repository to clone from.
         rev: the commit, branch or tag to audit (a schedule audits `main`).
         stages: only these stages and their upstream; default: every stage.
         timeout_s: stop the rebuild after this long.
+        remote: re-hash the commit's objects on the default DVC remote too.
     """
     logger = get_run_logger()
-    result = verify.verify(Path(root), rev, stages, timeout_s=timeout_s, echo=logger.info)
+    folder = user_values.existing_folder("--root", root)
+    result = verify.verify(
+        folder, rev, stages, timeout_s=timeout_s, echo=logger.info, remote=remote
+    )
     text = verify.report(result)
+    checks = [f"MISMATCH: {c.describe()}" for c in result.committed if not c.same]
+    checks += [result.cache.summary()] if result.cache else []
     create_markdown_artifact(
         f"# Reproducibility audit of `{result.commit[:12]}`\n\n"
         + report.markdown_table([{**asdict(o), "verdict": o.verdict} for o in result.outputs])
-        + "".join(f"\n- {line}" for line in [*result.reasons, *result.notes])
+        + "".join(f"\n- {line}" for line in [*checks, *result.reasons, *result.notes])
         + (f"\n\nThe rebuild failed: {result.failed}" if result.failed else ""),
         key=AUDIT_KEY,
         description="Rebuilt outputs against the committed dvc.lock",
@@ -339,6 +347,7 @@ def parser() -> argparse.ArgumentParser:
 
 def run_from_args(argv: list[str] | None = None) -> None:
     _, kwargs = flow_cli.parse(parser(), pipeline, argv)
+    user_values.existing_folder("--root", kwargs["root"])  # before a flow run starts
     pipeline(**kwargs)
 
 

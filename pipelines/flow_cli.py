@@ -17,9 +17,18 @@ import types
 import typing
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+# Constrained types for flow parameters and option fields: a threshold, a count or a duration
+# is a finite number in its range, so `nan` or `-1` cannot talk past a gate (`acc < nan` is
+# always false). Prefect validates a run's parameters with them; `parse` does on the command
+# line, each a usage error (exit 2).
+Fraction = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
+Count = Annotated[int, Field(ge=0)]
+Seconds = Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
+PositiveSeconds = Annotated[float, Field(gt=0.0, allow_inf_nan=False)]
 
 
 @dataclass(frozen=True)
@@ -122,14 +131,29 @@ def parse(
     """The parsed options and the flow's keyword arguments; a value a model refuses is a
     usage error (exit 2), as argparse's own are."""
     args = parser.parse_args(argv)
+    problems = []
     try:
-        return args, flow_kwargs(flow, args)
+        kwargs = flow_kwargs(flow, args)
     except ValidationError as e:
-        problems = "; ".join(
-            f"--{'-'.join(str(x) for x in err['loc']).replace('_', '-')}: {err['msg']}"
-            for err in e.errors()
-        )
-        parser.error(problems)
+        problems += _problems(e)
+    else:
+        hints = typing.get_type_hints(flow.fn, include_extras=True)
+        for name, value in kwargs.items():  # the flat parameters' own constraints
+            try:
+                TypeAdapter(hints[name]).validate_python(value)
+            except ValidationError as e:
+                problems += _problems(e, (name,))
+    if problems:
+        parser.error("; ".join(problems))
+    return args, kwargs
+
+
+def _problems(e: ValidationError, where: tuple[str, ...] = ()) -> list[str]:
+    """`--option: what is wrong` for each error of a validation."""
+    return [
+        f"--{'-'.join(str(x) for x in (*where, *err['loc'])).replace('_', '-')}: {err['msg']}"
+        for err in e.errors()
+    ]
 
 
 def _add(where: Any, p: Param) -> None:

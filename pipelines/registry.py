@@ -9,6 +9,7 @@ index: the branch, the index and the files are left as they were.
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import tempfile
@@ -120,9 +121,12 @@ def register_version(
     problems = []
     if artifact is not None and not artifact.is_file():
         problems.append(f"{artifact.relative_to(root)} ({name} in dvc.yaml) does not exist")
-    if test_acc is None:
-        problems.append("no test accuracy from evaluate")
-    elif test_acc < min_test_acc:
+    if not (math.isfinite(min_test_acc) and 0.0 <= min_test_acc <= 1.0):
+        # `acc < nan` is always false: a threshold that is not a number would pass anything.
+        problems.append(f"the threshold min_test_acc={min_test_acc} is not a number in [0, 1]")
+    if test_acc is None or not math.isfinite(test_acc):
+        problems.append(f"no test accuracy from evaluate ({test_acc})")
+    elif not test_acc >= min_test_acc:
         problems.append(f"test accuracy {test_acc:.4f} < {min_test_acc}")
     if onnx is not None and not onnx:  # the pipeline exports, but no ONNX model is there
         problems.append("the export stage left no .onnx model")

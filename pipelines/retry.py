@@ -1,10 +1,11 @@
 """Which failures are worth a retry: transient ones, never configuration or validation errors.
 
 A stage killed by a signal (the OOM killer's SIGKILL, exit 137 through a shell), a stage that
-ran past its timeout, DVC's repo lock held by another process, and network errors are
-transient: the same command can succeed a moment later, and `train` resumes from its last
-checkpoint. A params validation error (exit 2, see `mnist_pipeline.errors`) or any other
-error fails at once: running it again would fail the same way.
+ran past its timeout, DVC's repo lock or a stage's paths ("is busy") held by another process,
+and network errors are transient: the same command can succeed a moment later, and `train`
+resumes from its last checkpoint. A params validation error (exit 2, see
+`mnist_pipeline.errors`) or any other error fails at once: running it again would fail the
+same way.
 """
 
 from __future__ import annotations
@@ -19,7 +20,11 @@ from mnist_pipeline.errors import PARAMS_ERROR_EXIT, StageError
 
 # `dvc repro` reports a stage's exit status as "... failed to run: <cmd>, exited with <n>".
 _STAGE_EXIT = re.compile(r"exited with (-?\d+)")
-LOCK_CONTENTION = "Unable to acquire lock"
+# DVC's repo lock, and the per-path lock (rwlock) a running stage holds on its deps and outs
+# while the repo lock is released; then the stage skeleton's own lock (`mnist_pipeline.stage`).
+LOCK_CONTENTION = re.compile(
+    r"Unable to acquire lock|is busy, it is being blocked by|is already running in these folders"
+)
 NETWORK = re.compile(
     r"urlopen error|timed out|Connection (?:refused|reset|aborted)|Remote end closed"
     r"|Temporary failure in name resolution|Name or service not known|Network is unreachable"
@@ -52,8 +57,8 @@ def classify(returncode: int | None, output: str) -> Verdict:
         return Verdict(True, f"the stage was killed by {_signal_name(-stage_exit)}")
     if stage_exit is not None and stage_exit > 128 and stage_exit - 128 in _KILL_SIGNALS:
         return Verdict(True, f"the stage was killed by {_signal_name(stage_exit - 128)}")
-    if LOCK_CONTENTION in tail:
-        return Verdict(True, "another DVC process holds the repo lock")
+    if LOCK_CONTENTION.search(tail):
+        return Verdict(True, "another DVC process holds the repo lock or the stage's paths")
     if NETWORK.search(tail):
         return Verdict(True, f"network error: {NETWORK.search(tail).group(0)}")  # type: ignore[union-attr]
     if OUT_OF_MEMORY.search(tail):

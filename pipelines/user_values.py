@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from pathlib import Path
 
 from mnist_pipeline.errors import UsageError
 
@@ -65,3 +66,11 @@ def check(**values: str | None) -> None:
     for param, value in values.items():
         if value is not None:
             CHECKS[param]("--" + param.replace("_", "-"), value)
+
+
+def existing_folder(option: str, value: str | Path) -> Path:
+    """`value` as an absolute path, if it is a folder that exists."""
+    path = Path(value).resolve()
+    if not path.is_dir():
+        raise UsageError(f"{option} {str(value)!r}: no such folder")
+    return path

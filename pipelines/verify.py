@@ -1,20 +1,31 @@
-"""Audit a commit: rebuild its pipeline in a fresh clone and compare every output with `dvc.lock`.
+"""Audit a commit: check what it holds against its `dvc.lock`, then rebuild its pipeline in a
+fresh clone and compare every output with `dvc.lock`.
 
     uv run python -m pipelines.verify                  # HEAD, every stage
     uv run python -m pipelines.verify --stages train   # train and what it needs
-    uv run python -m pipelines.verify --rev main --keep /tmp/audit
+    uv run python -m pipelines.verify --rev main --keep /tmp/audit --remote
 
 It clones the commit into a temporary folder (nothing of this working tree comes along: no
-DVC cache, no checkpoints, no uncommitted change), runs `dvc repro --force` there, so that
-every stage is recomputed whatever is committed to git (`evaluate`'s outputs are, and DVC
-would otherwise take them as up to date), checks from each stage's run record that it ran and
-with which compute profile, and prints for each output the hash the commit's `dvc.lock`
-records, the rebuilt hash, and whether they are the same. Exit status 0 only when every
-stage was rebuilt and every output is the same, 1 when one differs or the run fails, 2 for a
-usage error. Where it can, it says why an output differs: the commit's
-`dvc.lock` was stale, an upstream output differed, or the run's provenance differs from the
-committed one (resolved precision, CPU, library versions), or the environment is not the
-locked one.
+DVC cache, no checkpoints, no uncommitted change) and checks, before anything runs:
+
+- what is committed: every output git tracks (`cache: false`: metrics, DVCLive's plots, the
+  evaluation plots) is hashed as DVC hashes it and must match the hash the commit's `dvc.lock`
+  records, so an edited, committed `metrics/evaluate.json` fails;
+- what is cached: every object of this working tree's DVC cache that the commit's `dvc.lock`
+  names (and, with `--remote`, every one on the default remote) must hash to its name
+  (`pipelines.cache_check`), so a flipped byte in a cached model fails.
+
+Then it runs `dvc repro --force` there, so that every stage is recomputed whatever is
+committed to git (`evaluate`'s outputs are, and DVC would otherwise take them as up to date),
+checks from each stage's run record that it ran and with which compute profile, and prints for
+each output the hash the commit's `dvc.lock` records, the rebuilt hash, and whether they are
+the same. A committed file that differs from `dvc.lock` is named with both hashes and, from
+the rebuild, which side is wrong. Exit status 0 only when every check passes, every stage was
+rebuilt and every output is the same, 1 when one fails, 2 for a usage error. Where it can, it
+says why an output differs: the commit's `dvc.lock` was stale, an upstream output differed, or
+the run's provenance differs from the committed one (resolved precision, CPU, library
+versions), or the environment is not the locked one. Uncommitted changes are not audited, only
+named in a note: the audit is of a commit.
 
 The raw MNIST files come from `MNIST_MIRROR` when it is set, else from this working tree's
 verified downloads (`data/raw`), else from the official mirrors; they are checksum-verified
@@ -24,13 +35,14 @@ either way. The Prefect flow `audit` (`pipelines.flow`) runs the same, for a sch
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +50,7 @@ import yaml
 
 from mnist_pipeline import environment, errors, provenance
 from mnist_pipeline.errors import StageError, UsageError
-from pipelines import dvc_repo, user_values
+from pipelines import cache_check, dvc_repo, user_values
 
 SAME, DIFFERENT, MISSING = "same", "different", "missing"
 RAW_DATA = Path("data/raw")  # the prepare stage's verified downloads, reused as a mirror
@@ -60,10 +72,42 @@ class Output:
         return SAME if self.committed == self.rebuilt else DIFFERENT
 
 
+@dataclass(frozen=True)
+class Committed:
+    """A git-tracked output (`cache: false`) as the audited commit holds it, against the hash
+    that commit's `dvc.lock` records; `rebuilt` tells which of the two is wrong."""
+
+    stage: str
+    path: str
+    locked: str
+    actual: str | None  # None: the commit does not hold the file
+    rebuilt: str | None = None
+
+    @property
+    def same(self) -> bool:
+        return self.locked == self.actual
+
+    def describe(self) -> str:
+        if self.rebuilt is None:
+            wrong = "not rebuilt, so which side is wrong is not known"
+        elif self.rebuilt == self.locked:
+            wrong = "the committed file is wrong (dvc.lock and the rebuild agree)"
+        elif self.rebuilt == self.actual:
+            wrong = "dvc.lock is wrong, stale (the committed file and the rebuild agree)"
+        else:
+            wrong = f"the rebuild ({self.rebuilt}) agrees with neither"
+        return (
+            f"{self.path} ({self.stage}): the commit's file hashes to "
+            f"{self.actual or 'nothing (missing)'}, its dvc.lock records {self.locked}: {wrong}"
+        )
+
+
 @dataclass
 class Audit:
     commit: str
     outputs: list[Output] = field(default_factory=list)
+    committed: list[Committed] = field(default_factory=list)  # git-tracked outputs vs dvc.lock
+    cache: cache_check.CacheCheck | None = None  # the commit's objects in the cache, re-hashed
     reasons: list[str] = field(default_factory=list)  # why outputs differ, where known
     notes: list[str] = field(default_factory=list)  # worth knowing, whatever the verdict
     rebuilt: list[str] = field(default_factory=list)  # the stages the clone recomputed
@@ -72,7 +116,12 @@ class Audit:
 
     @property
     def ok(self) -> bool:
-        return self.failed is None and all(o.verdict == SAME for o in self.outputs)
+        return (
+            self.failed is None
+            and all(o.verdict == SAME for o in self.outputs)
+            and all(c.same for c in self.committed)
+            and (self.cache is None or self.cache.ok)
+        )
 
 
 def git(root: Path, *args: str) -> str:
@@ -105,6 +154,30 @@ def compare(committed: dict[str, Any], rebuilt: dict[str, Any], stages: list[str
                 Output(stage, path, a.get(stage, {}).get(path), b.get(stage, {}).get(path))
             )
     return rows
+
+
+def committed_outputs(clone: Path) -> list[Committed]:
+    """Each git-tracked output of the checked-out commit in `clone`, hashed by DVC as
+    `dvc.lock` hashes it, with the hash that `dvc.lock` records (outputs it has none for are
+    left out: nothing was claimed)."""
+    from dvc.repo import Repo
+
+    rows = []
+    with Repo(str(clone)) as repo:
+        for st in repo.index.stages:
+            for out in st.outs:
+                if out.use_cache or not out.hash_info:
+                    continue
+                actual = out.get_hash().value if out.exists else None
+                stage = dvc_repo.address(clone, st)
+                rows.append(Committed(stage, out.def_path, str(out.hash_info.value), actual))
+    return rows
+
+
+def with_rebuilt(committed: list[Committed], rebuilt: dict[str, Any]) -> list[Committed]:
+    """The rows with the rebuilt hash of each, which tells the wrong side where they differ."""
+    hashes = lock_entries(rebuilt, "outs")
+    return [replace(c, rebuilt=hashes.get(c.stage, {}).get(c.path)) for c in committed]
 
 
 def explain(
@@ -200,10 +273,15 @@ def verify(
     keep: Path | None = None,
     timeout_s: float | None = None,
     echo: Callable[[str], None] = print,
+    remote: bool = False,
 ) -> Audit:
-    """Clone `rev` of `root`, rebuild `stages` (default all) there, compare with its dvc.lock."""
-    root = root.resolve()
+    """Clone `rev` of `root`, check its git-tracked outputs against its dvc.lock and re-hash
+    the cache objects it names (in `root`'s cache, and on the default remote with `remote`),
+    then rebuild `stages` (default all) in the clone and compare with its dvc.lock."""
+    root = user_values.existing_folder("--root", root)
     user_values.check(rev=rev)
+    if timeout_s is not None and not (math.isfinite(timeout_s) and timeout_s > 0):
+        raise UsageError(f"--timeout-s {timeout_s}: a number of seconds above 0")
     commit = git(root, "rev-parse", "--verify", "--end-of-options", f"{rev}^{{commit}}")
     audit = Audit(commit, notes=source_notes(root) if rev == "HEAD" else [])
     work = Path(tempfile.mkdtemp(prefix="mnist-verify-")) if keep is None else keep
@@ -218,6 +296,10 @@ def verify(
             else {}
         )
         order = dvc_repo.stage_order(clone, stages)
+        audit.committed = committed_outputs(clone)
+        lock_text = (clone / "dvc.lock").read_text() if committed else ""
+        echo(f"re-hashing the cache objects of {commit[:12]}'s dvc.lock")
+        audit.cache = cache_check.check(root, remote, lock_text)
         before = {s: _read_provenance(clone, s) for s in order}
         audit.notes += environment_notes(clone)
         env = mirror_env(root)
@@ -229,6 +311,7 @@ def verify(
             return audit
         rebuilt = yaml.safe_load((clone / "dvc.lock").read_text())
         audit.outputs = compare(committed, rebuilt, order)
+        audit.committed = with_rebuilt(audit.committed, rebuilt)
         after = {s: _read_provenance(clone, s) for s in order}
         # A stage recomputed in the clone left a run record of its own there.
         audit.rebuilt = [s for s in order if after[s] and after[s] != before[s]]
@@ -279,6 +362,15 @@ def report(audit: Audit) -> str:
                 f"{o.stage:<9} {o.path:<{width}}  {o.committed or '-':<36} "
                 f"{o.rebuilt or '-':<36} {o.verdict}"
             )
+    wrong = [c for c in audit.committed if not c.same]
+    if audit.committed:
+        lines.append(
+            f"{len(audit.committed) - len(wrong)} of {len(audit.committed)} git-tracked outputs "
+            "of the commit match its dvc.lock"
+        )
+    lines += [f"MISMATCH: {c.describe()}" for c in wrong]
+    if audit.cache is not None:
+        lines.append(audit.cache.summary())
     if audit.failed:
         lines.append(f"FAILED: {audit.failed}")
     else:
@@ -287,6 +379,8 @@ def report(audit: Audit) -> str:
             f"{len(audit.outputs) - len(bad)} of {len(audit.outputs)} outputs are the same"
             + ("" if bad else ": the commit reproduces byte for byte")
         )
+    if not audit.ok and not audit.failed:
+        lines.append("the audit FAILED: see the mismatches above")
     lines += [f"why: {r}" for r in audit.reasons]
     lines += [f"note: {n}" for n in audit.notes]
     return "\n".join(lines)
@@ -304,15 +398,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--stages", nargs="+", default=None, help="only these stages (and upstream)")
     p.add_argument("--keep", type=Path, default=None, help="rebuild here and keep the folder")
     p.add_argument("--timeout-s", type=float, default=None, help="stop the rebuild after this")
+    p.add_argument(
+        "--remote", action="store_true", help="re-hash the commit's objects on the DVC remote too"
+    )
     return p.parse_args(argv)
 
 
 def run_from_args(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    audit = verify(args.root, args.rev, args.stages, args.keep, args.timeout_s)
+    audit = verify(args.root, args.rev, args.stages, args.keep, args.timeout_s, remote=args.remote)
     print(report(audit))
     if not audit.ok:
-        raise StageError("the rebuilt outputs are not those of the commit's dvc.lock")
+        raise StageError(
+            "the commit's outputs, its cache objects or their rebuild are not what its dvc.lock "
+            "records"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from mnist_pipeline import errors, stage
-from mnist_pipeline.atomic import atomic_dir
+from mnist_pipeline.atomic import atomic_dir, remove_stale
 from mnist_pipeline.data import mnist_files
 from mnist_pipeline.data.dataset import make_splits, save_splits
 from mnist_pipeline.params.schema import PrepareParams
@@ -32,6 +32,10 @@ def prepare(params: PrepareParams, raw_dir: Path, out_dir: Path) -> dict:
         "split_seed": params.split_seed,
         "sources": dict(mnist_files.expected_files()),
     }
+    # A prepare killed while it wrote left its temporary folder (a hundred MB); the stage's
+    # lock says no other prepare is writing here now.
+    for stale in remove_stale(out_dir):
+        log.info("removed %s, left by an interrupted run", stale)
     with atomic_dir(out_dir) as tmp:
         save_splits(tmp, splits, norm, meta)
     log.info(

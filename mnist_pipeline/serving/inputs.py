@@ -24,22 +24,45 @@ class BadInput(Exception):
 
 
 def pixels_from_json(body: Any, limits: Limits) -> np.ndarray:
-    """`{"pixels": ...}` as uint8 digits (N, 28, 28); `BadInput` (422) names what is wrong."""
+    """`{"pixels": ...}` as uint8 digits (N, 28, 28); `BadInput` (422) names what is wrong.
+
+    The structure and every value are checked in Python before NumPy sees them: a digit is 28
+    lists of 28 numbers (int or float, not a string, a boolean or a list) from 0 to 255, so a
+    400-digit integer or a string is refused rather than converted, and nothing deeper than
+    (N, 28, 28) is walked."""
     if not isinstance(body, dict) or "pixels" not in body:
         raise BadInput(422, 'expected a JSON object {"pixels": [...]} of 28x28 raw pixels')
-    try:
-        arr = np.asarray(body["pixels"], dtype=np.float64)
-    except (TypeError, ValueError):
-        raise BadInput(422, "pixels must be a 28x28 list of numbers, or a list of them") from None
-    if arr.ndim == 2:
-        arr = arr[None]
-    if arr.ndim != 3 or arr.shape[1:] != (predict.FIELD, predict.FIELD) or len(arr) == 0:
-        raise BadInput(422, f"pixels must have shape (28, 28) or (N, 28, 28), got {arr.shape}")
-    if len(arr) > limits.max_files:
-        raise BadInput(413, f"{len(arr)} digits in one request; at most {limits.max_files}")
-    if not np.isfinite(arr).all() or arr.min() < 0 or arr.max() > 255:
-        raise BadInput(422, "pixels must be raw values between 0 and 255")
-    return np.round(arr).astype(np.uint8)
+    pixels = body["pixels"]
+    if not isinstance(pixels, list) or not pixels:
+        raise BadInput(422, "pixels must be a 28x28 list of numbers, or a list of them")
+    first = pixels[0]
+    batch = isinstance(first, list) and bool(first) and isinstance(first[0], list)
+    digits = pixels if batch else [pixels]
+    if len(digits) > limits.max_files:
+        raise BadInput(413, f"{len(digits)} digits in one request; at most {limits.max_files}")
+    for i, digit in enumerate(digits):
+        problem = _digit_problem(digit)
+        if problem:
+            raise BadInput(422, f"pixels[{i}]: {problem}" if batch else f"pixels: {problem}")
+    return np.round(np.asarray(digits, dtype=np.float64)).astype(np.uint8)
+
+
+def _digit_problem(digit: Any) -> str | None:
+    """What makes `digit` not 28 lists of 28 raw pixel values; None when it is one."""
+    field = predict.FIELD
+    if not (
+        isinstance(digit, list)
+        and len(digit) == field
+        and all(isinstance(row, list) and len(row) == field for row in digit)
+    ):
+        return "pixels must have shape (28, 28) or (N, 28, 28)"
+    for row in digit:
+        for value in row:
+            if type(value) is not int and type(value) is not float:  # bool is an int subclass
+                return f"pixels must be numbers, not {type(value).__name__} values"
+            if not 0 <= value <= 255:  # NaN fails this too; a huge int compares without overflow
+                return "pixels must be raw values between 0 and 255"
+    return None
 
 
 async def read_uploads(request: Request, limits: Limits) -> list[tuple[str, bytes]]:

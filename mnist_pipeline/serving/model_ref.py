@@ -19,7 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import onnxruntime as ort
+import yaml
 
+from mnist_pipeline import locked
 from mnist_pipeline.errors import UsageError
 from mnist_pipeline.onnx import runtime
 
@@ -105,7 +107,43 @@ def resolve(spec: str, repo: str = ".", cache_dir: Path | None = None) -> ModelS
         _, out = Artifacts.get(repo, ref.name, version=version, out=str(dest), force=True)
     except DvcException as err:
         raise UsageError(f"cannot fetch {ref.name}@{version} from {repo}: {err}") from None
+    check_registered(repo, commit, ref.name, version, Path(out))
     return ModelSource(Path(out), ref.name, version, ref.stage, commit)
+
+
+def check_registered(repo: str, commit: str, name: str, version: str, file: Path) -> None:
+    """UsageError unless `file` has the MD5 that `commit`'s `dvc.lock` (or the artifact's
+    `.dvc` file) records for artifact `name`'s path."""
+    where = f"{name}@{version} (commit {commit[:12]})"
+    try:
+        artifacts = yaml.safe_load(read_registered(repo, commit, "dvc.yaml")).get("artifacts")
+        path = str(artifacts[name]["path"])
+    except Exception as err:  # no dvc.yaml at that commit, or no such artifact in it
+        raise UsageError(f"{where}: its dvc.yaml does not declare it: {err}") from None
+    recorded = locked.recorded_md5(
+        path,
+        _read_or_none(repo, commit, locked.LOCK_FILE),
+        _read_or_none(repo, commit, f"{path}.dvc"),
+    )
+    if recorded is None:
+        raise UsageError(
+            f"{where}: neither dvc.lock nor {path}.dvc at that commit records an md5 of {path}, "
+            "so its bytes cannot be checked; refused"
+        )
+    actual = locked.md5_of(file)
+    if actual != recorded:
+        raise UsageError(
+            f"{where}: the fetched {path} has md5 {actual}, but the commit records {recorded}: "
+            "the copy in the DVC cache or remote is corrupt; refused (`python -m "
+            "pipelines.cache_check --remote` finds it)"
+        )
+
+
+def _read_or_none(repo: str, commit: str, path: str) -> str | None:
+    try:
+        return read_registered(repo, commit, path)
+    except Exception:  # dvc.api raises its own types for a file the commit does not have
+        return None
 
 
 def read_registered(repo: str, commit: str, path: str) -> str:

@@ -4,12 +4,17 @@ request runs does not change its model."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import re
 from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel
+from starlette.exceptions import HTTPException
 
 from mnist_pipeline.serving.inputs import BadInput, decode_uploads, pixels_from_json, read_uploads
 from mnist_pipeline.serving.limits import RETRY_AFTER_S, Limits
@@ -43,6 +48,42 @@ async def bad_input(_: Request, err: BadInput) -> JSONResponse:
     return JSONResponse(
         {"error": err.message, "file": err.file}, status_code=err.status, headers=headers
     )
+
+
+async def http_error(_: Request, err: HTTPException) -> JSONResponse:
+    """Starlette's own refusals (a malformed multipart body, an unknown path or method) in the
+    same shape, with their headers (`allow` of a 405)."""
+    return JSONResponse(
+        {"error": str(err.detail), "file": None},
+        status_code=err.status_code,
+        headers=getattr(err, "headers", None),
+    )
+
+
+async def invalid_request(_: Request, err: RequestValidationError) -> JSONResponse:
+    problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+    return JSONResponse({"error": problems, "file": None}, status_code=422)
+
+
+def page_headers(html: str) -> dict[str, str]:
+    """The drawing page's security headers: it runs only its own inline script and style
+    (by hash), talks only to this server, and may not be framed or sniffed as another type."""
+    sources = {}
+    for kind in ("script", "style"):
+        bodies = re.findall(rf"<{kind}>(.*?)</{kind}>", html, re.DOTALL)
+        digests = [base64.b64encode(hashlib.sha256(b.encode()).digest()).decode() for b in bodies]
+        sources[kind] = " ".join(f"'sha256-{d}'" for d in digests) or "'none'"
+    policy = (
+        f"default-src 'none'; script-src {sources['script']}; style-src {sources['style']}; "
+        "img-src 'self' data: blob:; connect-src 'self'; base-uri 'none'; "
+        "form-action 'self'; frame-ancestors 'none'"
+    )
+    return {
+        "content-security-policy": policy,
+        "x-frame-options": "DENY",
+        "x-content-type-options": "nosniff",
+        "referrer-policy": "no-referrer",
+    }
 
 
 def probes(slot: ModelSlot) -> APIRouter:
@@ -101,6 +142,8 @@ def predictions(slot: ModelSlot, metrics: ServerMetrics, limits: Limits) -> APIR
                 body = await request.json()
             except ValueError:
                 raise BadInput(422, "the body is not valid JSON") from None
+            except RecursionError:  # arrays nested thousands deep: no digit is
+                raise BadInput(422, "the body is nested far deeper than (N, 28, 28)") from None
             batch = pixels_from_json(body, limits)
             names = [f"pixels[{i}]" for i in range(len(batch))]
             preds, run = await model.batcher.classify(lambda: (list(batch), names))
@@ -117,9 +160,12 @@ def predictions(slot: ModelSlot, metrics: ServerMetrics, limits: Limits) -> APIR
 def page_and_metrics(metrics: ServerMetrics) -> APIRouter:
     router = APIRouter()
 
+    html = PAGE.read_text()
+    headers = page_headers(html)
+
     @router.get("/", include_in_schema=False)
     async def page() -> HTMLResponse:
-        return HTMLResponse(PAGE.read_text())
+        return HTMLResponse(html, headers=headers)
 
     @router.get("/metrics", response_class=PlainTextResponse)
     async def scrape() -> Response:

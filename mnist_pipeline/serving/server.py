@@ -45,6 +45,8 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
 
 from mnist_pipeline.errors import UsageError
 from mnist_pipeline.serving import metrics as server_metrics
@@ -94,12 +96,16 @@ def create_app(
     log_format: str = "text",
     first: ModelSource | None = None,
     load_first: bool = False,
+    docs: bool = False,
 ) -> FastAPI:
     """The app serving `model`: a file, a resolved source, or what `--model` names (resolved
     again on SIGHUP). It loads the model in the background once it starts; `/readyz` says
     when it may take traffic. `first`: the model to start with, already resolved.
     `load_first`: load it before serving instead; a `--workers` process shares its socket, and
-    must not take a share of the connections while it cannot answer them."""
+    must not take a share of the connections while it cannot answer them. `docs`: serve
+    Swagger UI at `/docs`, which loads its scripts from a CDN (off by default: an offline
+    machine cannot reach it, and the page would run third-party code); `/openapi.json` is
+    always there."""
     if isinstance(model, ModelSpec):
         spec = model
     else:
@@ -126,12 +132,17 @@ def create_app(
         title="MNIST digit classifier",
         description="LeNet-5 in ONNX Runtime: raw 0-255 pixels of 28x28 digits, or images.",
         lifespan=_lifespan(slot, spec, load_first),
+        docs_url="/docs" if docs else None,
+        redoc_url=None,
     )
     access_log = server_metrics.json_access_log() if log_format == "json" else None
-    handlers = routes.HANDLERS | {"/docs", "/openapi.json"}
+    handlers = routes.HANDLERS | {"/openapi.json"} | ({"/docs"} if docs else set())
     app.add_middleware(RequestLimits, limits=limits)  # inside Observe: refusals are counted
     app.add_middleware(Observe, metrics=metrics, handlers=handlers, access_log=access_log)
     app.add_exception_handler(BadInput, routes.bad_input)  # type: ignore[arg-type]
+    # Starlette's own refusals (a malformed multipart body, 404, 405) in the same shape.
+    app.add_exception_handler(HTTPException, routes.http_error)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, routes.invalid_request)  # type: ignore[arg-type]
     for router in (
         routes.page_and_metrics(metrics),
         routes.probes(slot),
@@ -223,6 +234,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="text",
         help="json: one JSON line per request instead of uvicorn's access log",
     )
+    p.add_argument(
+        "--docs",
+        action="store_true",
+        help="serve Swagger UI at /docs (it loads its scripts from a CDN; /openapi.json is "
+        "always served)",
+    )
     args = p.parse_args(argv)
     if args.max_batch < 1 or args.max_wait_ms < 0 or args.threads < 0 or args.workers < 1:
         p.error("--max-batch and --workers must be >= 1, --max-wait-ms and --threads >= 0")
@@ -252,6 +269,7 @@ def app_options(args: argparse.Namespace, first: ModelSource) -> dict[str, Any]:
         "num_threads": args.threads,
         "warmup_runs": args.warmup_runs,
         "log_format": args.log_format,
+        "docs": args.docs,
     }
 
 

@@ -57,7 +57,8 @@ def sweep(
         prune_metric=early_stopping.metric,
         model_name=promotion.model_name,
     )
-    plan = planning.make(Path(root), space, execution, early_stopping, promotion)
+    folder = user_values.existing_folder("--root", root)
+    plan = planning.make(folder, space, execution, early_stopping, promotion)
     done = planning.done_earlier(plan, space.objective)
     ordered = planning.collect(plan, run.run(plan, space, execution, done))
     data = publish_report(

@@ -48,20 +48,28 @@ class Execution(Options):
         default=1, ge=1, description="trials running at once"
     )
     threads_per_trial: int | None = Field(
-        default=None, description="`compute.threads` of each trial; default: the cores / jobs"
+        default=None,
+        ge=1,
+        description="`compute.threads` of each trial; default: the cores / jobs",
     )
     targets: Annotated[list[str] | None, Cli(("--target",), metavar="STAGE")] = Field(
         default=None,
         description="a stage each trial runs, with its upstream (repeatable); default: evaluate",
     )
     retries: int = Field(
-        default=2, description="retries of a trial after a transient failure (it resumes)"
+        default=2, ge=0, description="retries of a trial after a transient failure (it resumes)"
     )
     retry_delay_s: float = Field(
-        default=10.0, description="delay before the first retry; doubled for each later one"
+        default=10.0,
+        ge=0.0,
+        allow_inf_nan=False,
+        description="delay before the first retry; doubled for each later one",
     )
     trial_timeout_s: float = Field(
-        default=6 * 3600, description="a trial still running after this long is stopped"
+        default=6 * 3600,
+        gt=0.0,
+        allow_inf_nan=False,
+        description="a trial still running after this long is stopped",
     )
     origin: Annotated[str | None, Cli(metavar="GIT_URL")] = Field(
         default=None,
@@ -83,13 +91,16 @@ class EarlyStopping(Options):
         "default: val/acc when maximising, val/loss when minimising",
     )
     startup_trials: Annotated[int, Cli(("--prune-startup-trials",))] = Field(
-        default=5, description="no pruning until this many trials completed"
+        default=5, ge=0, description="no pruning until this many trials completed"
     )
     warmup_epochs: Annotated[int, Cli(("--prune-warmup-epochs",))] = Field(
-        default=1, description="a trial's first epochs are never pruned"
+        default=1, ge=0, description="a trial's first epochs are never pruned"
     )
     percentile: Annotated[float, Cli(("--prune-percentile",))] = Field(
         default=25.0,
+        ge=0.0,
+        le=100.0,
+        allow_inf_nan=False,
         description="percentile: a trial not among the best this % at an epoch is pruned",
     )
 
@@ -106,5 +117,9 @@ class Promotion(Options):
     model_name: str = Field(default=MODEL_NAME, description="the dvc.yaml artifact to register")
     bump: Bump = Field(default="minor", description="which part of the version to increase")
     min_test_acc: float = Field(
-        default=0.98, description="the test accuracy a model needs to register"
+        default=0.98,
+        ge=0.0,
+        le=1.0,
+        allow_inf_nan=False,
+        description="the test accuracy a model needs to register",
     )

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import errno
+from pathlib import Path
+
 import pytest
 
-from mnist_pipeline import errors
+from mnist_pipeline import atomic, errors
 
 
 def _raising(err: BaseException):
@@ -23,3 +26,22 @@ def test_exit_codes_and_messages(capsys: pytest.CaptureFixture[str]) -> None:
     assert "mirror unreachable" in capsys.readouterr().err
     with pytest.raises(KeyError):
         errors.run(_raising(KeyError("a bug")))
+
+
+def test_a_full_disk_names_the_file_instead_of_a_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def full(self: Path, data: bytes) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")  # a write names no file
+
+    monkeypatch.setattr(Path, "write_bytes", full)
+    target = tmp_path / "metrics" / "train.json"
+    assert errors.run(lambda argv: atomic.write_json(target, {"acc": 1.0})) == 1
+    assert capsys.readouterr().err == (
+        f"error: no space left on the device writing {target}: No space left on device\n"
+    )
+    assert not list(target.parent.iterdir()), "no temporary file left behind"
+    # An OSError that names its file, from anywhere else, says it too.
+    enospc = OSError(errno.ENOSPC, "No space left on device", "/data/x.tmp")
+    assert errors.run(_raising(enospc)) == 1
+    assert "no space left on the device writing /data/x.tmp" in capsys.readouterr().err

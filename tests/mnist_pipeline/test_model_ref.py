@@ -117,3 +117,37 @@ def test_paths_are_files_not_references(onnx_model: Path, tmp_path: Path) -> Non
     assert server.main(["--model", "missing.onnx"]) == 2
     no_registry = ["--model", "m@v1.0.0", "--repo", str(tmp_path)]
     assert server.main([*no_registry, "--cache-dir", str(tmp_path / "c")]) == 2
+
+
+def test_a_corrupt_cache_object_is_refused_and_the_old_model_keeps_serving(
+    registry: dict[str, str], tmp_path: Path
+) -> None:
+    """A flipped byte in the DVC cache object of a registered file: DVC fetches it as it is,
+    so the check against the tagged commit's lock refuses it, and a reload keeps the old."""
+    import asyncio
+    import shutil
+
+    from mnist_pipeline.serving import served_model
+
+    root = tmp_path / "repo"
+    shutil.copytree(registry["root"], root)
+    spec = served_model.ModelSpec("digits-onnx@v0.1.0", str(root), tmp_path / "fetched")
+    slot = served_model.ModelSlot(
+        spec,
+        None,
+        lambda source, data: served_model.load(source, data, 1, 0, lambda s: None, str(root)),  # type: ignore[arg-type,return-value]
+        lambda old, new: None,
+        lambda reason: None,
+    )
+    assert asyncio.run(slot.reload()) and slot.current is not None
+    serving = slot.current.info.sha256
+    md5 = git(root, "show", "digits-onnx@v0.1.0:models/m.onnx.dvc").split("md5: ")[1].split()[0]
+    obj = root / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]
+    obj.chmod(0o644)
+    data = bytearray(obj.read_bytes())
+    data[-1] ^= 0x01  # an ONNX file that still loads: only the hash tells
+    obj.write_bytes(bytes(data))
+    with pytest.raises(UsageError, match=f"records {md5}: the copy in the DVC cache or remote"):
+        model_ref.resolve("digits-onnx@v0.1.0", str(root), tmp_path / "other")
+    assert not asyncio.run(slot.reload())  # SIGHUP's path
+    assert slot.current.info.sha256 == serving

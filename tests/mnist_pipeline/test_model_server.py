@@ -38,6 +38,11 @@ def _declared_size_png(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + body
 
 
+# Arrays nested deeper than Python's JSON parser recurses: it gives up with a RecursionError.
+DEEP = b'{"pixels": ' + b"[" * 5_000 + b"]" * 5_000 + b"}"
+MULTIPART = "multipart/form-data"  # no boundary: Starlette refuses it (400)
+
+
 @pytest.fixture(scope="module")
 def client(onnx_model: Path) -> Iterator[TestClient]:
     app = server.create_app(onnx_model, server.Limits(max_bytes=200_000, max_files=8))
@@ -63,7 +68,8 @@ def test_health_model_card_and_docs(client: TestClient, onnx_model: Path) -> Non
     assert card["sha256"] == hashlib.sha256(onnx_model.read_bytes()).hexdigest()
     assert str(onnx_model.parent) not in json.dumps(card), "no server paths"
     assert client.get("/readyz").json() == {"status": "ready"}
-    assert client.get("/docs").status_code == 200
+    # Swagger UI loads its scripts from a CDN: off unless asked for (`--docs`).
+    assert client.get("/docs").status_code == 404
     schema = client.get("/openapi.json").json()
     assert "/predict" in schema["paths"] and "/readyz" in schema["paths"]
     assert {"ModelInfo", "Prediction", "ErrorOut"} <= set(schema["components"]["schemas"])
@@ -106,8 +112,16 @@ def test_json_pixels(client: TestClient, digits: list[np.ndarray], onnx_model: P
         ({"json": {"pixels": "abc"}}, 422, "list of numbers"),
         ({"json": {"image": []}}, 422, "expected a JSON object"),
         ({"json": {"pixels": [[[0] * 28] * 28] * 9}}, 413, "at most 8"),
+        # Checked in Python before any conversion: no 500 from NumPy or the JSON parser.
+        ({"json": {"pixels": [[10**400] + [0] * 27] * 28}}, 422, "between 0 and 255"),
+        ({"json": {"pixels": [["7"] * 28] * 28}}, 422, "numbers, not str"),
+        ({"json": {"pixels": [[True] * 28] * 28}}, 422, "numbers, not bool"),
+        ({"json": {"pixels": [[[[0]] * 28] * 28]}}, 422, "numbers, not list"),
+        ({"json": {"pixels": [[[[0] * 28] * 28]]}}, 422, "shape"),
+        ({"content": DEEP, "headers": {"content-type": "application/json"}}, 422, "nested"),
         ({"content": b"hello", "headers": {"content-type": "text/plain"}}, 415, "multipart"),
         ({"files": {"other": (None, "x")}}, 422, "no image"),
+        ({"content": b"--x\r\nbroken", "headers": {"content-type": MULTIPART}}, 400, "boundary"),
     ],
 )
 def test_bad_input_is_a_4xx_that_names_the_problem_and_the_server_goes_on(
@@ -119,7 +133,7 @@ def test_bad_input_is_a_4xx_that_names_the_problem_and_the_server_goes_on(
 ) -> None:
     bad = client.post("/predict", **request_kwargs)
     assert bad.status_code == status, bad.text
-    assert message in bad.json()["error"]
+    assert set(bad.json()) == {"error", "file"} and message in bad.json()["error"]
     good = client.post("/predict", files=[("file", ("ok.png", _png_bytes(digits[0])))])
     assert good.status_code == 200 and good.json()[0]["file"] == "ok.png"
 
@@ -204,3 +218,19 @@ def test_workers_get_the_options_the_parent_parsed(
     assert too_many.status_code == 413 and "at most 3" in too_many.json()["error"]
     with pytest.raises(SystemExit):
         server.parse_args(["--model", "m", "--workers", "0"])
+
+
+def test_every_refusal_has_the_one_shape_and_docs_only_when_asked(onnx_model: Path) -> None:
+    with TestClient(server.create_app(onnx_model, docs=True)) as c:
+        assert c.get("/docs").status_code == 200
+        assert c.get("/no-such-page").json() == {"error": "Not Found", "file": None}
+        assert c.put("/predict").json() == {"error": "Method Not Allowed", "file": None}
+
+
+def test_the_drawing_page_sends_security_headers(client: TestClient) -> None:
+    page = client.get("/")
+    policy = page.headers["content-security-policy"]
+    assert "default-src 'none'" in policy and "frame-ancestors 'none'" in policy
+    assert "script-src 'sha256-" in policy and "unsafe-inline" not in policy
+    assert page.headers["x-frame-options"] == "DENY"
+    assert page.headers["x-content-type-options"] == "nosniff"

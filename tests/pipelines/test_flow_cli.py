@@ -3,7 +3,11 @@ descriptions as Prefect shows, and a value a parameter's model refuses is a usag
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
+from prefect.exceptions import ParameterTypeError
 
 from pipelines import flow_cli
 from pipelines.flow import parser as pipeline_parser
@@ -11,6 +15,7 @@ from pipelines.flow import pipeline
 from pipelines.sweep.cli import parser as sweep_parser
 from pipelines.sweep.flow import sweep
 from pipelines.sweep.options import EarlyStopping, Execution, SearchSpace
+from tests.conftest import ROOT
 
 
 def test_sweep_options_land_in_their_groups() -> None:
@@ -58,3 +63,53 @@ def test_a_value_the_model_refuses_is_a_usage_error(
 def test_a_flat_value_for_no_parameter_is_refused() -> None:
     with pytest.raises(TypeError, match="no parameter 'jbos'"):
         flow_cli.grouped(sweep, jbos=2)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--min-test-acc", "nan"],
+        ["--min-test-acc", "1.5"],
+        ["--retries", "-1"],
+        ["--retry-delay-s", "inf"],
+        ["--stage-timeout-s", "0"],
+        ["--stage-timeout-s", "nan"],
+    ],
+)
+def test_a_gate_cannot_be_talked_past(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """`acc < nan` is always false: a threshold must be a finite number in its range."""
+    with pytest.raises(SystemExit) as exit_:
+        flow_cli.parse(pipeline_parser(), pipeline, argv)
+    assert exit_.value.code == 2 and argv[0] in capsys.readouterr().err
+    # A run started through Prefect (a deployment, the UI) is refused the same way.
+    name = argv[0].lstrip("-").replace("-", "_")
+    with pytest.raises(ParameterTypeError, match=name):
+        pipeline.validate_parameters({name: float(argv[1])})
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--min-test-acc", "nan"],
+        ["--retries", "-1"],
+        ["--trial-timeout-s", "0"],
+        ["--prune-percentile", "101"],
+    ],
+)
+def test_the_sweeps_gates_too(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        flow_cli.parse(sweep_parser(), sweep, argv)
+    assert exit_.value.code == 2 and argv[0] in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("module", ["pipelines.flow", "pipelines.verify"])
+def test_a_root_that_does_not_exist_is_a_usage_error(module: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", module, "--root", "/nonexistent/mnist"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "--root '/nonexistent/mnist': no such folder" in done.stderr
+    assert "Traceback" not in done.stderr

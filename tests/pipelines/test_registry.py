@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
 
+from pipelines import registry
 from pipelines.registry import latest_version, register
 from testing.scratch_repo import GIT_IDENTITY
 from tests.pipelines.conftest import run
@@ -47,3 +49,18 @@ def test_versions_follow_existing_tags(repo: Path) -> None:
     assert register(repo, "lenet5", "patch", "third").tag == "lenet5@v0.2.1"
     (repo / "dvc.lock").write_text("model: d\n")
     assert register(repo, "lenet5", "major", "fourth").tag == "lenet5@v1.0.0"
+
+
+@pytest.mark.parametrize(
+    ("test_acc", "min_test_acc"),
+    [(0.1135, float("nan")), (0.1135, -1.0), (float("nan"), 0.98), (None, 0.98), (0.97, 0.98)],
+)
+def test_the_registration_gate_refuses_what_is_not_a_pass(
+    repo: Path, monkeypatch: pytest.MonkeyPatch, test_acc: float | None, min_test_acc: float
+) -> None:
+    """`acc < nan` is always false: a NaN threshold or accuracy must not register anything."""
+    monkeypatch.setattr(registry, "get_run_logger", lambda: logging.getLogger("test"))
+    register_version = registry.register_version.fn
+    state = register_version(repo, "lenet5", "minor", test_acc, min_test_acc, None, None)
+    assert state.name == "Rejected"
+    assert latest_version(repo, "lenet5") is None

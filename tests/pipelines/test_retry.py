@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import errno
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 from prefect.states import Completed, Failed
 
 from mnist_pipeline.params.schema import ParamsError
+from pipelines import dvc_repo
 from pipelines.retry import StepFailed, classify, is_transient, retry_condition
+from testing import scratch_repo
 
 CMD = "python -m stages.train --data data/prepared"
 
@@ -31,6 +37,7 @@ def dvc_failure(stage_exit: int, extra: str = "") -> str:
         (None, "", True),  # stopped on timeout
         (-9, "", True),  # dvc itself killed
         (255, "ERROR: Unable to acquire lock. Most likely another DVC process is running", True),
+        (255, "ERROR: 'data/prepared' is busy, it is being blocked by:\n  (PID 42)", True),
         (255, dvc_failure(1, "error: could not fetch x.gz: <urlopen error timed out>\n"), True),
         (255, dvc_failure(1, "torch.OutOfMemoryError: CUDA out of memory.\n"), True),
         (1, "ERROR: failed to push data to the cloud - Connection reset by peer", True),
@@ -90,3 +97,39 @@ def test_failure_message_says_why_and_whether_it_is_retried() -> None:
     assert "killed by SIGKILL" in msg and "will be retried" in msg and "exited with -9" in msg
     msg = str(StepFailed("stage train", 255, dvc_failure(2)))
     assert "params" in msg and "not retried" in msg
+
+
+SLOW_STAGE = """\
+stages:
+  slow:
+    cmd: python -c "import pathlib, time; pathlib.Path('started').touch(); time.sleep(15);
+      pathlib.Path('out.txt').write_text('x')"
+    outs:
+      - out.txt
+"""
+
+
+@pytest.mark.slow
+def test_a_concurrent_dvc_repro_is_a_transient_failure(tmp_path: Path) -> None:
+    """While one `dvc repro` runs a stage, DVC answers a second with "'out.txt' is busy, it
+    is being blocked by (PID ...)": a retry a moment later can succeed."""
+    (tmp_path / "dvc.yaml").write_text(SLOW_STAGE)
+    scratch_repo.dvc(tmp_path, "init", "--no-scm", "-q")
+    first = subprocess.Popen(
+        [sys.executable, "-m", "dvc", "repro"],
+        cwd=tmp_path,
+        env=scratch_repo.env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "started").exists():
+            assert first.poll() is None and time.monotonic() < deadline, "the stage never began"
+            time.sleep(0.2)
+        done = dvc_repo.run(tmp_path, ["repro", "--single-item", "slow", "--force"], 60)
+    finally:
+        first.wait(timeout=120)
+    assert not done.ok and "is busy, it is being blocked by" in done.tail, done.tail
+    assert classify(done.returncode, done.tail).transient
+    assert first.returncode == 0

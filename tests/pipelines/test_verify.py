@@ -1,14 +1,20 @@
-"""The audit command's comparison and explanations, on hand-written `dvc.lock` contents.
+"""The audit command's comparison and explanations, on hand-written `dvc.lock` contents; its
+checks of what is committed and cached on a one-stage scratch repo (slow).
 
-The real thing (a clone rebuilt and compared) runs in tests/test_pipeline.py.
+The real pipeline rebuilt and compared runs in tests/test_pipeline.py.
 """
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import sys
+from pathlib import Path
 
-from pipelines import verify
+import pytest
+
+from pipelines import cache_check, verify
+from testing import scratch_repo
 from tests.conftest import ROOT
 
 
@@ -95,3 +101,103 @@ def test_unknown_stage_or_revision_is_a_usage_error() -> None:
         )
         assert done.returncode == 2, done.stderr
         assert done.stderr.startswith("error:")
+
+
+# A one-stage pipeline that runs in a second: a cached "model", a git-tracked metrics file and
+# a run record, so the audit's checks run for real on a scratch git + DVC repo.
+MAKE = """\
+import json, sys, time
+from pathlib import Path
+Path("model.bin").write_bytes(bytes(range(256)) * 64)
+Path("metrics.json").write_text(json.dumps({"acc": 0.992}) + "\\n")
+Path(sys.argv[2]).write_text(json.dumps({"ran_at": time.time()}))
+"""
+PIPELINE = """\
+stages:
+  make:
+    cmd: python make.py --provenance run.json
+    deps: [make.py]
+    outs: [model.bin]
+    metrics:
+      - metrics.json:
+          cache: false
+"""
+
+
+@pytest.fixture
+def scratch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A committed run of the one-stage pipeline, its objects in the cache and on a remote."""
+    for key, value in scratch_repo.GIT_IDENTITY.items():
+        monkeypatch.setenv(key, value)
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "make.py").write_text(MAKE)
+    (repo / "dvc.yaml").write_text(PIPELINE)
+    (repo / ".gitignore").write_text("run.json\n")
+    scratch_repo.git(repo, "init", "-q", "-b", "main")
+    scratch_repo.dvc(repo, "init", "-q")
+    scratch_repo.dvc(repo, "remote", "add", "-d", "store", str(tmp_path / "remote"))
+    scratch_repo.dvc(repo, "repro")
+    scratch_repo.dvc(repo, "push")
+    scratch_repo.git(repo, "add", "-A")
+    scratch_repo.git(repo, "commit", "-q", "-m", "a run")
+    return repo
+
+
+def _flip_a_byte(path: Path) -> None:
+    path.chmod(0o644)  # DVC makes its objects read-only
+    data = bytearray(path.read_bytes())
+    data[100] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def _object(store: Path, data: bytes) -> Path:
+    md5 = hashlib.md5(data).hexdigest()
+    return store / "files" / "md5" / md5[:2] / md5[2:]
+
+
+@pytest.mark.slow
+def test_a_committed_result_edited_by_hand_fails_the_audit(scratch: Path) -> None:
+    """The audit rebuilds the same bytes, but the commit holds another file than its dvc.lock
+    records: it fails, names the file, both hashes and the wrong side."""
+    locked = hashlib.md5((scratch / "metrics.json").read_bytes()).hexdigest()
+    (scratch / "metrics.json").write_text('{"acc": 0.999}\n')
+    scratch_repo.git(scratch, "commit", "-q", "-am", "a better accuracy")
+    edited = hashlib.md5((scratch / "metrics.json").read_bytes()).hexdigest()
+    audit = verify.verify(scratch, echo=lambda _: None)
+    text = verify.report(audit)
+    assert not audit.ok, text
+    assert all(o.verdict == "same" for o in audit.outputs)  # the rebuild alone would pass
+    (row,) = [c for c in audit.committed if not c.same]
+    assert (row.path, row.locked, row.actual, row.rebuilt) == (
+        "metrics.json",
+        locked,
+        edited,
+        locked,
+    )
+    assert f"metrics.json (make): the commit's file hashes to {edited}" in text
+    assert f"its dvc.lock records {locked}: the committed file is wrong" in text
+
+
+@pytest.mark.slow
+def test_a_flipped_byte_in_the_cache_or_on_the_remote_fails(scratch: Path) -> None:
+    model = (scratch / "model.bin").read_bytes()
+    md5 = hashlib.md5(model).hexdigest()
+    assert verify.verify(scratch, echo=lambda _: None, remote=True).ok
+    _flip_a_byte(_object(scratch / ".dvc" / "cache", model))
+    audit = verify.verify(scratch, echo=lambda _: None)
+    assert not audit.ok and audit.cache is not None
+    (bad,) = audit.cache.corrupt
+    assert (bad.where, bad.name, bad.output) == ("local cache", md5, "model.bin")
+    text = verify.report(audit)
+    assert f"object {md5} (model.bin) hashes to {bad.actual}: the cached copy is corrupt" in text
+    # The standalone check says the same (exit 1); the remote's copy is still intact.
+    cli = [sys.executable, "-m", "pipelines.cache_check", "--root", str(scratch)]
+    done = subprocess.run([*cli, "--remote"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "CORRUPT: local cache" in done.stdout, done.stderr
+    assert "CORRUPT: remote" not in done.stdout
+    # A corrupt object on the remote is found too, when asked.
+    _flip_a_byte(_object(scratch.parent / "remote", model))
+    remote = cache_check.check(scratch, remote=True, local=False)
+    assert [c.where.split()[0] for c in remote.corrupt] == ["remote"]
+    assert remote.checked == {f"remote {scratch.parent / 'remote'}": 1}

@@ -119,3 +119,41 @@ def test_prepare_runs_without_torch_or_lightning(
     assert done.stdout.strip().splitlines()[-1] == "[]"
     assert (tmp_path / "out" / "train.safetensors").is_file()
     assert json.loads((tmp_path / "run.json").read_text())["stage"] == "prepare"
+
+
+def test_a_killed_prepare_leaves_no_temporary_folder_for_good_and_one_runs_at_a_time(
+    tmp_path: Path, params_file: Path, mirror_env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What a SIGKILLed prepare leaves (`.prepared.<random>.tmp`, 121 MB on the real MNIST) is
+    cleared by the next run; a copy still running (its `dvc` killed) keeps a second out."""
+    out = tmp_path / "prepared"
+    left = tmp_path / ".prepared.k1ll3d.tmp"
+    left.mkdir()
+    (left / "train.safetensors").write_bytes(b"half")
+    argv = [
+        *("--params", str(params_file), "--raw-dir", str(tmp_path / "raw")),
+        *("--out", str(out), "--provenance", str(tmp_path / "provenance.json")),
+    ]
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path; from mnist_pipeline import stage\n"
+            "with stage.one_at_a_time(Path(sys.argv[1]), 'prepare'):\n"
+            "    print('locked', flush=True); time.sleep(60)",
+            str(tmp_path / "provenance.json"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+        assert errors.run(prepare.main, argv) == 1
+        err = capsys.readouterr().err
+        assert f"another prepare is already running in these folders (pid {holder.pid}" in err
+        assert not out.exists() and left.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert errors.run(prepare.main, argv) == 0  # the kernel dropped the dead holder's lock
+    assert not list(tmp_path.glob(".prepared.*")), "the stale temporary folder was cleared"
