@@ -11,6 +11,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel
 
+from mnist_pipeline.serving import drain
 from mnist_pipeline.serving.inputs import BadInput, decode_uploads, pixels_from_json, read_uploads
 from mnist_pipeline.serving.limits import RETRY_AFTER_S, Limits
 from mnist_pipeline.serving.metrics import ServerMetrics
@@ -55,7 +56,9 @@ def probes(slot: ModelSlot) -> APIRouter:
 
     @router.get("/readyz", responses={503: {"model": Status}})
     async def readyz() -> Status:
-        """Readiness: a model is loaded and passed its warm-up."""
+        """Readiness: a model is loaded and passed its warm-up, and no SIGTERM came."""
+        if drain.draining():
+            return JSONResponse({"status": "draining"}, status_code=503)  # type: ignore[return-value]
         if slot.current is None:
             return JSONResponse({"status": "loading"}, status_code=503)  # type: ignore[return-value]
         return Status(status="ready")
