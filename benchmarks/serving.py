@@ -85,7 +85,9 @@ def start_server(
     `/readyz` answers 200 (or once it listens, with `ready=False`)."""
     if log is None:
         log = Path(tempfile.mkstemp(prefix="mnist-serve-", suffix=".log")[1])
-    argv = ["--model", str(model), "--port", "0", "--log-level", "warning", *extra]
+    # No drain delay on SIGTERM (`stop`) unless `extra` asks for one.
+    argv = ["--model", str(model), "--port", "0", "--log-level", "warning", "--drain-s", "0"]
+    argv += extra
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "mnist_pipeline.serving.server", *argv],

@@ -16,6 +16,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Res
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
+from mnist_pipeline.serving import drain
 from mnist_pipeline.serving.inputs import BadInput, decode_uploads, pixels_from_json, read_uploads
 from mnist_pipeline.serving.limits import RETRY_AFTER_S, Limits
 from mnist_pipeline.serving.metrics import ServerMetrics
@@ -96,7 +97,9 @@ def probes(slot: ModelSlot) -> APIRouter:
 
     @router.get("/readyz", responses={503: {"model": Status}})
     async def readyz() -> Status:
-        """Readiness: a model is loaded and passed its warm-up."""
+        """Readiness: a model is loaded and passed its warm-up, and no SIGTERM came."""
+        if drain.draining():
+            return JSONResponse({"status": "draining"}, status_code=503)  # type: ignore[return-value]
         if slot.current is None:
             return JSONResponse({"status": "loading"}, status_code=503)  # type: ignore[return-value]
         return Status(status="ready")

@@ -14,8 +14,9 @@
 - `GET /`: a page where you draw a digit and see the prediction and the ten probabilities as
   you draw (`static/index.html`; no CDN, it works offline).
 - SIGHUP loads the model `--model` names now and swaps it in once it passes its checks
-  (`served_model`); SIGTERM stops accepting, finishes the requests in flight within
-  `--grace-s`, and exits 0. With `--workers N` the parent passes SIGHUP to every worker.
+  (`served_model`); SIGTERM turns `/readyz` 503, serves on for `--drain-s`, then stops
+  accepting, answers every request it accepted within `--grace-s`, and exits 0 (`drain`). With
+  `--workers N` the parent passes SIGHUP and SIGTERM to every worker.
 
 Bad input gets a 4xx JSON error `{"error": ..., "file": ...}` that names the problem, and the
 server keeps serving: a file that is not an image, truncated or over `--max-bytes`; a
@@ -49,8 +50,8 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 
 from mnist_pipeline.errors import UsageError
+from mnist_pipeline.serving import drain, routes, served_model
 from mnist_pipeline.serving import metrics as server_metrics
-from mnist_pipeline.serving import routes, served_model
 from mnist_pipeline.serving.inputs import BadInput
 from mnist_pipeline.serving.limits import (
     DEFAULT_BODY_TIMEOUT_S,
@@ -78,9 +79,12 @@ DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_MS = 1, 0.0
 # are better spent on concurrent requests.
 DEFAULT_THREADS = 1
 # uvicorn's: idle keep-alive connections are closed after this; open connections beyond the
-# cap get 503 (slow clients that never finish their headers count too); SIGTERM waits this
-# long for requests in flight.
+# cap get 503 (slow clients that never finish their headers count too); SIGTERM's drain,
+# delay included, takes at most this long.
 DEFAULT_KEEP_ALIVE_S, DEFAULT_MAX_CONNECTIONS, DEFAULT_GRACE_S = 5, 1024, 30
+# On SIGTERM, how long /readyz says 503 while the server still serves, so that a load balancer
+# stops sending before connections are refused: a few health checks at common intervals.
+DEFAULT_DRAIN_S = 5.0
 # How `--workers` processes get the options the parent parsed.
 OPTIONS_ENV = "MNIST_SERVE_OPTIONS"
 __all__ = ["BadInput", "Limits", "MicroBatcher", "ModelSource"]
@@ -139,6 +143,7 @@ def create_app(
     handlers = routes.HANDLERS | {"/openapi.json"} | ({"/docs"} if docs else set())
     app.add_middleware(RequestLimits, limits=limits)  # inside Observe: refusals are counted
     app.add_middleware(Observe, metrics=metrics, handlers=handlers, access_log=access_log)
+    app.add_middleware(drain.CloseWhenDraining)
     app.add_exception_handler(BadInput, routes.bad_input)  # type: ignore[arg-type]
     # Starlette's own refusals (a malformed multipart body, 404, 405) in the same shape.
     app.add_exception_handler(HTTPException, routes.http_error)  # type: ignore[arg-type]
@@ -200,7 +205,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         ("--body-timeout-s", float, DEFAULT_BODY_TIMEOUT_S, "wait for a body's next piece (408)"),
         ("--keep-alive-s", int, DEFAULT_KEEP_ALIVE_S, "idle keep-alive connections close then"),
         ("--max-connections", int, DEFAULT_MAX_CONNECTIONS, "per process; more get 503 (uvicorn)"),
-        ("--grace-s", int, DEFAULT_GRACE_S, "on SIGTERM, time for requests in flight to finish"),
+        ("--grace-s", int, DEFAULT_GRACE_S, "on SIGTERM, time to drain and exit, all told"),
+        ("--drain-s", float, DEFAULT_DRAIN_S, "on SIGTERM, keep serving, /readyz 503 (default 5)"),
     ):
         p.add_argument(flag, type=kind, default=default, help=what)
     p.add_argument(
@@ -245,8 +251,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--max-batch and --workers must be >= 1, --max-wait-ms and --threads >= 0")
     if min(args.max_in_flight, args.max_connections, args.keep_alive_s) < 1:
         p.error("--max-in-flight, --max-connections and --keep-alive-s must be >= 1")
-    if args.warmup_runs < 0 or args.grace_s < 0 or args.body_timeout_s <= 0:
-        p.error("--warmup-runs and --grace-s must be >= 0, --body-timeout-s > 0")
+    if min(args.warmup_runs, args.grace_s, args.drain_s) < 0 or args.body_timeout_s <= 0:
+        p.error("--warmup-runs, --grace-s and --drain-s must be >= 0, --body-timeout-s > 0")
     return args
 
 
@@ -336,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     signal.signal(signal.SIGTERM, _exit_ok)
     if args.workers == 1:
-        server = uvicorn.Server(config)
+        server = drain.DrainingServer(config, args.drain_s)
         server.run(sockets=[sock])
         return 0 if server.started else 1
     os.environ[OPTIONS_ENV] = json.dumps(options)
@@ -344,27 +350,23 @@ def main(argv: list[str] | None = None) -> int:
     if made:  # the workers' metric files, summed by a scrape; wiped with the server
         os.environ[server_metrics.MULTIPROC_ENV] = tempfile.mkdtemp(prefix="mnist-serve-metrics-")
     try:
-        _supervisor()(config, sockets=[sock]).run()
+        Supervisor(config, [sock], args.drain_s).run()
     finally:
         if made:
             shutil.rmtree(os.environ.pop(server_metrics.MULTIPROC_ENV), ignore_errors=True)
     return 0
 
 
-def _supervisor() -> type:
-    from uvicorn.supervisors import Multiprocess
+class Supervisor(drain.Supervisor):
+    """uvicorn's, with workers that drain, except that SIGHUP reaches every worker, each
+    swapping its model in place, instead of replacing the workers (which would drop their
+    connections)."""
 
-    class Supervisor(Multiprocess):
-        """uvicorn's, except that SIGHUP reaches every worker, each swapping its model in
-        place, instead of replacing the workers (which would drop their connections)."""
-
-        def handle_hup(self) -> None:
-            log.info("SIGHUP: every worker loads its model again")
-            for process in self.processes:
-                if process.pid is not None:
-                    os.kill(process.pid, signal.SIGHUP)
-
-    return Supervisor
+    def handle_hup(self) -> None:
+        log.info("SIGHUP: every worker loads its model again")
+        for process in self.processes:
+            if process.pid is not None:
+                os.kill(process.pid, signal.SIGHUP)
 
 
 if __name__ == "__main__":

@@ -195,20 +195,21 @@ def test_workers_get_the_options_the_parent_parsed(
     started: dict = {}
 
     class Supervisor:
-        def __init__(self, config: object, sockets: list) -> None:
-            started.update(config=config, sockets=sockets)
+        def __init__(self, config: object, sockets: list, drain_s: float) -> None:
+            started.update(config=config, sockets=sockets, drain_s=drain_s)
 
         def run(self) -> None:
             started["sockets"][0].close()
 
-    monkeypatch.setattr(server, "_supervisor", lambda: Supervisor)
+    monkeypatch.setattr(server, "Supervisor", Supervisor)
     monkeypatch.delenv(server.OPTIONS_ENV, raising=False)
     monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
     argv = ["--model", str(onnx_model), "--workers", "2", "--max-files", "3", "--max-batch", "4"]
-    argv += ["--port", "0"]
+    argv += ["--port", "0", "--drain-s", "2.5"]
     assert server.main(argv) == 0
-    config = started["config"]
+    config, drain_s = started["config"], started["drain_s"]
     assert config.app == "mnist_pipeline.serving.server:app_from_env" and config.workers == 2
+    assert drain_s == 2.5
     monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)  # this process: one registry
     with TestClient(server.app_from_env()) as worker:
         _wait_ready(worker)
