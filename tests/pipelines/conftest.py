@@ -8,6 +8,7 @@ params, so nothing here touches this checkout's `dvc.lock`, cache or remote.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -128,3 +129,21 @@ def finished_run(
     return FlowRun(
         repo, base / "remote", state.result(), str(state.state_details.flow_run_id), seconds
     )
+
+
+def run_sweep(repo: Path, **params: Any) -> Any:
+    """The sweep flow on `repo` with `params` (grouped as its CLI groups them), as a state."""
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    from pipelines.flow_cli import grouped
+    from pipelines.sweep.flow import sweep
+
+    params.setdefault("retry_delay_s", 0.0)
+    runner = ThreadPoolTaskRunner(max_workers=params.get("jobs", 1))
+    run = sweep.with_options(task_runner=runner)
+    return run(root=str(repo), return_state=True, **grouped(sweep, **params))
+
+
+def sweep_report(repo: Path, name: str) -> dict[str, Any]:
+    """The sweep's results file, as written to `sweeps/<name>.json`."""
+    return json.loads((repo / "sweeps" / f"{name}.json").read_text())

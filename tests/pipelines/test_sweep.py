@@ -2,45 +2,27 @@
 
 The flow runs for real in one throw-away git + DVC copy of this repo on the tiny synthetic data
 (see conftest.py): a two-trial grid two at a time, the same sweep again, and a sweep where
-trials fail. Another copy stands in for a team of hosts: a bare git repo for the git server, a
-folder DVC remote for S3, the copy for the host that runs the sweep, and another folder for a
-worker host's clones. The sweep's pieces as plain functions are in test_sweep_functions.py.
+trials fail. Trials on other hosts are in test_sweep_hosts.py, the sweep's pieces as plain
+functions in test_sweep_functions.py.
 """
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from mnist_pipeline.data.mnist_files import md5sum
-from mnist_pipeline.errors import PARAMS_ERROR_EXIT, STAGE_ERROR_EXIT, UsageError
+from mnist_pipeline.errors import PARAMS_ERROR_EXIT, STAGE_ERROR_EXIT
 from pipelines.sweep import trials
 from testing.scratch_repo import git
-from tests.pipelines.conftest import dvc, make_repo
+from tests.pipelines.conftest import dvc, make_repo, run_sweep, sweep_report
 
 # --- the flow, for real ----------------------------------------------------------------------
-
-
-def _sweep(repo: Path, **params: Any) -> Any:
-    from prefect.task_runners import ThreadPoolTaskRunner
-
-    from pipelines.flow_cli import grouped
-    from pipelines.sweep.flow import sweep
-
-    params.setdefault("retry_delay_s", 0.0)
-    runner = ThreadPoolTaskRunner(max_workers=params.get("jobs", 1))
-    run = sweep.with_options(task_runner=runner)
-    return run(root=str(repo), return_state=True, **grouped(sweep, **params))
 
 
 @pytest.fixture(scope="module")
@@ -57,19 +39,14 @@ GRID = ["train.optimizer.lr=8e-3,1.6e-2,20.0"]  # the third is outside the schem
 @pytest.fixture(scope="module")
 def grid_run(sweep_repo: Path) -> Any:
     """Two trials, two at a time, and an invalid one that fails alone (--skip-invalid)."""
-    state = _sweep(sweep_repo, overrides=GRID, name="lr", jobs=2, skip_invalid=True)
+    state = run_sweep(sweep_repo, overrides=GRID, name="lr", jobs=2, skip_invalid=True)
     assert state.is_failed() and "1 of 3 trials failed" in state.message, state.message
     return state
-
-
-def _report(repo: Path, name: str) -> dict[str, Any]:
-    return json.loads((repo / "sweeps" / f"{name}.json").read_text())
 
 
 def test_two_trials_at_once_are_dvc_experiments_with_their_metrics(
     sweep_repo: Path, grid_run: Any
 ) -> None:
-    from tests.pipelines.conftest import dvc
 
     shown = json.loads(dvc(sweep_repo, "exp", "show", "--json").stdout)
     exps = {
@@ -81,7 +58,7 @@ def test_two_trials_at_once_are_dvc_experiments_with_their_metrics(
         assert params["train"]["optimizer"]["lr"] == lr
         assert params["compute"]["threads"] == 1  # 2 jobs, 2 cores
         assert 0.0 <= exps[name]["metrics"]["metrics/evaluate.json"]["data"]["test"]["acc"] <= 1.0
-    result = _report(sweep_repo, "lr")
+    result = sweep_report(sweep_repo, "lr")
     assert result["counts"] == {"succeeded": 2, "failed": 1, "pruned": 0}
     rows = {r["name"]: r for r in result["trials"]}
     # The invalid trial failed alone, with its params error, and never ran.
@@ -138,20 +115,19 @@ def test_rerun_runs_nothing_that_finished(
     real = trials.run_trial
     monkeypatch.setattr(trials, "run_trial", lambda *a, **k: ran.append(a[1]) or real(*a, **k))
     # A killed sweep, its last trial lost: run again, only that one runs.
-    from tests.pipelines.conftest import dvc
 
     dvc(sweep_repo, "exp", "remove", "lr-001")
-    _sweep(sweep_repo, overrides=GRID, name="lr", jobs=2, skip_invalid=True)
+    run_sweep(sweep_repo, overrides=GRID, name="lr", jobs=2, skip_invalid=True)
     assert ran == ["lr-001"]
-    rows = {r["name"]: r for r in _report(sweep_repo, "lr")["trials"]}
+    rows = {r["name"]: r for r in sweep_report(sweep_repo, "lr")["trials"]}
     assert rows["lr-000"]["note"] == "done earlier" and rows["lr-000"]["status"] == "succeeded"
     assert rows["lr-000"]["seconds"] > 0  # from the first run's report
     assert rows["lr-001"]["status"] == "succeeded" and rows["lr-001"]["attempts"] == 1
     ran.clear()
-    _sweep(sweep_repo, overrides=GRID, name="lr", jobs=2, skip_invalid=True)
-    assert ran == [] and _report(sweep_repo, "lr")["counts"]["succeeded"] == 2
+    run_sweep(sweep_repo, overrides=GRID, name="lr", jobs=2, skip_invalid=True)
+    assert ran == [] and sweep_report(sweep_repo, "lr")["counts"]["succeeded"] == 2
     # The same name with another space is refused, not overwritten.
-    other = _sweep(sweep_repo, overrides=["train.optimizer.lr=2e-3"], name="lr")
+    other = run_sweep(sweep_repo, overrides=["train.optimizer.lr=2e-3"], name="lr")
     assert other.is_failed() and "exists with other params" in other.message
 
 
@@ -208,108 +184,6 @@ def test_bad_params_stop_the_sweep_before_any_trial(
     )
     evaluate_only = [*grid[:2], "-S", "evaluate.batch_size=128,256", *grid[4:], "--trials", "2"]
     assert main(evaluate_only) == 2 and "that run the 'train' stage" in capsys.readouterr().err
-
-
-# --- trials on other hosts: through a git server and a DVC remote ---------------------------
-
-
-@dataclass(frozen=True)
-class Hosts:
-    driver: Path  # host A: the clone that runs the sweep
-    server: Path  # the team's git server (a bare repo)
-    remote: Path  # the DVC remote, as the committed .dvc/config names it
-    worker: Path  # host B's MNIST_SWEEP_WORKDIR
-
-
-@pytest.fixture(scope="module")
-def hosts(
-    tmp_path_factory: pytest.TempPathFactory, prefect_harness: None, flow_env: None
-) -> Iterator[Hosts]:
-    base = tmp_path_factory.mktemp("hosts")
-    h = Hosts(base / "a", base / "server.git", base / "dvc-remote", base / "b")
-    make_repo(h.driver, h.remote)
-    remote = dvc(h.driver, "remote", "default").stdout.strip()
-    dvc(h.driver, "remote", "add", "--force", "-d", remote, str(h.remote))  # committed
-    git(h.driver, "commit", "-qam", "the team's DVC remote")
-    git(base, "init", "-q", "--bare", "-b", "main", str(h.server))
-    git(h.driver, "remote", "add", "origin", str(h.server))
-    git(h.driver, "push", "-q", "origin", "HEAD:refs/heads/main")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv(trials.WORKDIR_ENV, str(h.worker))
-        yield h
-
-
-@pytest.mark.slow
-def test_trials_on_another_host_clone_pull_and_push_through_the_servers(hosts: Hosts) -> None:
-    """The sweep on A, its trial in B's folder: cloned from the git server, the shared data
-    pulled from the DVC remote, the experiment pushed to both; A and a fresh clone C see it."""
-    state = _sweep(
-        hosts.driver,
-        overrides=["train.optimizer.lr=8e-3", "train.max_epochs=1"],
-        name="far",
-        origin="origin",  # the driver's git remote: the server
-        promote=True,
-    )
-    assert state.is_completed(), state.message
-    commit = trials.head_commit(hosts.driver)
-    # Host B's clone: from the server, at the commit, with its own cache (none of A's).
-    ws = hosts.worker / "far" / "far-000"
-    assert git(ws, "remote", "get-url", "origin").strip() == str(hosts.server)
-    assert trials.head_commit(ws) == commit
-    assert trials.cache_dir(ws) == ws / ".dvc" / "cache"
-    assert not (trials.sweep_dir(hosts.driver, "far") / "far-000").exists()
-    # prepare ran once, on A, and its outputs reached B through the DVC remote.
-    (row,) = _report(hosts.driver, "far")["trials"]
-    assert row["status"] == "succeeded" and row["ran"] == ["train", "evaluate"]
-    lock = yaml.safe_load((ws / "dvc.lock").read_text())["stages"]
-    prepared = next(o for o in lock["prepare"]["outs"] if o["path"] == "data/prepared")["md5"]
-    for cache in (hosts.remote, ws / ".dvc" / "cache"):
-        assert (cache / "files" / "md5" / prepared[:2] / prepared[2:]).is_file()
-    # The experiment: in the server's refs, and in A's dvc exp show with its metrics.
-    ref = f"refs/exps/{commit[:2]}/{commit[2:]}/far-000"
-    assert ref in git(hosts.server, "for-each-ref", "--format=%(refname)", "refs/exps")
-    shown = json.loads(dvc(hosts.driver, "exp", "show", "--json").stdout)
-    exps = {
-        r["name"]: r["data"] for b in shown for e in b.get("experiments") or [] for r in e["revs"]
-    }
-    assert 0.0 <= exps["far-000"]["metrics"]["metrics/evaluate.json"]["data"]["test"]["acc"] <= 1.0
-    # --promote applied it on A, its model pulled from the DVC remote.
-    model = next(o for o in lock["train"]["outs"] if o["path"] == "models/lenet5.pt")["md5"]
-    assert md5sum(hosts.driver / "models" / "lenet5.pt") == model
-    # A third clone C, fresh from the server: the experiment and its model.
-    c = hosts.driver.parent / "c"
-    git(hosts.driver.parent, "clone", "-q", str(hosts.server), str(c))
-    dvc(c, "exp", "pull", "--no-cache", "origin", "far-000")
-    # Its params, lock and metrics; checking its outputs out fails: this clone has no cache yet.
-    cmd = [sys.executable, "-m", "dvc", "exp", "apply", "far-000"]
-    applied = subprocess.run(cmd, cwd=c, capture_output=True, text=True)
-    assert "models/lenet5.pt" in applied.stderr
-    assert yaml.safe_load((c / "dvc.lock").read_text())["stages"] == lock
-    dvc(c, "pull", "train")
-    assert md5sum(c / "models" / "lenet5.pt") == model
-
-
-def test_a_commit_the_server_lacks_is_refused_before_any_trial(
-    hosts: Hosts, capsys: pytest.CaptureFixture[str]
-) -> None:
-    from pipelines.sweep.cli import main
-
-    d = hosts.driver.parent / "d"
-    git(hosts.driver.parent, "clone", "-q", str(hosts.server), str(d))
-    git(d, "commit", "-q", "--allow-empty", "-m", "not pushed")
-    args = ["--root", str(d), "--name", "unpushed", "-S", "train.seed=1", "--origin", "origin"]
-    assert main(args) == PARAMS_ERROR_EXIT
-    err = capsys.readouterr().err
-    assert f"commit {trials.head_commit(d)[:12]} is not in {hosts.server}" in err
-    assert "push it first" in err
-    assert not (hosts.worker / "unpushed").exists()
-    assert not trials.sweep_dir(d, "unpushed").exists()
-    # Pushed, but with no DVC remote for the data: refused too.
-    dvc(d, "remote", "default", "--unset")
-    git(d, "commit", "-qam", "no DVC remote")
-    git(d, "push", "-q", "origin", "HEAD:refs/heads/no-remote")
-    with pytest.raises(UsageError, match="no default DVC remote"):
-        trials.check_origin(d, str(hosts.server), trials.head_commit(d))
 
 
 @pytest.mark.slow
@@ -408,11 +282,11 @@ def test_optuna_trials_are_experiments_and_a_rerun_only_adds_the_missing_ones(
     real = trials.run_trial
     monkeypatch.setattr(trials, "run_trial", lambda *a, **k: ran.append(a[1]) or real(*a, **k))
     space = ["train.optimizer.lr=tag(log,interval(3e-3,3e-2))", "train.optimizer.name=adam,adamw"]
-    state = _sweep(sweep_repo, overrides=space, name="tpe", trials=2, jobs=2)
+    state = run_sweep(sweep_repo, overrides=space, name="tpe", trials=2, jobs=2)
     assert state.is_completed(), state.message
     assert sorted(ran) == ["tpe-000", "tpe-001"]
     ran.clear()
-    state = _sweep(sweep_repo, overrides=space, name="tpe", trials=3, jobs=2)
+    state = run_sweep(sweep_repo, overrides=space, name="tpe", trials=3, jobs=2)
     assert state.is_completed(), state.message
     assert ran == ["tpe-002"]  # the study knows the first two
     data = state.result()
@@ -441,7 +315,7 @@ def test_a_hopeless_trial_is_pruned_counted_and_not_run_again(
     real = trials.run_trial
     monkeypatch.setattr(trials, "run_trial", lambda *a, **k: ran.append(a[1]) or real(*a, **k))
     good = ["train.optimizer.lr=tag(log,interval(8e-3,1.6e-2))"]
-    state = _sweep(sweep_repo, overrides=good, name="prune", trials=1)
+    state = run_sweep(sweep_repo, overrides=good, name="prune", trials=1)
     assert state.is_completed(), state.message
     args = ["--root", str(sweep_repo), "--name", "prune", "--trials", "2", "--retry-delay-s", "0"]
     args += ["-S", "train.optimizer.lr=tag(log,interval(1e-4,1.5e-4))", "--prune-trials", "median"]
@@ -451,7 +325,7 @@ def test_a_hopeless_trial_is_pruned_counted_and_not_run_again(
     ) as cluster:
         assert main([*args, "--cluster", cluster.scheduler_address]) == 0  # pruned: not failed
         (worker,) = (w.process.pid for w in cluster.workers.values())
-    data = _report(sweep_repo, "prune")
+    data = sweep_report(sweep_repo, "prune")
     assert data["counts"] == {"succeeded": 1, "failed": 0, "pruned": 1}
     rows = {r["name"]: r for r in data["trials"]}
     hopeless = rows["prune-001"]
@@ -472,5 +346,5 @@ def test_a_hopeless_trial_is_pruned_counted_and_not_run_again(
     ran.clear()
     assert main(args) == 0
     assert ran == []  # the study knows it finished
-    again = {r["name"]: r for r in _report(sweep_repo, "prune")["trials"]}["prune-001"]
+    again = {r["name"]: r for r in sweep_report(sweep_repo, "prune")["trials"]}["prune-001"]
     assert again["status"] == "pruned" and again["note"].startswith("pruned in an earlier run")
