@@ -267,45 +267,6 @@ def _serving(d: dict[str, Any]) -> list[str]:
     return [head, "", *report.serving_markdown(s), "", report.serving_verdict(s)]
 
 
-def _profiles(d: dict[str, Any]) -> list[str]:
-    """The compute profiles side by side: training (each run a fresh process, taking turns,
-    medians) and a whole `dvc repro --force` from scratch in fresh copies."""
-    t = {k: v for k, v in d["training"].items() if isinstance(v, dict) and "runs" in v}
-    names = sorted(t, key=lambda n: n != "project")  # the default first
-    fast = next((n for n in names if "fast" in n), None)
-    label = {"project": "portable, avx2 (the default)"}
-    lines = [
-        "| training, 4 epochs, real MNIST | " + " | ".join(label.get(n, n) for n in names) + " |",
-        "|---|" + "--:|" * len(names),
-        "| precision | " + " | ".join(t[n]["precision"] for n in names) + " |",
-        "| steady epoch (s) | "
-        + " | ".join(f"{t[n]['steady_epoch_s']:.2f}" for n in names)
-        + " |",
-        "| fit (s) | " + " | ".join(f"{t[n]['train_s']:.1f}" for n in names) + " |",
-        "| test accuracy | " + " | ".join(_pct(t[n]["final_test_acc"]) for n in names) + " |",
-        "| repetitions | " + " | ".join(str(t[n]["repetitions"]) for n in names) + " |",
-    ]
-    if fast is not None:
-        ratios = (f"{t[n]['train_s'] / t[fast]['train_s']:.2f}x" for n in names)
-        lines.insert(5, "| fit / the fast profile's | " + " | ".join(ratios) + " |")
-    p = d["orchestration"]["profiles"]
-    stages = sorted(k for k in p["portable"] if k.endswith("_stage_s"))
-    lines += [
-        "",
-        "| `dvc repro --force` from scratch | portable | fast | portable / fast |",
-        "|---|--:|--:|--:|",
-    ]
-    for key, label in [("dvc_repro_full_s", "whole pipeline (s)")] + [
-        (k, f"{k.removesuffix('_stage_s')} (s)") for k in stages
-    ]:
-        a, b = p["portable"][key], p["fast"][key]
-        ratio = f"{a / b:.2f}x" if b else ""
-        lines.append(f"| {label} | {a:.1f} | {b:.1f} | {ratio} |")
-    acc = (p["portable"]["test_acc"], p["fast"]["test_acc"])
-    lines.append(f"| test accuracy | {_pct(acc[0])} | {_pct(acc[1])} | |")
-    return lines
-
-
 # Blocks that render one reference run: the block's name -> (its file, how to render it).
 REFERENCE_BLOCKS: dict[str, tuple[str, Callable[[dict[str, Any]], list[str]]]] = {
     "training": ("cpu-2core.json", lambda d: report.training_markdown(d["training"])),
@@ -320,7 +281,7 @@ REFERENCE_BLOCKS: dict[str, tuple[str, Callable[[dict[str, Any]], list[str]]]] =
     ),
     "serving": ("cpu-2core-serving.json", _serving),
     "sweep": ("cpu-2core-sweep.json", lambda d: report.sweep_markdown(d["sweep"])),
-    "profiles": ("cpu-2core-profiles.json", _profiles),
+    "profiles": ("cpu-2core-profiles.json", report.profiles_markdown),
 }
 
 
