@@ -407,14 +407,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--docs", type=Path, default=Path("docs"), help="the pages' folder")
     p.add_argument("--root", type=Path, default=Path("."), help="the repository of the JSON")
-    p.add_argument(
-        "--rev", default="HEAD", help="read the JSON as committed at this revision (HEAD)"
-    )
-    p.add_argument(
-        "--worktree",
-        action="store_true",
-        help="read the JSON in --root as it is now, committed or not (and without git)",
-    )
+    p.add_argument("--rev", default="HEAD", help="read the JSON as committed at this revision")
+    worktree = "read the JSON in --root as it is now, committed or not (and without git)"
+    p.add_argument("--worktree", action="store_true", help=worktree)
     args = p.parse_args(argv)
 
     def sourced(fn: Callable[[Path, Path], Any]) -> Callable[[], Any]:
