@@ -81,6 +81,7 @@ DEFAULT_THREADS = 1
 DEFAULT_KEEP_ALIVE_S, DEFAULT_MAX_CONNECTIONS, DEFAULT_GRACE_S = 5, 1024, 30
 # How `--workers` processes get the options the parent parsed.
 OPTIONS_ENV = "MNIST_SERVE_OPTIONS"
+HOST_ENV, PORT_ENV = "MNIST_SERVE_HOST", "MNIST_SERVE_PORT"
 __all__ = ["BadInput", "Limits", "MicroBatcher", "ModelSource"]
 
 
@@ -178,8 +179,19 @@ def _lifespan(slot: ModelSlot, spec: ModelSpec, load_first: bool) -> Any:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="mnist-serve", description=__doc__.splitlines()[0])
     served_model.model_ref.add_arguments(p)
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine)")
-    p.add_argument("--port", type=int, default=8000, help="0: any free port (it is logged)")
+    # The environment may set them (the container image does: its port is a setting).
+    env = os.environ.get
+    p.add_argument(
+        "--host",
+        default=env(HOST_ENV, "127.0.0.1"),
+        help=f"address to bind (default: ${HOST_ENV}, else this machine)",
+    )
+    p.add_argument(
+        "--port",
+        type=int,
+        default=int(env(PORT_ENV, "8000")),
+        help=f"0: any free port (it is logged); default ${PORT_ENV}, else 8000",
+    )
     p.add_argument("--max-bytes", type=int, default=DEFAULT_MAX_BYTES, help="per uploaded file")
     p.add_argument("--max-files", type=int, default=DEFAULT_MAX_FILES, help="per request")
     for flag, kind, default, what in (
