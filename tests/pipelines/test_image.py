@@ -124,6 +124,12 @@ def running(built: Built) -> Iterator[Running]:
         except httpx.TransportError:
             pass
         time.sleep(0.2)
+    else:
+        logs = subprocess.run([*built.engine, "logs", name], capture_output=True, text=True)
+        subprocess.run([*built.engine, "rm", "--force", name], capture_output=True)
+        pytest.fail(
+            f"the image did not get ready in 60 s: {logs.stdout[-2000:]}{logs.stderr[-2000:]}"
+        )
     yield Running(name, url)
     subprocess.run([*built.engine, "rm", "--force", name], capture_output=True)
 
