@@ -271,10 +271,11 @@ def app_from_options(options: dict[str, Any], load_first: bool = False) -> FastA
     spec = options.pop("spec")
     cache = spec.pop("cache_dir")
     first = options.pop("first")
+    card = first.pop("card")  # JSON made both paths strings: a bundle's card is read as a Path
     return create_app(
         ModelSpec(**spec, cache_dir=Path(cache) if cache else None),
         Limits(**options.pop("limits")),
-        first=ModelSource(Path(first.pop("path")), **first),
+        first=ModelSource(Path(first.pop("path")), **first, card=Path(card) if card else None),
         load_first=load_first,
         **options,
     )
