@@ -262,6 +262,8 @@ def build(
             argv += ["--format", "docker", "--timestamp", str(epoch), "--omit-history"]
         env = {**os.environ, "SOURCE_DATE_EPOCH": str(epoch)}
         _run([*argv, str(context)], env=env)
+        if Path(cmd[0]).name == "podman":
+            without_build_container(cmd, tag)
         image = inspect(cmd, tag, json.loads((context / "sbom.cdx.json").read_text()))
         if out is not None:
             out.mkdir(parents=True, exist_ok=True)
@@ -269,6 +271,37 @@ def build(
             (out / "image.json").write_text(json.dumps(asdict(image), indent=2) + "\n")
     log.info("built %s (%s) for %s@%s", tag, image.id, info["name"], info["version"])
     return image
+
+
+def without_build_container(cmd: list[str], tag: str) -> str:
+    """Tag `tag` on the same image with a config that does not name buildah's build container,
+    and return its ID. In Docker's format buildah writes the random ID of the container it built
+    in as `container` and as the `Hostname` of `config` and `container_config`: the only
+    difference between two builds, and the config's digest is the image ID. So the image is
+    saved as a folder, the config rewritten without them and loaded again (its layers are
+    already stored: only the new config is written), and the old image removed unless
+    another tag names it."""
+    with tempfile.TemporaryDirectory(prefix="mnist-image-config-") as tmp:
+        folder = Path(tmp) / "image"
+        _run([*cmd, "save", "--quiet", "--format", "docker-dir", "--output", str(folder), tag])
+        manifest = json.loads((folder / "manifest.json").read_text())
+        old = manifest["config"]["digest"]
+        config = json.loads((folder / old.removeprefix("sha256:")).read_text())
+        config.pop("container", None)
+        for part in ("config", "container_config"):
+            if isinstance(config.get(part), dict):
+                config[part]["Hostname"] = ""
+        raw = json.dumps(config, separators=(",", ":")).encode()
+        new = "sha256:" + hashlib.sha256(raw).hexdigest()
+        if new == old:
+            return new
+        (folder / new.removeprefix("sha256:")).write_bytes(raw)
+        manifest["config"].update(digest=new, size=len(raw))
+        (folder / "manifest.json").write_text(json.dumps(manifest))
+        _run([*cmd, "load", "--quiet", "--input", str(folder)])
+    _run([*cmd, "tag", new.removeprefix("sha256:"), tag])
+    subprocess.run([*cmd, "rmi", old.removeprefix("sha256:")], capture_output=True)
+    return new
 
 
 def inspect(cmd: list[str], tag: str, doc: dict) -> Image:
