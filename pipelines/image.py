@@ -12,8 +12,8 @@ exactly the Python packages in the image, and builds `Containerfile` on it. Ever
 this commit's time (SOURCE_DATE_EPOCH, `--timestamp`) and bytecode is checked by hash, not
 mtime. It writes the SBOM and
 `image.json` (tag, image ID, layers, labels, sizes) to `--out`. Two builds give the same
-layers; the image ID differs only by the Docker-format config's `container` and `Hostname`,
-which buildah fills with its random build container's (docs/shipping.md, "Reproducible").
+image ID: with podman, the Docker-format config is written again without the random build
+container buildah names in it (docs/shipping.md, "Reproducible").
 """
 
 from __future__ import annotations
