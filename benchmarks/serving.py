@@ -80,9 +80,11 @@ def start_server(
     timeout_s: float = 60,
     log: Path | None = None,
     ready: bool = True,
+    command: list[str] | None = None,
 ) -> Served:
     """`mnist-serve` on a port the kernel picks (`--port 0`, read back from its log), once
-    `/readyz` answers 200 (or once it listens, with `ready=False`)."""
+    `/readyz` answers 200 (or once it listens, with `ready=False`). `command`: how to start it
+    (default: this interpreter's `python -m mnist_pipeline.serving.server`)."""
     if log is None:
         log = Path(tempfile.mkstemp(prefix="mnist-serve-", suffix=".log")[1])
     # No drain delay on SIGTERM (`stop`) unless `extra` asks for one.
@@ -90,7 +92,7 @@ def start_server(
     argv += extra
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "mnist_pipeline.serving.server", *argv],
+            [*(command or [sys.executable, "-m", "mnist_pipeline.serving.server"]), *argv],
             stdout=subprocess.DEVNULL,
             stderr=out,
         )

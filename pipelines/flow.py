@@ -38,7 +38,7 @@ from prefect.states import Completed, State
 from prefect.tasks import exponential_backoff
 
 from mnist_pipeline import errors, provenance
-from pipelines import dvc_repo, flow_cli, overrides, registry, report, user_values, verify
+from pipelines import dvc_repo, flow_cli, image, overrides, registry, report, user_values, verify
 from pipelines.flow_cli import Cli
 from pipelines.registry import MODEL_NAME, Bump, register_version
 from pipelines.report import StageRun
@@ -214,6 +214,14 @@ def _register(
     return reg.tag if isinstance(reg, registry.Registration) else None
 
 
+@task(name="image", cache_policy=NO_CACHE)
+def build_image(repo: Path, registered: str, base: str) -> image.Image:
+    """The container image of the version just registered (`name@vX.Y.Z`), tagged with its
+    version (`pipelines.image`)."""
+    name, version = registered.split("@", 1)
+    return image.build(registered, str(repo), f"localhost/mnist-serve-{name}:{version}", base)
+
+
 @flow(name="mnist-pipeline")
 def pipeline(
     root: str = ".",
@@ -228,6 +236,8 @@ def pipeline(
     retries: flow_cli.Count = 3,
     retry_delay_s: flow_cli.Seconds = 30.0,
     stage_timeout_s: flow_cli.PositiveSeconds = 6 * 3600,
+    container_image: bool = False,
+    image_base: str = image.DEFAULT_BASE,
 ) -> dict[str, Any]:
     """Run the DVC pipeline in `root`, stage by stage.
 
@@ -246,6 +256,9 @@ def pipeline(
         retries: retries of a stage after a transient failure (signal, timeout, lock, network).
         retry_delay_s: delay before the first retry; doubled for each later one, with jitter.
         stage_timeout_s: a stage still running after this long is stopped (and retried).
+        container_image: build the container image of the version registered, tagged with
+            its version; its ID goes into the report (docs/shipping.md).
+        image_base: the image's base (a Python image; `python -m pipelines.image base`).
     """
     logger = get_run_logger()
     user_values.check(model_name=model_name)  # it becomes a git tag
@@ -282,11 +295,16 @@ def pipeline(
             if register_model
             else None
         )
+        built = None
+        if container_image and registered is not None:
+            built = build_image(repo, registered, image_base)
+            registered = f"{registered}; image {built.tag} ({built.id})"
         publish_report(repo, stages, runs, before, changes, pushed, registered)
         return {
             "stages": [asdict(r) for r in runs],
             "pushed": pushed,
             "registered": registered,
+            "image": asdict(built) if built else None,
             "params_changes": changes,
         }
 

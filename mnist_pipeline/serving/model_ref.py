@@ -1,6 +1,7 @@
 """A model named on the command line: a file, or a registered version of a `dvc.yaml` artifact.
 
     models/lenet5_pruned.onnx           a file
+    /srv/model                          a model bundle: a registered version, its card (bundle.py)
     lenet5-pruned-onnx@v1.2.0           that version (GTO tag `lenet5-pruned-onnx@v1.2.0`)
     lenet5-onnx#prod                    the version GTO has in stage `prod` now
     lenet5-onnx@latest, lenet5-onnx     the highest registered version
@@ -24,6 +25,7 @@ import yaml
 from mnist_pipeline import locked
 from mnist_pipeline.errors import UsageError
 from mnist_pipeline.onnx import runtime
+from mnist_pipeline.serving import bundle
 
 
 def default_cache_dir() -> Path:
@@ -40,9 +42,10 @@ class ModelSource:
     version: str | None = None
     stage: str | None = None
     commit: str | None = None
+    card: Path | None = None  # its model card, for a model bundle (serving.bundle)
 
     def describe(self) -> str:
-        if self.artifact is None:
+        if self.artifact is None or self.version is None:
             return str(self.path)
         via = f" (stage {self.stage})" if self.stage else ""
         return f"{self.artifact}@{self.version}{via} at {(self.commit or '')[:12]} -> {self.path}"
@@ -83,10 +86,26 @@ def _find_version(repo: str, name: str, version: str | None, stage: str | None) 
     return latest.version, latest.commit_hexsha
 
 
+def _from_bundle(folder: Path) -> ModelSource:
+    """The registered version a model bundle holds (serving.bundle), with its card."""
+    info = bundle.read(folder)
+    card = folder / bundle.CARD
+    return ModelSource(
+        folder / bundle.MODEL,
+        info.get("name"),
+        info.get("version"),
+        info.get("stage"),
+        info.get("commit"),
+        card=card if card.is_file() else None,
+    )
+
+
 def resolve(spec: str, repo: str = ".", cache_dir: Path | None = None) -> ModelSource:
     """The model file `spec` names, fetched first when it is a registry reference."""
     if not is_reference(spec):
-        return ModelSource(Path(spec))
+        return (
+            _from_bundle(Path(spec)) if bundle.is_bundle(Path(spec)) else ModelSource(Path(spec))
+        )
     from gto.api import parse_shortcut
     from gto.exceptions import GTOException
 

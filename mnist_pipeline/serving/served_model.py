@@ -135,6 +135,8 @@ def find_card(source: ModelSource, repo: str = ".") -> str | None:
     """The model card of the artifact served: the file its `meta.card` in `dvc.yaml` names,
     from the registered commit for a registry reference, from `repo`'s working tree for a
     file that is an artifact's path there; None for any other file or a card not found."""
+    if source.card is not None:  # a model bundle's
+        return source.card.read_text()
     try:
         if source.commit is not None:
             commit = source.commit

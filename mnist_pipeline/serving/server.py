@@ -87,6 +87,7 @@ DEFAULT_KEEP_ALIVE_S, DEFAULT_MAX_CONNECTIONS, DEFAULT_GRACE_S = 5, 1024, 30
 DEFAULT_DRAIN_S = 5.0
 # How `--workers` processes get the options the parent parsed.
 OPTIONS_ENV = "MNIST_SERVE_OPTIONS"
+HOST_ENV, PORT_ENV = "MNIST_SERVE_HOST", "MNIST_SERVE_PORT"
 __all__ = ["BadInput", "Limits", "MicroBatcher", "ModelSource"]
 
 
@@ -194,8 +195,19 @@ def _lifespan(slot: ModelSlot, spec: ModelSpec, load_first: bool) -> Any:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="mnist-serve", description=__doc__.splitlines()[0])
     served_model.model_ref.add_arguments(p)
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine)")
-    p.add_argument("--port", type=int, default=8000, help="0: any free port (it is logged)")
+    # The environment may set them (the container image does: its port is a setting).
+    env = os.environ.get
+    p.add_argument(
+        "--host",
+        default=env(HOST_ENV, "127.0.0.1"),
+        help=f"address to bind (default: ${HOST_ENV}, else this machine)",
+    )
+    p.add_argument(
+        "--port",
+        type=int,
+        default=int(env(PORT_ENV, "8000")),
+        help=f"0: any free port (it is logged); default ${PORT_ENV}, else 8000",
+    )
     p.add_argument("--max-bytes", type=int, default=DEFAULT_MAX_BYTES, help="per uploaded file")
     p.add_argument("--max-files", type=int, default=DEFAULT_MAX_FILES, help="per request")
     for flag, kind, default, what in (
@@ -283,10 +295,11 @@ def app_from_options(options: dict[str, Any], load_first: bool = False) -> FastA
     spec = options.pop("spec")
     cache = spec.pop("cache_dir")
     first = options.pop("first")
+    card = first.pop("card")  # JSON made both paths strings: a bundle's card is read as a Path
     return create_app(
         ModelSpec(**spec, cache_dir=Path(cache) if cache else None),
         Limits(**options.pop("limits")),
-        first=ModelSource(Path(first.pop("path")), **first),
+        first=ModelSource(Path(first.pop("path")), **first, card=Path(card) if card else None),
         load_first=load_first,
         **options,
     )

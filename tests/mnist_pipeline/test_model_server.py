@@ -235,3 +235,25 @@ def test_the_drawing_page_sends_security_headers(client: TestClient) -> None:
     assert "script-src 'sha256-" in policy and "unsafe-inline" not in policy
     assert page.headers["x-frame-options"] == "DENY"
     assert page.headers["x-content-type-options"] == "nosniff"
+
+
+def test_a_model_bundle_is_served_as_its_version_with_its_card(
+    onnx_model: Path, tmp_path: Path
+) -> None:
+    """What the container image runs (`--model /srv/model`), through the same JSON options as
+    `main` makes, in which the card's path has become a string."""
+    from mnist_pipeline.serving import bundle, served_model
+
+    fields = {"name": "digits", "version": "v1.0.0", "stage": "prod", "commit": "c" * 40}
+    data = onnx_model.read_bytes()
+    info = bundle.write(tmp_path / "b", {**fields, "source": "x"}, data, "# c\n")
+    args = server.parse_args(["--model", str(tmp_path / "b")])
+    source, _ = served_model.read_resolved(served_model.ModelSpec(args.model))
+    options = json.loads(json.dumps(server.app_options(args, source), default=str))
+    with TestClient(server.app_from_options(options)) as c:
+        _wait_ready(c)
+        model = c.get("/model").json()
+        assert {k: model[k] for k in fields} == fields and model["sha256"] == info["sha256"]
+        assert model["card"] and c.get("/model/card").text == "# c\n"
+    (tmp_path / "b" / bundle.MODEL).write_bytes(data + b"\0")
+    assert server.main(["--model", str(tmp_path / "b")]) == 2  # not the bytes it records

@@ -87,6 +87,48 @@ def test_rerun_with_nothing_changed_skips_every_stage(
     assert result["registered"] == finished_run.result["registered"]  # not a new version
 
 
+def test_container_image_builds_the_registered_version_and_reports_its_id(
+    finished_run: FlowRun, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--container-image`: the image of the version registered, tagged with it, its ID in the
+    result and the report. The build itself is pipelines.image's (test_image.py): faked here."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    from pipelines import flow, image
+    from pipelines.flow import SUMMARY_KEY
+
+    builds = []
+
+    def build(spec: str, repo: str, tag: str, base: str) -> image.Image:
+        builds.append((spec, repo, tag, base))
+        return image.Image(tag, "sha256:" + "ab" * 32, {}, 1, 1, "", [])
+
+    def no_subprocess(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"nothing should run: dvc {args[1]}")
+
+    monkeypatch.setattr(flow.image, "build", build)
+    monkeypatch.setattr(dvc_repo, "run", no_subprocess)
+    base = "localhost/some-base:1"
+    state, _ = run_flow(
+        finished_run.repo, register_model=True, container_image=True, image_base=base
+    )
+    assert state.is_completed(), state.message
+    version = finished_run.result["registered"]  # lenet5@v0.1.0, still the one registered
+    tag = "localhost/mnist-serve-" + version.replace("@", ":")
+    assert builds == [(version, str(finished_run.repo), tag, base)]
+    result = state.result()
+    assert result["image"]["tag"] == tag and result["image"]["id"] == "sha256:" + "ab" * 32
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[str(state.state_details.flow_run_id)])
+            )
+        )
+    summary = next(a.data for a in found if a.key == SUMMARY_KEY)
+    assert f"image {tag} (sha256:{'ab' * 32})" in str(summary)
+
+
 @pytest.mark.slow  # a second full repo and flow run: 14 s of the default run's 5 minutes
 def test_a_stage_restored_from_the_run_cache_shows_as_cached(finished_run: FlowRun) -> None:
     repo = finished_run.repo

@@ -38,6 +38,9 @@ def test_pipeline_options_keep_their_names() -> None:
     assert kwargs["push"] is False and kwargs["register_model"] is False
     _, kwargs = flow_cli.parse(pipeline_parser(), pipeline, ["--register", "--bump", "major"])
     assert kwargs["targets"] is None and kwargs["register_model"] and kwargs["bump"] == "major"
+    argv = ["--register", "--container-image", "--image-base", "localhost/b:1"]
+    _, kwargs = flow_cli.parse(pipeline_parser(), pipeline, argv)
+    assert kwargs["container_image"] and kwargs["image_base"] == "localhost/b:1"
 
 
 def test_every_parameter_is_described_once_for_both_prefect_and_help() -> None:
