@@ -18,7 +18,6 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
-
 from torch import nn
 
 from mnist_pipeline import compute as compute_mod
