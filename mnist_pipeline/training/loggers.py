@@ -10,6 +10,7 @@ params.yaml is checked.
 from __future__ import annotations
 
 import copy
+import os
 from typing import TYPE_CHECKING, Any
 
 from mnist_pipeline.plugins import Args, LoggerContext, NoArgs, Plugin
@@ -53,6 +54,9 @@ class MLflowArgs(Args):
 def _mlflow(args: MLflowArgs, context: LoggerContext) -> pl.loggers.Logger:
     from pytorch_lightning.loggers import MLFlowLogger
 
+    if args.tracking_uri.startswith("file:"):
+        # MLflow 3 refuses a file store unless asked for; naming one in params is asking.
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
     logger = MLFlowLogger(
         experiment_name=args.experiment,
         run_name=args.run_name or context.run_name,
