@@ -94,6 +94,8 @@ def _log_model_callback(logger: Any) -> pl.Callback:
                     net,
                     name="model",
                     signature=signature,
+                    # pickle: MLflow 3's default (pt2) wants signatures it cannot infer here.
+                    serialization_format="pickle",
                     # Named, not inferred: inferring runs a subprocess that loads the model.
                     pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
                 )
