@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mnist_pipeline.plugins import Args, LoggerContext, NoArgs, Plugin
@@ -25,9 +26,18 @@ def _dvclive(args: NoArgs, context: LoggerContext) -> pl.loggers.Logger:
     return make_logger(context.live_dir, resume=context.resume)
 
 
+def beside_live_dir(context: LoggerContext, name: str) -> Path:
+    """`<name>` beside the stage's DVCLive folder (`dvclive/<name>` for dvc.yaml's
+    `dvclive/train`): a logger's default folder follows the paths dvc.yaml gives the stage, and
+    names none of its own."""
+    return context.live_dir.parent / name
+
+
 class TensorBoardArgs(Args):
-    dir: str = "tensorboard"
-    """The folder `tensorboard --logdir` reads; each run writes `<dir>/<name>/version_<n>/`."""
+    dir: str | None = None
+    """The folder `tensorboard --logdir` reads; each run writes `<dir>/<name>/version_<n>/`.
+    null: `tensorboard` beside the stage's DVCLive folder (`dvclive/tensorboard`). A relative
+    path is relative to the folder the stage runs in (the repository root under `dvc repro`)."""
     name: str = "train"
     """The experiment's subfolder."""
 
@@ -35,14 +45,16 @@ class TensorBoardArgs(Args):
 def _tensorboard(args: TensorBoardArgs, context: LoggerContext) -> pl.loggers.Logger:
     from pytorch_lightning.loggers import TensorBoardLogger
 
-    logger = TensorBoardLogger(save_dir=args.dir, name=args.name, default_hp_metric=False)
+    save_dir = args.dir if args.dir is not None else beside_live_dir(context, "tensorboard")
+    logger = TensorBoardLogger(save_dir=save_dir, name=args.name, default_hp_metric=False)
     logger.log_hyperparams(context.params)
     return logger
 
 
 class MLflowArgs(Args):
-    tracking_uri: str = "file:./mlruns"
-    """A local file store (`file:<folder>`) or a tracking server (`http://host:5000`)."""
+    tracking_uri: str | None = None
+    """A local file store (`file:<folder>`) or a tracking server (`http://host:5000`).
+    null: a file store in `mlruns` beside the stage's DVCLive folder (`dvclive/mlruns`)."""
     experiment: str = "mnist-pipeline"
     """The MLflow experiment the runs go into."""
     run_name: str | None = None
@@ -54,13 +66,18 @@ class MLflowArgs(Args):
 def _mlflow(args: MLflowArgs, context: LoggerContext) -> pl.loggers.Logger:
     from pytorch_lightning.loggers import MLFlowLogger
 
-    if args.tracking_uri.startswith("file:"):
-        # MLflow 3 refuses a file store unless asked for; naming one in params is asking.
+    uri = args.tracking_uri
+    if uri is None:
+        store = beside_live_dir(context, "mlruns")
+        store.mkdir(parents=True, exist_ok=True)
+        uri = store.resolve().as_uri()
+    if uri.startswith("file:"):
+        # MLflow 3 refuses a file store unless asked for; choosing the mlflow logger is asking.
         os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
     logger = MLFlowLogger(
         experiment_name=args.experiment,
         run_name=args.run_name or context.run_name,
-        tracking_uri=args.tracking_uri,
+        tracking_uri=uri,
     )
     logger.log_hyperparams(context.params)
     if args.log_model:
@@ -80,20 +97,15 @@ def _log_model_callback(logger: Any) -> pl.Callback:
                 return
             import mlflow
             import mlflow.pytorch
-            from mlflow.models import infer_signature
 
             net = copy.deepcopy(getattr(pl_module, "net", pl_module)).cpu().float().eval()
             net = net.to(memory_format=torch.contiguous_format)
-            example = torch.zeros(1, 1, 28, 28)  # normalized images (N, 1, 28, 28)
-            with torch.no_grad():
-                logits = net(example)  # (N, 10)
-            signature = infer_signature(example.numpy(), logits.numpy())
             mlflow.set_tracking_uri(logger._tracking_uri)
             with mlflow.start_run(run_id=logger.run_id):
                 mlflow.pytorch.log_model(
                     net,
                     name="model",
-                    signature=signature,
+                    signature=model_signature(),
                     # pickle: MLflow 3's default (pt2) wants signatures it cannot infer here.
                     serialization_format="pickle",
                     # Named, not inferred: inferring runs a subprocess that loads the model.
@@ -101,6 +113,21 @@ def _log_model_callback(logger: Any) -> pl.Callback:
                 )
 
     return LogModel()
+
+
+def model_signature() -> Any:
+    """Every model plugin's contract, as an MLflow signature: normalized float32 images
+    `(-1, 1, 28, 28)` in, float32 logits `(-1, 10)` out, `-1` the batch of any size. Named, not
+    inferred from an example, so the batch axis is variable and the shapes are exact."""
+    import numpy as np
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    f32 = np.dtype(np.float32)
+    return ModelSignature(
+        inputs=Schema([TensorSpec(f32, (-1, 1, 28, 28))]),
+        outputs=Schema([TensorSpec(f32, (-1, 10))]),
+    )
 
 
 DVCLIVE = Plugin(

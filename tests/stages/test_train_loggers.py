@@ -28,13 +28,14 @@ def _train(tmp: Path, prepared: Path, raw: dict) -> Path:
 def test_three_loggers_give_dvclive_alones_bytes(tmp_path: Path, prepared: Path) -> None:
     alone = _train(tmp_path / "alone", prepared, tiny_params_dict())
     raw = tiny_params_dict()
-    tb, store = tmp_path / "tb", tmp_path / "mlruns"
+    store = tmp_path / "mlruns"
     raw["train"]["loggers"] = [
         {"name": "dvclive"},
-        {"name": "tensorboard", "args": {"dir": str(tb)}},
+        {"name": "tensorboard"},  # by default beside the DVCLive folder
         {"name": "mlflow", "args": {"tracking_uri": store.as_uri(), "experiment": "t"}},
     ]
     three = _train(tmp_path / "three", prepared, raw)
+    tb = three / "dvclive/tensorboard"
     hashes = output_hashes(alone, ["train"])
     assert hashes and hashes == output_hashes(three, ["train"])
 
@@ -56,7 +57,17 @@ def test_three_loggers_give_dvclive_alones_bytes(tmp_path: Path, prepared: Path)
     assert run.data.metrics["val/acc"] == pytest.approx(metrics["val_acc"])
     mlflow.set_tracking_uri(store.as_uri())
     model = mlflow.models.get_model_info(f"runs:/{run.info.run_id}/model")
-    assert model.signature.inputs.to_dict()[0]["tensor-spec"]["shape"] == [-1, 1, 28, 28]
+    # The signature as the MLmodel file stores it (JSON; `Schema.to_dict` gives shapes as tuples).
+    signature = {k: json.loads(v) for k, v in model.signature.to_dict().items() if v}
+    assert signature == {
+        "inputs": [_tensor_spec([-1, 1, 28, 28])],
+        "outputs": [_tensor_spec([-1, 10])],
+    }
+    assert model.flavors.keys() >= {"pytorch", "python_function"}
+
+
+def _tensor_spec(shape: list[int]) -> dict:
+    return {"type": "tensor", "tensor-spec": {"dtype": "float32", "shape": shape}}
 
 
 def test_wide_model_plugin_goes_to_onnx_with_parity(
