@@ -49,14 +49,16 @@ def _early_stopping(args: EarlyStoppingArgs, context: None) -> pl.Callback:
 
 
 class CsvArgs(Args):
-    dir: str = "csv_logs"
-    """Where the `metrics.csv` and `hparams.yaml` of each run go."""
+    dir: str | None = None
+    """Where the `metrics.csv` and `hparams.yaml` of each run go (null: `csv` beside the
+    stage's DVCLive folder, as the built-in loggers do: `dvclive/csv` under `dvc repro`)."""
 
 
 def _csv(args: CsvArgs, context: LoggerContext) -> pl.loggers.Logger:
     from pytorch_lightning.loggers import CSVLogger
 
-    logger = CSVLogger(save_dir=args.dir, name=context.run_name)
+    save_dir = args.dir if args.dir is not None else context.live_dir.parent / "csv"
+    logger = CSVLogger(save_dir=save_dir, name=context.run_name)
     logger.log_hyperparams(context.params)
     return logger
 
