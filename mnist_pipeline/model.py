@@ -58,14 +58,6 @@ class LeNet5(nn.Module):
         return self.classifier(self.features(x))
 
 
-def _build_lenet5(args: plugins.NoArgs, context: None) -> LeNet5:
-    return LeNet5()
-
-
-# The built-in model plugin, `train.model: {name: lenet5}` (pyproject.toml's entry points).
-LENET5 = plugins.Plugin(_build_lenet5, summary="LeNet-5 at its classic widths (61,706 params)")
-
-
 class RawPixelsLeNet5(nn.Module):
     """A `LeNet5` that takes raw 0-255 pixels of any dtype and normalizes them itself."""
 
