@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, cast
 import torch
 from torch import nn
 
+from mnist_pipeline import plugins
 from mnist_pipeline.atomic import write_torch
 from mnist_pipeline.errors import StageError
 
@@ -87,23 +88,57 @@ def widths_of(net: LeNet5) -> Widths:
     return Widths(conv1.out_channels, conv2.out_channels, fc1.out_features, fc2.out_features)
 
 
-def save_model(net: LeNet5, path: Path, meta: dict[str, Any] | None = None) -> None:
-    """Save widths, weights and metadata in a file `torch.load(weights_only=True)` can read."""
-    blob = {
-        "widths": asdict(widths_of(net)),
-        "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()},
-        "meta": dict(meta or {}),
-    }
+def save_model(
+    net: nn.Module,
+    path: Path,
+    meta: dict[str, Any] | None = None,
+    plugin: dict[str, Any] | None = None,
+) -> None:
+    """Save widths, weights and metadata in a file `torch.load(weights_only=True)` can read.
+
+    A `LeNet5` (the built-in model, or a plugin's LeNet-5 of other widths) is saved by its
+    widths; any other net needs `plugin`, the model plugin's `{"name", "args"}` that rebuilds it.
+    """
+    blob: dict[str, Any]
+    if type(net) is LeNet5:
+        blob = {"widths": asdict(widths_of(net))}
+    elif plugin is not None:
+        blob = {"plugin": {"name": plugin["name"], "args": dict(plugin.get("args") or {})}}
+    else:
+        raise StageError(f"a {type(net).__name__} is saved with the model plugin that builds it")
+    blob["state_dict"] = {k: v.detach().cpu() for k, v in net.state_dict().items()}
+    blob["meta"] = dict(meta or {})
     write_torch(path, blob)
 
 
-def load_model(path: Path) -> tuple[LeNet5, dict[str, Any]]:
+def load_model(path: Path) -> tuple[nn.Module, dict[str, Any]]:
+    """The net saved in `path` (a `LeNet5`, or what its model plugin builds) and its metadata."""
     if not path.is_file():
         raise StageError(f"{path} not found: run the stage that produces it first")
     blob = torch.load(path, map_location="cpu", weights_only=True)
-    net = LeNet5(Widths(**blob["widths"]))
+    net: nn.Module
+    if "widths" in blob:
+        net = LeNet5(Widths(**blob["widths"]))
+    else:
+        spec = blob["plugin"]
+        try:
+            net = plugins.build("model", spec["name"], spec["args"])
+        except plugins.PluginError as err:
+            raise StageError(f"{path}: {err}") from None
     net.load_state_dict(blob["state_dict"])
     return net.eval(), blob["meta"]
+
+
+def require_lenet5(net: nn.Module, path: Path, stage: str) -> LeNet5:
+    """`net` if it is a `LeNet5`; otherwise the clear refusal of a stage that needs one."""
+    if type(net) is not LeNet5:
+        raise StageError(
+            f"{stage} handles LeNet-5 models only (the built-in `lenet5` model plugin, or a "
+            f"plugin that builds a LeNet5 of other widths); {path} holds a "
+            f"{type(net).__name__} from a model plugin. Train a LeNet-5, or run the stages "
+            "that take any model: evaluate, export and quantize"
+        )
+    return net
 
 
 @torch.inference_mode()

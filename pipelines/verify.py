@@ -41,6 +41,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -55,7 +56,7 @@ from pipelines import cache_check, dvc_repo, user_values
 SAME, DIFFERENT, MISSING = "same", "different", "missing"
 RAW_DATA = Path("data/raw")  # the prepare stage's verified downloads, reused as a mirror
 # Provenance facts whose difference explains a different output.
-_EXPLAINING = ("compute", "precision", "device", "cpu", "libraries")
+_EXPLAINING = ("compute", "precision", "device", "cpu", "libraries", "plugins")
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,7 @@ class Audit:
     notes: list[str] = field(default_factory=list)  # worth knowing, whatever the verdict
     rebuilt: list[str] = field(default_factory=list)  # the stages the clone recomputed
     profiles: dict[str, str] = field(default_factory=dict)  # stage -> compute profile it used
+    plugins: dict[str, list[str]] = field(default_factory=dict)  # stage -> the plugins it used
     failed: str | None = None  # the rebuild itself failed
 
     @property
@@ -321,6 +323,12 @@ def verify(
             for s in audit.rebuilt
             if (record := after[s]) and record.get("compute")
         }
+        audit.plugins = {
+            s: [plugin_text(p) for p in record["plugins"]]
+            for s in audit.rebuilt
+            if (record := after[s]) and record.get("plugins")
+        }
+        audit.notes += unlocked_plugin_notes(clone, after)
         skipped = [s for s in order if s not in audit.rebuilt]
         if skipped:
             audit.failed = f"these stages were not recomputed in the clone: {', '.join(skipped)}"
@@ -330,6 +338,34 @@ def verify(
     finally:
         if keep is None:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def plugin_text(source: dict[str, Any]) -> str:
+    """`model wide_lenet5 (mnist-plugin-example 0.1.0)`: a run record's plugin entry."""
+    dist = f"{source.get('distribution')} {source.get('version')}"
+    return f"{source.get('kind')} {source.get('name')} ({dist})"
+
+
+def unlocked_plugin_notes(clone: Path, records: dict[str, dict | None]) -> list[str]:
+    """The plugins a stage used from a distribution that the commit's uv.lock does not pin:
+    another machine installs whatever version it finds, so the portable guarantee does not
+    cover them."""
+    lock = clone / "uv.lock"
+    pinned = (
+        {e.get("name") for e in tomllib.loads(lock.read_text()).get("package", [])}
+        if lock.is_file()
+        else set()
+    )
+    notes = []
+    for stage, record in records.items():
+        for p in (record or {}).get("plugins") or []:
+            dist = str(p.get("distribution") or "").lower().replace("_", "-")
+            if dist not in pinned:
+                notes.append(
+                    f"{stage} used {plugin_text(p)}, which uv.lock does not pin: add it to the "
+                    "project's dependencies for the results to reproduce elsewhere"
+                )
+    return notes
 
 
 def _read_provenance(root: Path, stage: str) -> dict | None:
@@ -352,6 +388,7 @@ def report(audit: Audit) -> str:
                 else ""
             )
         )
+    lines += [f"plugins of {stage}: {', '.join(used)}" for stage, used in audit.plugins.items()]
     if audit.outputs:
         width = max(len(o.path) for o in audit.outputs)
         lines.append(

@@ -30,7 +30,13 @@ import onnxruntime as ort
 from mnist_pipeline import errors, stage
 from mnist_pipeline.atomic import atomic_path, write_json
 from mnist_pipeline.data.dataset import Normalization, load_normalization, load_split
-from mnist_pipeline.model import RawPixelsLeNet5, load_model, predict_logits, widths_of
+from mnist_pipeline.model import (
+    RawPixelsLeNet5,
+    load_model,
+    predict_logits,
+    require_lenet5,
+    widths_of,
+)
 from mnist_pipeline.onnx import runtime
 from mnist_pipeline.onnx import speed as inference_speed
 from mnist_pipeline.onnx.export import check_parity, export_onnx, metadata
@@ -97,7 +103,8 @@ def export_both(params: ExportParams, args: argparse.Namespace) -> None:
         ("dense", args.model, args.onnx),
         ("pruned", args.pruned, args.pruned_onnx),
     ):
-        net, meta = load_model(src)
+        loaded, meta = load_model(src)
+        net = require_lenet5(loaded, src, "export")
         widths.append(widths_of(net))
         norm = _normalization(meta, src, data_norm)
         model = RawPixelsLeNet5(net, norm).eval()

@@ -29,7 +29,7 @@ from typing import Any
 from mnist_pipeline import errors, stage
 from mnist_pipeline.atomic import write_json
 from mnist_pipeline.data.dataset import load_split
-from mnist_pipeline.model import accuracy, load_model, save_model, widths_of
+from mnist_pipeline.model import accuracy, load_model, require_lenet5, save_model, widths_of
 from mnist_pipeline.params.schema import ComputeParams, PruneParams, TrainParams
 from mnist_pipeline.pruning.rounds import fingerprint, prune_and_finetune
 from mnist_pipeline.pruning.structured import file_sizes, model_stats
@@ -78,7 +78,8 @@ def prune_file(
     """Prune the dense model file, fine-tune, and write the pruned model and its metrics.
 
     Returns the round it resumed after (None: it started at round 1)."""
-    dense, meta = load_model(model_path)
+    loaded, meta = load_model(model_path)
+    dense = require_lenet5(loaded, model_path, "prune")
     test = load_split(data, "test")
 
     dense_stats = {

@@ -22,7 +22,7 @@ from mnist_pipeline.atomic import write_json
 from mnist_pipeline.data.dataset import load_normalization
 from mnist_pipeline.model import save_model
 from mnist_pipeline.training import checkpoints
-from mnist_pipeline.training.fit import train
+from mnist_pipeline.training.fit import train, used_plugins
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,8 @@ RUN_FACTS = ("resumed_from_epoch", "device", "precision", "fingerprint")
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     with stage.running(args, "train", [args.data]) as run:
+        # Which plugins made this run, from which distributions (the audit reports them).
+        run.facts["plugins"] = [p.source() for p in used_plugins(run.params.train)]
         net, summary = train(
             run.params.train,
             run.params.compute,
@@ -62,7 +64,8 @@ def main(argv: list[str] | None = None) -> None:
         # Only what determines the weights' meaning; where and when they were made is in the
         # provenance record.
         meta = {"mean": norm.mean, "std": norm.std, "precision": run.facts["precision"]}
-        save_model(net, args.model, meta=meta)
+        model = run.params.train.model
+        save_model(net, args.model, meta=meta, plugin={"name": model.name, "args": model.args})
         # Numbers only: `dvc metrics show` and `dvc exp show` tabulate these files.
         write_json(args.metrics, {k: v for k, v in summary.items() if v is not None})
         if args.timings is not None:

@@ -95,6 +95,12 @@ def _type_text(ann: Any, metadata: list[Any]) -> str:
         return "string"
     if ann in (int, float):
         return _number_text(ann.__name__, metadata)
+    if get_origin(ann) is dict:
+        return "mapping"
+    if get_origin(ann) is list:
+        (item,) = get_args(ann)
+        if isinstance(item, type) and issubclass(item, BaseModel):
+            return "list of {" + ", ".join(item.model_fields) + "}"
     raise TypeError(f"no allowed-values text for the type {ann!r}")
 
 

@@ -7,9 +7,11 @@ same rules hold here: no defaults for values that change results, each key descr
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from mnist_pipeline import plugins
 
 
 class Section(BaseModel):
@@ -59,8 +61,61 @@ class SchedulerParams(Section):
     """step only: factor applied to the learning rate at each decay."""
 
 
+class PluginSpec(Section):
+    """A plugin chosen by name, with its arguments (see docs/extending.md)."""
+
+    kind: ClassVar[plugins.Kind]
+    name: str
+    """The plugin's name: an entry point of its group (`mnist_pipeline.<kind>s`)."""
+    args: dict[str, Any] = Field(default_factory=dict)
+    """The plugin's arguments, plain values checked by the plugin's own args model."""
+
+    @model_validator(mode="after")
+    def _installed_and_args_valid(self) -> PluginSpec:
+        # A plain ValueError: pydantic reports it at this spec's key (`train.model`, ...).
+        try:
+            plugins.check_args(plugins.load(self.kind, self.name), self.args)
+        except plugins.PluginError as err:
+            raise ValueError(str(err)) from None
+        return self
+
+
+class ModelSpec(PluginSpec):
+    """The network to train: a model plugin and its arguments."""
+
+    kind = "model"
+
+
+class CallbackSpec(PluginSpec):
+    """A Lightning callback plugin and its arguments."""
+
+    kind = "callback"
+
+
+class LoggerSpec(PluginSpec):
+    """An experiment logger plugin and its arguments."""
+
+    kind = "logger"
+
+
 class TrainParams(Section):
     """The `train` section: how LeNet-5 is trained."""
+
+    model: ModelSpec = Field(title="The network: a model plugin by name, with its arguments.")
+    """The network to train: a model plugin by name (`lenet5` is the built-in LeNet-5), with its
+    arguments; see docs/extending.md."""
+    callbacks: list[CallbackSpec] = Field(
+        title="Lightning callback plugins by name, with their arguments."
+    )
+    """Lightning callback plugins, each `{name: ..., args: {...}}`, run in this order after the
+    checkpointing the stage always does. Part of the resume fingerprint."""
+    loggers: list[LoggerSpec] = Field(
+        title="Experiment loggers by name (dvclive, tensorboard, mlflow), with their arguments.",
+        min_length=1,
+    )
+    """Experiment logger plugins, each `{name: ..., args: {...}}`: dvclive (the metrics and
+    plots DVC tracks; keep it first), tensorboard, mlflow, or an installed one. Loggers observe
+    and change no result, so they are left out of the resume fingerprint."""
 
     seed: int = Field(
         title="Seed of the weight initialisation and of the per-epoch shuffling.", ge=0

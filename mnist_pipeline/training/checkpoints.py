@@ -42,8 +42,8 @@ FAIL_ENV = "MNIST_FAIL_AFTER_EPOCH"  # test hook: see `KillAfterEpoch`
 # The shared code whose edits change what a fit produces (`train`'s, and `prune`'s
 # fine-tuning): part of their resume fingerprints, with the stage's own module.
 TRAINING_CODE: tuple[ModuleType, ...] = (model, lightning_module, datamodule, dataset, trainer)
-# Left out of the fingerprint: the progress bar changes nothing.
-NOT_IN_FINGERPRINT = {"progress_bar"}
+# Left out of the fingerprint: the progress bar and the loggers change nothing.
+NOT_IN_FINGERPRINT = {"progress_bar", "loggers"}
 
 
 def fingerprint(
@@ -52,17 +52,20 @@ def fingerprint(
     compute: dict[str, Any],
     files: Iterable[Path],
     code: Iterable[ModuleType],
+    plugins: Iterable[dict[str, Any]] = (),
 ) -> str:
     """A hash of what determines the weights: `params` (all of them, but the fields above),
     the resolved `precision` (`auto` means other arithmetic on other hardware), the bytes of
     `files` (the data) and of the `code` modules' sources, the installed versions of the
     compute libraries, and how the process computes (`compute.apply`'s facts: profile, kernel
-    levels, MKL branch and thread count, each of which changes the last bits of every step)."""
+    levels, MKL branch and thread count, each of which changes the last bits of every step),
+    and the distributions and versions of the `plugins` that change results."""
     h = hashlib.sha256()
     h.update(json.dumps(params.model_dump(exclude=NOT_IN_FINGERPRINT), sort_keys=True).encode())
     h.update(f"precision={precision}".encode())
     h.update(json.dumps(environment.installed_versions(), sort_keys=True).encode())
     h.update(json.dumps(compute, sort_keys=True).encode())
+    h.update(json.dumps(list(plugins), sort_keys=True).encode())
     for path in files:
         with path.open("rb") as f:
             h.update(hashlib.file_digest(f, "sha256").digest())

@@ -62,7 +62,7 @@ def make_trainer(
     compute: ComputeParams,
     max_epochs: int,
     callbacks: list[Callback],
-    logger: pl.loggers.Logger | bool,
+    logger: pl.loggers.Logger | list[pl.loggers.Logger] | bool,
     root_dir: Path,
 ) -> pl.Trainer:
     """A Trainer set up from the `train` params, for `max_epochs`; the thread count is

@@ -201,3 +201,17 @@ def test_a_flipped_byte_in_the_cache_or_on_the_remote_fails(scratch: Path) -> No
     remote = cache_check.check(scratch, remote=True, local=False)
     assert [c.where.split()[0] for c in remote.corrupt] == ["remote"]
     assert remote.checked == {f"remote {scratch.parent / 'remote'}": 1}
+
+
+def test_the_report_names_the_plugins_and_the_unpinned_ones(tmp_path) -> None:
+    (tmp_path / "uv.lock").write_text('[[package]]\nname = "mnist-pipeline"\nversion = "0.1.0"\n')
+    used = [
+        {"kind": "model", "name": "lenet5", "distribution": "mnist-pipeline", "version": "0.1.0"},
+        {"kind": "callback", "name": "early_stopping", "distribution": "mnist-plugin-example"},
+    ]
+    notes = verify.unlocked_plugin_notes(tmp_path, {"train": {"plugins": used}, "card": None})
+    assert len(notes) == 1 and "early_stopping" in notes[0] and "uv.lock" in notes[0]
+    audit = verify.Audit("c0", plugins={"train": [verify.plugin_text(p) for p in used]})
+    assert "plugins of train: model lenet5 (mnist-pipeline 0.1.0), callback early_stopping" in (
+        verify.report(audit)
+    )

@@ -1,0 +1,1 @@
+"""An example plugin package for mnist-pipeline (see docs/extending.md)."""
