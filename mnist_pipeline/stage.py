@@ -100,8 +100,10 @@ def one_at_a_time(run_record: Path | None, name: str) -> Iterator[None]:
     DVC does not hash) while the stage runs: a copy left running by a `dvc` that was killed
     keeps it, so a second copy cannot start in the same folders; it stops with a StageError
     instead (`pipelines.retry` takes it as transient). The kernel drops the lock when the
-    holder dies, however it dies. Without a run record (a stage run by hand), no lock."""
-    if run_record is None:
+    holder dies, however it dies. Without a run record (a stage run by hand), no lock. The
+    other processes of a distributed run (DDP ranks, other nodes) join the run of the process
+    that holds it: only global rank 0, or a process that is no rank at all, takes it."""
+    if run_record is None or not _first_rank():
         yield
         return
     path = run_record.parent / f".{name}.stage-lock"
@@ -121,3 +123,10 @@ def one_at_a_time(run_record: Path | None, name: str) -> Iterator[None]:
         lock.write(f"{os.getpid()}\n")
         lock.flush()
         yield
+
+
+def _first_rank() -> bool:
+    """Whether this process is rank 0 of its run (or not part of a distributed one): the
+    launchers (Lightning's DDP, torchrun, SLURM, a second node) set these for the others."""
+    ranks = ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID")
+    return all(os.environ.get(k, "0") in ("", "0") for k in ranks)

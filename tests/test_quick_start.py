@@ -31,6 +31,9 @@ from tests.stage_runs import shell_env
 # other, on a loaded 2-core machine.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
+# As the session started (read at collection, before any test runs): fixtures of other tests
+# point MNIST_MIRROR at synthetic files, and a newcomer's shell has the real ones.
+MIRROR = os.environ.get("MNIST_MIRROR")
 FENCE = re.compile(r"^```bash\n(.*?)^```", re.S | re.M)
 
 
@@ -72,7 +75,7 @@ def run(line: str, repo: Path, env: dict[str, str], timeout: float) -> float:
 @pytest.fixture(scope="module")
 def newcomer(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
     """A fresh clone of this repo at HEAD, and a shell's environment with the MNIST mirror."""
-    mirror = os.environ.get("MNIST_MIRROR")
+    mirror = MIRROR
     if not mirror:
         missing = "MNIST_MIRROR is not set (the README's offline setting)"
         if os.environ.get("CI") == "true":
@@ -84,7 +87,7 @@ def newcomer(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, 
         git(repo, "branch", "main")  # `dvc metrics diff main` compares with the branch
     venv_bin = str(ROOT / ".venv" / "bin")
     path = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if p != venv_bin)
-    own = ("VIRTUAL_ENV", "UV_PROJECT_ENVIRONMENT", "PYTEST_", "PYTHONPATH")
+    own = ("VIRTUAL_ENV", "UV_PROJECT_ENVIRONMENT", "PYTEST_", "PYTHONPATH", "MNIST_")
     env = {k: v for k, v in shell_env().items() if not k.startswith(own)}
     env |= GIT_IDENTITY | {"PATH": path, "MNIST_MIRROR": str(Path(mirror).resolve())}
     env["UV_NO_PROGRESS"] = "1"

@@ -107,13 +107,25 @@ def deploy(url: str, env: dict[str, str], repo: Path) -> httpx.Client:
     return httpx.Client(base_url=url, timeout=30)
 
 
+def create_flow_run(api: httpx.Client, dep: dict, params: dict) -> str:
+    """A flow run of `dep` with `params`, made through the API; its id. Retried on 503, as
+    Prefect's own client retries it: a loaded server answers so for a while (seen in CI)."""
+    for wait in (1, 2, 4, 8, 16, 0):
+        created = api.post(
+            f"/deployments/{dep['id']}/create_flow_run", json={"parameters": params}
+        )
+        if created.status_code != 503 or not wait:
+            return created.raise_for_status().json()["id"]
+        time.sleep(wait)
+    raise AssertionError("unreachable")
+
+
 def run_on_worker(
     api: httpx.Client, dep: dict, params: dict, tmp_path: Path, env: dict[str, str], *opts: str
 ) -> str:
     """A run of deployment `dep` with `params`, now, as `prefect deployment run` or the UI's
     "Quick run" would, on a process worker of its pool; its id, once it completed."""
-    flow_run = api.post(f"/deployments/{dep['id']}/create_flow_run", json={"parameters": params})
-    flow_run_id = flow_run.raise_for_status().json()["id"]
+    flow_run_id = create_flow_run(api, dep, params)
     pool = dep["work_pool_name"]
     log = tmp_path / "worker.log"
     worker = start(
@@ -173,11 +185,7 @@ def test_served_flow_runs_and_pauses_its_schedule_on_exit(
         dep = dep.json()
         assert [s["schedule"]["cron"] for s in dep["schedules"]] == ["0 2 * * *"]
         assert dep["global_concurrency_limit"]["limit"] == 1
-        created = api.post(
-            f"/deployments/{dep['id']}/create_flow_run",
-            json={"parameters": {"targets": ["prepare"]}},
-        )
-        flow_run_id = created.raise_for_status().json()["id"]
+        flow_run_id = create_flow_run(api, dep, {"targets": ["prepare"]})
         state = wait_for(api, flow_run_id, serving, tmp_path / "serve.log")
         log = (tmp_path / "serve.log").read_text()
         assert state["type"] == "COMPLETED", f"{state}\n{log[-4000:]}"
