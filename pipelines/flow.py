@@ -186,6 +186,16 @@ def _test_acc(root: Path, evaluate_outs: list[Path], metrics: report.Metrics) ->
     return None
 
 
+def _declared_artifacts(repo: Path, model_name: str) -> dict[str, Path]:
+    """dvc.yaml's artifacts, among which `model_name` must be if there are any."""
+    declared = dvc_repo.artifacts(repo)
+    if declared and model_name not in declared:
+        raise errors.UsageError(
+            f"{model_name!r} is not in dvc.yaml's artifacts: {sorted(declared)}"
+        )
+    return declared
+
+
 def _register(
     repo: Path,
     stages: list[str],
@@ -264,13 +274,8 @@ def pipeline(
     user_values.check(model_name=model_name)  # it becomes a git tag
     repo = user_values.existing_folder("--root", root)
     with dvc_repo.one_repo(repo):
-        declared: dict[str, Path] = {}
-        if register_model:  # a typo here should not cost a whole training run to find out
-            declared = dvc_repo.artifacts(repo)
-            if declared and model_name not in declared:
-                raise errors.UsageError(
-                    f"{model_name!r} is not in dvc.yaml's artifacts: {sorted(declared)}"
-                )
+        # A typo in the name should not cost a whole training run to find out.
+        declared = _declared_artifacts(repo, model_name) if register_model else {}
         changes = check_params(repo, list(overrides or []))
         dvc_repo.written(repo)  # params.yaml
         stages = dvc_repo.stage_order(repo, targets)

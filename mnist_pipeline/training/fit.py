@@ -76,12 +76,7 @@ def train(
     without changing it (the benchmarks' clocks).
     """
     fp = fingerprint(params, compute, data_dir)
-    resume_from = checkpoints.find_resumable(ckpt_dir, fp)
-    if resume_from is None and ckpt_dir.exists():
-        # ignore_errors: under DDP on one filesystem, every process clears the same folder.
-        shutil.rmtree(ckpt_dir, ignore_errors=True)
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-
+    resume_from = _resumable_or_cleared(ckpt_dir, fp)
     resumed_from_epoch = checkpoints.epochs_done(resume_from)  # read now: fit overwrites it
     pl.seed_everything(params.seed, workers=True, verbose=False)
     # Built right after seeding, as the built-in LeNet-5 always was: the same initial weights.
@@ -153,6 +148,16 @@ def flat_params(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[f"{prefix}{key}"] = value
     return out
+
+
+def _resumable_or_cleared(ckpt_dir: Path, fp: str) -> Path | None:
+    """The checkpoint to resume from; else None, and the folder emptied for a fresh run."""
+    resume_from = checkpoints.find_resumable(ckpt_dir, fp)
+    if resume_from is None and ckpt_dir.exists():
+        # ignore_errors: under DDP on one filesystem, every process clears the same folder.
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    return resume_from
 
 
 def _checkpointing(fp: str, resumed_from_epoch: int | None, ckpt_dir: Path) -> list[Callback]:
