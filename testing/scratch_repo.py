@@ -7,8 +7,10 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 # The one git identity of the copies' commits (and of a flow's model registrations in them).
 GIT_IDENTITY = {
@@ -75,3 +77,21 @@ def dvc(repo: Path, *args: str, timeout: float = 1800, **extra_env: str) -> str:
             f"dvc {' '.join(args)} failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
         )
     return done.stdout + done.stderr
+
+
+@contextmanager
+def registry_repo(root: Path, dvc_yaml: str) -> Iterator[Any]:
+    """A new git + DVC repo in `root` with `dvc_yaml` and an empty `models/`, and this module's
+    git identity in the environment for the block (a registration commits and tags): where the
+    registry tests register model versions. Yields DVC's `Repo`."""
+    import pytest
+    from dvc.repo import Repo
+
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in GIT_IDENTITY.items():
+            mp.setenv(key, value)
+        git(root, "init", "-q", "-b", "main")
+        repo = Repo.init(str(root))
+        (root / "dvc.yaml").write_text(dvc_yaml)
+        (root / "models").mkdir()
+        yield repo

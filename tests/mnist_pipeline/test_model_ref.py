@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from mnist_pipeline.errors import UsageError
 from mnist_pipeline.serving import model_ref, predict, server
 from pipelines.registry import register
-from testing.scratch_repo import GIT_IDENTITY, git
+from testing.scratch_repo import git, registry_repo
 
 ARTIFACTS = "artifacts:\n  digits-onnx:\n    path: models/m.onnx\n    type: model\n"
 
@@ -27,17 +27,10 @@ def _sha(path: Path) -> str:
 def registry(tmp_path_factory: pytest.TempPathFactory, onnx_model: Path) -> dict[str, str]:
     """A git + DVC repo with two registered versions of `digits-onnx`, v0.1.0 in `prod`:
     {version: sha256 of its file}. The working tree ends up holding a third, unregistered file."""
-    from dvc.repo import Repo
     from gto import api
 
     root = tmp_path_factory.mktemp("registry")
-    with pytest.MonkeyPatch.context() as mp:
-        for key, value in GIT_IDENTITY.items():
-            mp.setenv(key, value)
-        git(root, "init", "-q", "-b", "main")
-        repo = Repo.init(str(root))
-        (root / "dvc.yaml").write_text(ARTIFACTS)
-        (root / "models").mkdir()
+    with registry_repo(root, ARTIFACTS) as repo:
         model = onnx.load(str(onnx_model))
         shas = {}
         for version in ("v0.1.0", "v0.2.0", "unregistered"):

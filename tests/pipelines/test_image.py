@@ -27,7 +27,7 @@ from mnist_pipeline.serving import predict
 from pipelines import image
 from pipelines.registry import register
 from testing.ports import free_port
-from testing.scratch_repo import GIT_IDENTITY, git
+from testing.scratch_repo import git, registry_repo
 from tests.conftest import RealDigits
 
 pytestmark = [
@@ -73,19 +73,12 @@ def built(
     tmp_path_factory: pytest.TempPathFactory, real_digits: RealDigits, base: str
 ) -> Iterator[Built]:
     """`digits-onnx` v0.1.0, promoted to prod in a scratch registry, built into an image."""
-    from dvc.repo import Repo
     from gto import api
 
     root = tmp_path_factory.mktemp("registry")
-    with pytest.MonkeyPatch.context() as mp:
-        for key, value in GIT_IDENTITY.items():
-            mp.setenv(key, value)
-        git(root, "init", "-q", "-b", "main")
-        repo = Repo.init(str(root))
-        (root / "dvc.yaml").write_text(ARTIFACTS)
+    with registry_repo(root, ARTIFACTS) as repo:
         (root / "cards").mkdir()
         (root / "cards/digits-onnx.md").write_text(CARD)
-        (root / "models").mkdir()
         shutil.copy(real_digits.model, root / "models/m.onnx")
         repo.add(str(root / "models/m.onnx"))
         git(root, "add", "-A")
