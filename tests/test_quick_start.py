@@ -115,8 +115,9 @@ def test_getting_started_runs_as_written_after_the_quick_start(
     name = None
     for line in experiments:
         if "<exp>" in line:  # the page's placeholder: the experiment it ran
-            refs = git(repo, "for-each-ref", "--format=%(refname:lstrip=-1)", "refs/exps")
-            (name,) = refs.split()
+            # refs/exps/<baseline>/<name>; DVC leaves its own refs/exps/exec/EXEC_* beside it.
+            refs = git(repo, "for-each-ref", "--format=%(refname)", "refs/exps").split()
+            (name,) = [r.rsplit("/", 1)[1] for r in refs if not r.startswith("refs/exps/exec/")]
             line = line.replace("<exp>", name)
         run(line, repo, env, timeout=3000)
     assert name is not None
