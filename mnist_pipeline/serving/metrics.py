@@ -9,6 +9,7 @@ Metrics, from prometheus-client (the text format at `GET /metrics`):
     mnist_model_info{name, version, sha256}    1 for the model in service (0 once swapped out)
     mnist_model_reloads_total                  models swapped in by a reload
     mnist_model_reload_failures_total          new models refused (the old one kept serving)
+    mnist_ready                                1 when `/readyz` would answer 200, else 0
 
 With `--workers N` prometheus-client runs in multiprocess mode: each worker writes its figures
 to files in `PROMETHEUS_MULTIPROC_DIR`, and whichever worker answers a scrape sums them all.
@@ -89,6 +90,14 @@ class ServerMetrics:
             "New models refused by a reload; the old one kept serving",
             registry=reg,
         )
+        # Set by each scrape from what `/readyz` says (not from SIGTERM's handler, which must
+        # not take the metric's lock); across workers, that of the worker that answered last.
+        self.ready = Gauge(
+            "mnist_ready",
+            "1 when a model is loaded and no SIGTERM came (/readyz 200), else 0",
+            multiprocess_mode="mostrecent",
+            registry=reg,
+        )
 
     def served(self, name: str, version: str | None, sha256: str, up: bool) -> None:
         self.model_info.labels(name=name, version=version or "", sha256=sha256).set(int(up))
@@ -97,8 +106,10 @@ class ServerMetrics:
         for digit in digits:
             self.predictions.labels(digit=str(digit)).inc()
 
-    def render(self) -> tuple[bytes, str]:
-        """The scrape: the text format, and its content type."""
+    def render(self, ready: bool) -> tuple[bytes, str]:
+        """The scrape, with `ready` as this process sees it now: the text format, and its
+        content type."""
+        self.ready.set(int(ready))
         if self.registry is not None:
             return generate_latest(self.registry), CONTENT_TYPE_LATEST
         from prometheus_client import multiprocess as mp

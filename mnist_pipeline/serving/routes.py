@@ -87,6 +87,13 @@ def page_headers(html: str) -> dict[str, str]:
     }
 
 
+def readiness(slot: ModelSlot) -> str:
+    """`ready` once a model is loaded and passed its warm-up and no SIGTERM came; else why not."""
+    if drain.draining():
+        return "draining"
+    return "loading" if slot.current is None else "ready"
+
+
 def probes(slot: ModelSlot) -> APIRouter:
     router = APIRouter()
 
@@ -98,11 +105,10 @@ def probes(slot: ModelSlot) -> APIRouter:
     @router.get("/readyz", responses={503: {"model": Status}})
     async def readyz() -> Status:
         """Readiness: a model is loaded and passed its warm-up, and no SIGTERM came."""
-        if drain.draining():
-            return JSONResponse({"status": "draining"}, status_code=503)  # type: ignore[return-value]
-        if slot.current is None:
-            return JSONResponse({"status": "loading"}, status_code=503)  # type: ignore[return-value]
-        return Status(status="ready")
+        status = readiness(slot)
+        if status != "ready":
+            return JSONResponse({"status": status}, status_code=503)  # type: ignore[return-value]
+        return Status(status=status)
 
     return router
 
@@ -160,7 +166,7 @@ def predictions(slot: ModelSlot, metrics: ServerMetrics, limits: Limits) -> APIR
     return router
 
 
-def page_and_metrics(metrics: ServerMetrics) -> APIRouter:
+def page_and_metrics(metrics: ServerMetrics, slot: ModelSlot) -> APIRouter:
     router = APIRouter()
 
     html = PAGE.read_text()
@@ -173,7 +179,7 @@ def page_and_metrics(metrics: ServerMetrics) -> APIRouter:
     @router.get("/metrics", response_class=PlainTextResponse)
     async def scrape() -> Response:
         """Prometheus metrics, in the text format."""
-        data, kind = metrics.render()
+        data, kind = metrics.render(ready=readiness(slot) == "ready")
         return Response(data, media_type=kind)
 
     return router

@@ -150,7 +150,7 @@ def create_app(
     app.add_exception_handler(HTTPException, routes.http_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, routes.invalid_request)  # type: ignore[arg-type]
     for router in (
-        routes.page_and_metrics(metrics),
+        routes.page_and_metrics(metrics, slot),
         routes.probes(slot),
         routes.model(slot),
         routes.predictions(slot, metrics, limits),

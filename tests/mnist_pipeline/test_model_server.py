@@ -19,7 +19,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from mnist_pipeline.onnx import runtime
-from mnist_pipeline.serving import predict, server
+from mnist_pipeline.serving import drain, predict, server
 
 
 def _png_bytes(pixels: np.ndarray, fmt: str = "PNG") -> bytes:
@@ -73,6 +73,15 @@ def test_health_model_card_and_docs(client: TestClient, onnx_model: Path) -> Non
     schema = client.get("/openapi.json").json()
     assert "/predict" in schema["paths"] and "/readyz" in schema["paths"]
     assert {"ModelInfo", "Prediction", "ErrorOut"} <= set(schema["components"]["schemas"])
+
+
+def test_mnist_ready_says_what_readyz_says(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert "\nmnist_ready 1.0\n" in client.get("/metrics").text
+    monkeypatch.setattr(drain, "_draining", True)  # as SIGTERM's handler leaves it
+    assert client.get("/readyz").json() == {"status": "draining"}
+    assert "\nmnist_ready 0.0\n" in client.get("/metrics").text
 
 
 def test_uploads_get_the_answers_of_mnist_predict(

@@ -186,6 +186,7 @@ def test_readyz_is_503_until_the_model_has_warmed_up(model: Path, tmp_path: Path
     served = start_server(model, ["--warmup-runs", "20000"], log=tmp_path / "s.log", ready=False)
     try:
         assert httpx.get(f"{served.url}/readyz").status_code == 503
+        assert _metrics(served.url)[("mnist_ready", ())] == 0
         early = httpx.post(f"{served.url}/predict", json={"pixels": [[0] * 28] * 28})
         assert early.status_code == 503 and "retry-after" in early.headers
         assert httpx.get(f"{served.url}/healthz").status_code == 200  # alive all the same
@@ -194,6 +195,7 @@ def test_readyz_is_503_until_the_model_has_warmed_up(model: Path, tmp_path: Path
             assert time.monotonic() < deadline
             time.sleep(0.1)
         assert httpx.post(f"{served.url}/predict", json={"pixels": [[0] * 28] * 28}).is_success
+        assert _metrics(served.url)[("mnist_ready", ())] == 1
     finally:
         served.stop()
 
@@ -288,7 +290,9 @@ def test_workers_sum_their_metrics_all_swap_on_sighup_and_drain(
         for _ in range(sent):
             r = httpx.post(f"{served.url}/predict", json={"pixels": [[0] * 28] * 28})
             assert r.is_success
-        assert _requests(_metrics(served.url), "/predict", "2xx") == sent
+        m = _metrics(served.url)
+        # Summed across workers, with no `pid` label; readiness once, not once a worker.
+        assert _requests(m, "/predict", "2xx") == sent and m[("mnist_ready", ())] == 1
         _replace(model, _other_version(model))
         new = _sha(model)
         served.proc.send_signal(signal.SIGHUP)
