@@ -9,6 +9,7 @@ on another port when the server says so ("address already in use"), instead of f
 from __future__ import annotations
 
 import socket
+import urllib.request
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -44,3 +45,12 @@ def on_a_free_port(start: Callable[[int], T], attempts: int = ATTEMPTS) -> tuple
             if attempt == attempts:
                 raise
     raise AssertionError("unreachable")
+
+
+def answers_200(url: str, timeout_s: float = 2) -> bool:
+    """Whether a GET on `url` answers 200 now (a server's health or readiness probe)."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as r:
+            return r.status == 200
+    except OSError:
+        return False

@@ -9,14 +9,13 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-from testing.ports import PortTaken, on_a_free_port, port_taken
+from testing.ports import PortTaken, answers_200, on_a_free_port, port_taken
 
 
 def without_prefect_settings(**extra: str) -> dict[str, str]:
@@ -71,7 +70,7 @@ def _start(home: Path, settings: dict[str, str], timeout_s: float, port: int) ->
             start_new_session=True,  # stopped as a group, with anything it started
         )
     deadline = time.monotonic() + timeout_s
-    while not _healthy(api):
+    while not answers_200(f"{api}/health"):  # basic auth leaves it open
         if server.poll() is not None or time.monotonic() > deadline:
             stop_group(server)
             tail = log_path.read_text()[-3000:]
@@ -92,12 +91,3 @@ def stop_group(proc: subprocess.Popen) -> None:
             return
         except subprocess.TimeoutExpired:
             continue
-
-
-def _healthy(api: str) -> bool:
-    """Whether the server answers `/health` (which basic auth leaves open)."""
-    try:
-        with urllib.request.urlopen(f"{api}/health", timeout=2) as r:
-            return r.status == 200
-    except OSError:
-        return False
