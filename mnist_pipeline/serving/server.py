@@ -6,11 +6,14 @@
 
 - `POST /predict` with one or more image files (multipart field `file`, repeatable), or with
   JSON `{"pixels": ...}`: raw 0-255 digits, one 28x28 list of rows or a list of them. The
-  answer is a JSON list of `{"file", "digit", "probability", "probabilities"}`, the fields of
-  `mnist-predict --json`; images go through the same preprocessing (`predict.load_digit`).
+  answer is a JSON list of `{"file", "digit", "probability", "probabilities", "id"}`, the
+  fields of `mnist-predict --json` and a feedback id; images go through the same
+  preprocessing (`predict.load_digit`).
 - `GET /healthz` (liveness), `GET /readyz` (200 once a model is loaded and warmed up, 503
   before), `GET /model` (name, version, sha256, input contract, metadata), `GET /model/card`
   (the artifact's model card), `GET /metrics` (Prometheus), `GET /docs`.
+- `POST /feedback`: the true label of an earlier prediction, by the `id` each answer carries
+  (`feedback`). `/v2/...`: the Open Inference Protocol, KServe v2 REST (`open_inference`).
 - `GET /`: a page where you draw a digit and see the prediction and the ten probabilities as
   you draw (`static/index.html`; no CDN, it works offline).
 - SIGHUP loads the model `--model` names now and swaps it in once it passes its checks

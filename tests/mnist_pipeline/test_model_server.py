@@ -264,5 +264,8 @@ def test_a_model_bundle_is_served_as_its_version_with_its_card(
         model = c.get("/model").json()
         assert {k: model[k] for k in fields} == fields and model["sha256"] == info["sha256"]
         assert model["card"] and c.get("/model/card").text == "# c\n"
+        # The Open Inference Protocol names the registered version, not the bytes' sha256.
+        assert c.get("/v2/models/digits").json()["versions"] == ["v1.0.0"]
+        assert c.get("/v2/models/digits/versions/v1.0.0/ready").status_code == 200
     (tmp_path / "b" / bundle.MODEL).write_bytes(data + b"\0")
     assert server.main(["--model", str(tmp_path / "b")]) == 2  # not the bytes it records
