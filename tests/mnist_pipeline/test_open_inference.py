@@ -264,23 +264,44 @@ def test_the_docs_example_runs(served: Served, onnx_model: Path) -> None:
     assert scope["result"].as_numpy("digit").shape == (2,)
 
 
-@pytest.mark.slow
-def test_tritonclient_classifies_1000_real_digits(real_digits: RealDigits, tmp_path: Path) -> None:
-    """Through tritonclient and `mnist-serve`, 1,000 real test digits get the answers ONNX
-    Runtime gives them offline, at the model's accuracy."""
+def _real_test_digits(n: int) -> tuple[np.ndarray, np.ndarray]:
     from mnist_pipeline.data import mnist_files
     from tests.conftest import REAL_MIRROR
 
-    (_, _), (_, _), (tei, _), (tel, _) = mnist_files.FILES
-    x = mnist_files.read_idx(REAL_MIRROR / tei)[:1000]
-    y = mnist_files.read_idx(REAL_MIRROR / tel)[:1000]
-    want = _offline(real_digits.model, x[:, None]).argmax(axis=1)
-    s = start_server(real_digits.model, ["--max-files", "1000"], log=tmp_path / "serve.log")
+    (_, _), (_, _), (images, _), (labels, _) = mnist_files.FILES
+    if not (REAL_MIRROR / images).exists():
+        pytest.skip(f"real MNIST files not found at {REAL_MIRROR}; set MNIST_MIRROR")
+    return mnist_files.read_idx(REAL_MIRROR / images)[:n], mnist_files.read_idx(
+        REAL_MIRROR / labels
+    )[:n]
+
+
+def _served_accuracy(model: Path, tmp_path: Path) -> float:
+    """1,000 real test digits through tritonclient and `mnist-serve`, binary and JSON: the
+    answers ONNX Runtime gives offline, every one; their accuracy."""
+    x, y = _real_test_digits(1000)
+    want = _offline(model, x[:, None]).argmax(axis=1)
+    s = start_server(model, ["--max-files", "1000"], log=tmp_path / "serve.log")
     try:
         for binary in (True, False):
-            got = _triton_classify(s.url, real_digits.model.name, x, binary)
-            assert got.tolist() == want.tolist()
+            assert _triton_classify(s.url, model.name, x, binary).tolist() == want.tolist()
     finally:
         s.stop()
-    accuracy = float((want == y).mean())
-    assert accuracy >= 0.95, accuracy  # the fixture's brief training: about 97%
+    return float((want == y).mean())
+
+
+@pytest.mark.slow
+def test_tritonclient_classifies_1000_real_digits(real_digits: RealDigits, tmp_path: Path) -> None:
+    # The fixture's model had one pass over 12,000 digits: about 91% on these.
+    assert _served_accuracy(real_digits.model, tmp_path) >= 0.88
+
+
+@pytest.mark.slow
+def test_tritonclient_with_the_committed_pruned_model(tmp_path: Path) -> None:
+    """The pipeline's pruned model, where `dvc checkout` (or `dvc pull`) has put it, at the
+    test accuracy `metrics/export.json` records for it (on all 10,000 digits)."""
+    model = ROOT / "models" / "lenet5_pruned.onnx"
+    if not model.is_file():
+        pytest.skip("models/lenet5_pruned.onnx is not checked out: dvc pull")
+    known = json.loads((ROOT / "metrics" / "export.json").read_text())["pruned"]["ort_test_acc"]
+    assert _served_accuracy(model, tmp_path) >= min(0.98, known - 0.01)
