@@ -66,7 +66,10 @@ class FeedbackStore:
             return 400, f"label must be an integer digit 0-9, not {label!r}"[:200]
         entry = self.entries.get(id_) if isinstance(id_, str) else None
         if entry is None:
-            return 404, f"no prediction {id_!r} (unknown, or older than the last {self.capacity})"
+            return (
+                404,
+                f"no prediction {id_!r:.80} (unknown, or older than the last {self.capacity})",
+            )
         if entry[1] is not None:
             return 409, f"prediction {id_} is labelled already"
         return None

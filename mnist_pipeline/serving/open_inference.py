@@ -121,10 +121,10 @@ def read_pixels(request: dict[str, Any], binary: bytes, limits: Limits) -> np.nd
         raise BadInput(400, f"expected one input, {runtime.INPUT_NAME!r}")
     tensor = inputs[0]
     if tensor.get("name") != runtime.INPUT_NAME:
-        raise BadInput(400, f"unknown input {tensor.get('name')!r}; expected 'pixels'")
+        raise BadInput(400, f"unknown input {tensor.get('name')!r:.80}; expected 'pixels'")
     datatype, shape = tensor.get("datatype"), tensor.get("shape")
-    if datatype not in DATATYPES:
-        raise BadInput(400, f"datatype {datatype!r}: expected UINT8 or FP32")
+    if not isinstance(datatype, str) or datatype not in DATATYPES:
+        raise BadInput(400, f"datatype {datatype!r:.80}: expected UINT8 or FP32")
     if not (
         isinstance(shape, list)
         and len(shape) == 4
@@ -169,8 +169,8 @@ def wanted_outputs(request: dict[str, Any]) -> list[tuple[str, bool]]:
         raise BadInput(400, "outputs must be a list of {name, parameters}")
     wanted = []
     for out in asked:
-        if out.get("name") not in OUTPUTS:
-            raise BadInput(400, f"unknown output {out.get('name')!r}; {sorted(OUTPUTS)} exist")
+        if not isinstance(out.get("name"), str) or out["name"] not in OUTPUTS:
+            raise BadInput(400, f"unknown output {out.get('name')!r:.80}; {sorted(OUTPUTS)} exist")
         p = out.get("parameters") or {}
         wanted.append(
             (out["name"], binary_all or (isinstance(p, dict) and p.get("binary_data") is True))

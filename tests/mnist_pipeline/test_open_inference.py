@@ -130,6 +130,8 @@ HEAD = json.dumps({"inputs": [_tensor(ONE) | {"data": None}]}).encode()
         (json.dumps({"inputs": [_tensor(ONE) | {"name": "x"}]}), {}, 400, "unknown input"),
         (json.dumps({"inputs": [_tensor(ONE) | {"datatype": "INT64"}]}), {}, 400, "datatype"),
         (json.dumps({"inputs": [_tensor(ONE) | {"shape": [1, 28, 28]}]}), {}, 400, "shape"),
+        (json.dumps({"inputs": [_tensor(ONE) | {"datatype": ["FP32"]}]}), {}, 400, "datatype"),
+        (json.dumps({"inputs": [_tensor(ONE)], "outputs": [{"name": []}]}), {}, 400, "output"),
         (json.dumps({"inputs": [_tensor(ONE) | {"shape": [0, 1, 28, 28]}]}), {}, 400, "shape"),
         (json.dumps({"inputs": [_tensor(ONE) | {"shape": [9, 1, 28, 28]}]}), {}, 413, "at most 8"),
         (json.dumps({"inputs": [_tensor(ONE) | {"data": [0] * 783}]}), {}, 400, "783 values"),
