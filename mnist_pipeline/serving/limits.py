@@ -37,7 +37,7 @@ DEFAULT_MAX_IN_FLIGHT = 64
 DEFAULT_BODY_TIMEOUT_S = 30.0
 RETRY_AFTER_S = 1
 # Paths that never wait for a place in flight: liveness, readiness and the scrape.
-EXEMPT = frozenset({"/healthz", "/readyz", "/metrics"})
+EXEMPT = frozenset({"/healthz", "/readyz", "/metrics", "/v2/health/live", "/v2/health/ready"})
 
 
 @dataclass(frozen=True)

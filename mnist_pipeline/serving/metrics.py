@@ -10,6 +10,9 @@ Metrics, from prometheus-client (the text format at `GET /metrics`):
     mnist_model_reloads_total                  models swapped in by a reload
     mnist_model_reload_failures_total          new models refused (the old one kept serving)
     mnist_ready                                1 when `/readyz` would answer 200, else 0
+    mnist_feedback_labels_total                true labels posted for predictions (feedback.py)
+    mnist_feedback_correct_total               of them, those the model had predicted
+    mnist_live_accuracy                        correct / labelled over the feedback window
 
 With `--workers N` prometheus-client runs in multiprocess mode: each worker writes its figures
 to files in `PROMETHEUS_MULTIPROC_DIR`, and whichever worker answers a scrape sums them all.
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -82,12 +86,22 @@ class ServerMetrics:
             multiprocess_mode="mostrecent",
             registry=reg,
         )
-        self.reloads = Counter(
-            "mnist_model_reloads", "Models swapped in by a reload", registry=reg
+        self.reloads, self.reload_failures, self.feedback_labels, self.feedback_correct = (
+            Counter(name, doc, registry=reg)
+            for name, doc in (
+                ("mnist_model_reloads", "Models swapped in by a reload"),
+                (
+                    "mnist_model_reload_failures",
+                    "New models refused by a reload; the old one kept serving",
+                ),
+                ("mnist_feedback_labels", "True labels posted for predictions"),
+                ("mnist_feedback_correct", "True labels posted that match the digit predicted"),
+            )
         )
-        self.reload_failures = Counter(
-            "mnist_model_reload_failures",
-            "New models refused by a reload; the old one kept serving",
+        self.live_accuracy = Gauge(
+            "mnist_live_accuracy",
+            "Correct / labelled over the labelled predictions of the feedback window (NaN: none)",
+            multiprocess_mode="mostrecent",
             registry=reg,
         )
         # Set by each scrape from what `/readyz` says (not from SIGTERM's handler, which must
@@ -98,6 +112,15 @@ class ServerMetrics:
             multiprocess_mode="mostrecent",
             registry=reg,
         )
+        self.live_accuracy.set(math.nan)
+
+    def labelled(self, labels: int, correct: int, accuracy: float | None) -> None:
+        self.feedback_labels.inc(labels)
+        self.feedback_correct.inc(correct)
+        self.live(accuracy)
+
+    def live(self, accuracy: float | None) -> None:
+        self.live_accuracy.set(math.nan if accuracy is None else accuracy)
 
     def served(self, name: str, version: str | None, sha256: str, up: bool) -> None:
         self.model_info.labels(name=name, version=version or "", sha256=sha256).set(int(up))
@@ -164,7 +187,8 @@ class Observe:
         finally:
             seconds = time.perf_counter() - start
             path = scope["path"]
-            handler = path if path in self.handlers else OTHER
+            route = getattr(scope.get("route"), "path", None)  # a template: /v2/models/{name}
+            handler = path if path in self.handlers else route if route in self.handlers else OTHER
             self.metrics.requests.labels(handler=handler, status=f"{status // 100}xx").inc()
             self.metrics.latency.labels(handler=handler).observe(seconds)
             if self.access_log is not None:

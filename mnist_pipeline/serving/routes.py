@@ -20,11 +20,14 @@ from mnist_pipeline.serving import drain
 from mnist_pipeline.serving.inputs import BadInput, decode_uploads, pixels_from_json, read_uploads
 from mnist_pipeline.serving.limits import RETRY_AFTER_S, Limits
 from mnist_pipeline.serving.metrics import ServerMetrics
+from mnist_pipeline.serving.outcomes import Outcomes
 from mnist_pipeline.serving.predict import Prediction
 from mnist_pipeline.serving.served_model import ModelInfo, ModelSlot, ServedModel
 
 PAGE = Path(__file__).with_name("static") / "index.html"
-HANDLERS = {"/", "/healthz", "/readyz", "/model", "/model/card", "/metrics", "/predict"}
+HANDLERS = {"/", "/healthz", "/readyz", "/model", "/model/card", "/metrics", "/predict"} | {
+    "/feedback"
+}
 
 
 class ErrorOut(BaseModel):
@@ -36,6 +39,10 @@ class Status(BaseModel):
     status: str
 
 
+class ServedPrediction(Prediction):
+    id: str  # for `POST /feedback`; "" when feedback is off
+
+
 def serving(slot: ModelSlot) -> ServedModel:
     """The model in the slot; 503 while none is loaded."""
     if slot.current is None:
@@ -43,27 +50,34 @@ def serving(slot: ModelSlot) -> ServedModel:
     return slot.current
 
 
-async def bad_input(_: Request, err: BadInput) -> JSONResponse:
+def error_body(request: Request, message: str, file: str | None = None) -> dict[str, Any]:
+    """`{"error", "file"}`; the Open Inference Protocol's `{"error"}` under /v2."""
+    if request.url.path.startswith("/v2"):
+        return {"error": message}
+    return {"error": message, "file": file}
+
+
+async def bad_input(request: Request, err: BadInput) -> JSONResponse:
     """Every refusal in the one documented shape, `{"error", "file"}`."""
     headers = {"retry-after": str(RETRY_AFTER_S)} if err.status == 503 else None
     return JSONResponse(
-        {"error": err.message, "file": err.file}, status_code=err.status, headers=headers
+        error_body(request, err.message, err.file), status_code=err.status, headers=headers
     )
 
 
-async def http_error(_: Request, err: HTTPException) -> JSONResponse:
+async def http_error(request: Request, err: HTTPException) -> JSONResponse:
     """Starlette's own refusals (a malformed multipart body, an unknown path or method) in the
     same shape, with their headers (`allow` of a 405)."""
     return JSONResponse(
-        {"error": str(err.detail), "file": None},
+        error_body(request, str(err.detail)),
         status_code=err.status_code,
         headers=getattr(err, "headers", None),
     )
 
 
-async def invalid_request(_: Request, err: RequestValidationError) -> JSONResponse:
+async def invalid_request(request: Request, err: RequestValidationError) -> JSONResponse:
     problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
-    return JSONResponse({"error": problems, "file": None}, status_code=422)
+    return JSONResponse(error_body(request, problems), status_code=422)
 
 
 def page_headers(html: str) -> dict[str, str]:
@@ -133,19 +147,19 @@ def model(slot: ModelSlot) -> APIRouter:
     return router
 
 
-def predictions(slot: ModelSlot, metrics: ServerMetrics, limits: Limits) -> APIRouter:
+def predictions(slot: ModelSlot, outcomes: Outcomes, limits: Limits) -> APIRouter:
     router = APIRouter()
     refusals: dict[int | str, dict[str, Any]] = {c: {"model": ErrorOut} for c in (413, 415, 422)}
     refusals[503] = {"model": ErrorOut, "description": "No model loaded yet, or saturated"}
 
-    @router.post("/predict", response_model=list[Prediction], responses=refusals)
+    @router.post("/predict", response_model=list[ServedPrediction], responses=refusals)
     async def predict_digits(request: Request) -> JSONResponse:
         """Image files (multipart field `file`, repeatable) or JSON `{"pixels": ...}`."""
         model = serving(slot)  # once: a swap while this request runs does not change its model
         kind = request.headers.get("content-type", "")
         if kind.startswith("multipart/form-data"):
             files = await read_uploads(request, limits)
-            preds, run = await model.batcher.classify(lambda: decode_uploads(files, limits))
+            out = await outcomes.classify(model, lambda: decode_uploads(files, limits))
         elif kind.startswith("application/json"):
             try:
                 body = await request.json()
@@ -155,13 +169,13 @@ def predictions(slot: ModelSlot, metrics: ServerMetrics, limits: Limits) -> APIR
                 raise BadInput(422, "the body is nested far deeper than (N, 28, 28)") from None
             batch = pixels_from_json(body, limits)
             names = [f"pixels[{i}]" for i in range(len(batch))]
-            preds, run = await model.batcher.classify(lambda: (list(batch), names))
+            out = await outcomes.classify(model, lambda: (list(batch), names))
         else:
             raise BadInput(415, "send multipart/form-data (field `file`) or application/json")
-        request.state.batch_size, request.state.model_sha256 = run, model.info.sha256
-        metrics.predicted(p.digit for p in preds)
+        request.state.batch_size, request.state.model_sha256 = out.run, model.info.sha256
         # A response made here skips FastAPI's validation of the return value (it is ours).
-        return JSONResponse([p.model_dump() for p in preds])
+        preds = zip(out.predictions, out.ids, strict=True)
+        return JSONResponse([p.model_dump() | {"id": i} for p, i in preds])
 
     return router
 

@@ -6,11 +6,14 @@
 
 - `POST /predict` with one or more image files (multipart field `file`, repeatable), or with
   JSON `{"pixels": ...}`: raw 0-255 digits, one 28x28 list of rows or a list of them. The
-  answer is a JSON list of `{"file", "digit", "probability", "probabilities"}`, the fields of
-  `mnist-predict --json`; images go through the same preprocessing (`predict.load_digit`).
+  answer is a JSON list of `{"file", "digit", "probability", "probabilities", "id"}`, the
+  fields of `mnist-predict --json` and a feedback id; images go through the same
+  preprocessing (`predict.load_digit`).
 - `GET /healthz` (liveness), `GET /readyz` (200 once a model is loaded and warmed up, 503
   before), `GET /model` (name, version, sha256, input contract, metadata), `GET /model/card`
   (the artifact's model card), `GET /metrics` (Prometheus), `GET /docs`.
+- `POST /feedback`: the true label of an earlier prediction, by the `id` each answer carries
+  (`feedback`). `/v2/...`: the Open Inference Protocol, KServe v2 REST (`open_inference`).
 - `GET /`: a page where you draw a digit and see the prediction and the ten probabilities as
   you draw (`static/index.html`; no CDN, it works offline).
 - SIGHUP loads the model `--model` names now and swaps it in once it passes its checks
@@ -50,7 +53,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 
 from mnist_pipeline.errors import UsageError
-from mnist_pipeline.serving import drain, routes, served_model
+from mnist_pipeline.serving import drain, feedback, open_inference, routes, served_model
 from mnist_pipeline.serving import metrics as server_metrics
 from mnist_pipeline.serving.inputs import BadInput
 from mnist_pipeline.serving.limits import (
@@ -64,6 +67,7 @@ from mnist_pipeline.serving.limits import (
 from mnist_pipeline.serving.metrics import Observe, ServerMetrics
 from mnist_pipeline.serving.micro_batcher import MicroBatcher
 from mnist_pipeline.serving.model_ref import ModelSource
+from mnist_pipeline.serving.outcomes import Outcomes
 from mnist_pipeline.serving.served_model import (
     DEFAULT_WARMUP_RUNS,
     ModelSlot,
@@ -102,6 +106,7 @@ def create_app(
     first: ModelSource | None = None,
     load_first: bool = False,
     docs: bool = False,
+    feedback_capacity: int = feedback.DEFAULT_CAPACITY,
 ) -> FastAPI:
     """The app serving `model`: a file, a resolved source, or what `--model` names (resolved
     again on SIGHUP). It loads the model in the background once it starts; `/readyz` says
@@ -110,7 +115,7 @@ def create_app(
     must not take a share of the connections while it cannot answer them. `docs`: serve
     Swagger UI at `/docs`, which loads its scripts from a CDN (off by default: an offline
     machine cannot reach it, and the page would run third-party code); `/openapi.json` is
-    always there."""
+    always there. `feedback_capacity`: predictions kept for `POST /feedback` (0: none)."""
     if isinstance(model, ModelSpec):
         spec = model
     else:
@@ -118,6 +123,8 @@ def create_app(
         spec = ModelSpec(str(first.path))
     limits = limits or Limits()
     metrics = ServerMetrics()
+    store = feedback.FeedbackStore(feedback_capacity)
+    outcomes = Outcomes(metrics, store)
 
     def make(source: ModelSource, data: bytes) -> served_model.ServedModel:
         def batcher(sess: Any) -> MicroBatcher:
@@ -141,7 +148,8 @@ def create_app(
         redoc_url=None,
     )
     access_log = server_metrics.json_access_log() if log_format == "json" else None
-    handlers = routes.HANDLERS | {"/openapi.json"} | ({"/docs"} if docs else set())
+    handlers = routes.HANDLERS | open_inference.HANDLERS | {"/openapi.json"}
+    handlers |= {"/docs"} if docs else set()
     app.add_middleware(RequestLimits, limits=limits)  # inside Observe: refusals are counted
     app.add_middleware(Observe, metrics=metrics, handlers=handlers, access_log=access_log)
     app.add_middleware(drain.CloseWhenDraining)
@@ -153,7 +161,9 @@ def create_app(
         routes.page_and_metrics(metrics, slot),
         routes.probes(slot),
         routes.model(slot),
-        routes.predictions(slot, metrics, limits),
+        routes.predictions(slot, outcomes, limits),
+        feedback.router(store, metrics),
+        open_inference.router(slot, outcomes, limits, lambda: routes.readiness(slot)),
     ):
         app.include_router(router)
     return app
@@ -245,6 +255,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--workers", type=int, default=1, help="server processes, each with its own session"
     )
+    p.add_argument(
+        "--feedback-capacity",
+        type=int,
+        default=None,
+        help="recent predictions kept for POST /feedback, and the live accuracy's window "
+        f"(default {feedback.DEFAULT_CAPACITY:,}; 0: no feedback, the only choice with --workers)",
+    )
     p.add_argument("--log-level", default="info", help="uvicorn's log level")
     p.add_argument(
         "--log-format",
@@ -265,6 +282,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--max-in-flight, --max-connections and --keep-alive-s must be >= 1")
     if min(args.warmup_runs, args.grace_s, args.drain_s) < 0 or args.body_timeout_s <= 0:
         p.error("--warmup-runs, --grace-s and --drain-s must be >= 0, --body-timeout-s > 0")
+    if args.feedback_capacity is None:  # a worker's store sees only its own predictions
+        args.feedback_capacity = feedback.DEFAULT_CAPACITY if args.workers == 1 else 0
+    if args.feedback_capacity < 0 or (args.feedback_capacity and args.workers > 1):
+        p.error("--feedback-capacity must be >= 0, and 0 with --workers > 1 (docs: Feedback)")
     return args
 
 
@@ -288,6 +309,7 @@ def app_options(args: argparse.Namespace, first: ModelSource) -> dict[str, Any]:
         "warmup_runs": args.warmup_runs,
         "log_format": args.log_format,
         "docs": args.docs,
+        "feedback_capacity": args.feedback_capacity,
     }
 
 

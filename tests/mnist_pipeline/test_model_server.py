@@ -72,7 +72,7 @@ def test_health_model_card_and_docs(client: TestClient, onnx_model: Path) -> Non
     assert client.get("/docs").status_code == 404
     schema = client.get("/openapi.json").json()
     assert "/predict" in schema["paths"] and "/readyz" in schema["paths"]
-    assert {"ModelInfo", "Prediction", "ErrorOut"} <= set(schema["components"]["schemas"])
+    assert {"ModelInfo", "ServedPrediction", "ErrorOut"} <= set(schema["components"]["schemas"])
 
 
 def test_mnist_ready_says_what_readyz_says(
@@ -96,7 +96,10 @@ def test_uploads_get_the_answers_of_mnist_predict(
     got = client.post("/predict", files=files).json()
     sess = runtime.session(onnx_model)
     want = predict.classify(sess, [predict.load_digit(p) for p in paths], [p.name for p in paths])
-    assert got == [p.model_dump() for p in want]
+    assert [{k: v for k, v in r.items() if k != "id"} for r in got] == [
+        p.model_dump() for p in want
+    ]
+    assert len({r["id"] for r in got}) == len(got), "each prediction has its feedback id"
     assert [r["file"] for r in got] == [f"d{i}.img" for i in range(len(digits))]
 
 
@@ -105,7 +108,7 @@ def test_json_pixels(client: TestClient, digits: list[np.ndarray], onnx_model: P
     many = client.post("/predict", json={"pixels": [d.tolist() for d in digits]}).json()
     assert len(one) == 1 and len(many) == len(digits) and one[0]["digit"] == many[0]["digit"]
     (ref,) = predict.classify(runtime.session(onnx_model), [digits[0]], ["pixels[0]"])
-    assert one[0] == ref.model_dump()
+    assert one[0] == ref.model_dump() | {"id": one[0]["id"]}
 
 
 @pytest.mark.parametrize(
@@ -147,13 +150,19 @@ def test_bad_input_is_a_4xx_that_names_the_problem_and_the_server_goes_on(
     assert good.status_code == 200 and good.json()[0]["file"] == "ok.png"
 
 
+def _no_id(answer: dict) -> dict:
+    """A prediction without its feedback id, which is new every time."""
+    assert len(answer.pop("id")) == 32
+    return answer
+
+
 def test_concurrent_requests_get_the_sequential_answers(
     client: TestClient, digits: list[np.ndarray]
 ) -> None:
     bodies = [_png_bytes(d) for d in digits] * 4
 
     def ask(data: bytes) -> dict:
-        return client.post("/predict", files=[("file", ("d.png", data))]).json()[0]
+        return _no_id(client.post("/predict", files=[("file", ("d.png", data))]).json()[0])
 
     sequential = [ask(b) for b in bodies]
     with ThreadPoolExecutor(max_workers=8) as pool:
@@ -181,7 +190,7 @@ def test_micro_batching_gives_the_same_answers_in_fewer_runs(
     bodies = [_png_bytes(d) for d in digits] * 2
 
     def ask(c: TestClient, data: bytes) -> dict:
-        return c.post("/predict", files=[("file", ("d.png", data))]).json()[0]
+        return _no_id(c.post("/predict", files=[("file", ("d.png", data))]).json()[0])
 
     want = [ask(client, b) for b in bodies]
     monkeypatch.setattr(predict, "classify", counted)
@@ -264,5 +273,8 @@ def test_a_model_bundle_is_served_as_its_version_with_its_card(
         model = c.get("/model").json()
         assert {k: model[k] for k in fields} == fields and model["sha256"] == info["sha256"]
         assert model["card"] and c.get("/model/card").text == "# c\n"
+        # The Open Inference Protocol names the registered version, not the bytes' sha256.
+        assert c.get("/v2/models/digits").json()["versions"] == ["v1.0.0"]
+        assert c.get("/v2/models/digits/versions/v1.0.0/ready").status_code == 200
     (tmp_path / "b" / bundle.MODEL).write_bytes(data + b"\0")
     assert server.main(["--model", str(tmp_path / "b")]) == 2  # not the bytes it records
