@@ -23,7 +23,6 @@ from mnist_pipeline.model import (
     widths_of,
 )
 from mnist_pipeline.params.schema import Params, parse_params
-from mnist_pipeline.pruning import distillation
 from mnist_pipeline.pruning import rounds as prune_rounds
 from mnist_pipeline.pruning import structured as pruning
 from stages import prune
@@ -146,24 +145,6 @@ def test_unstructured_steps_zero_the_smallest_weights(tiny_params: Params) -> No
     pruning.make_permanent(net)
     assert not any(hasattr(m, "weight_orig") for m in pruning.weight_layers(net))
     assert widths_of(pruning.plain_copy(net)) == Widths()  # same shapes: nothing is smaller
-
-
-def test_distillation_loss_is_zero_when_the_student_copies_the_teacher(
-    tiny_params: Params,
-) -> None:
-    net = LeNet5()
-    ft = tiny_params.prune.finetune
-    lit = distillation.DistilledLitLeNet5(
-        ft.optimizer, ft.scheduler, net, pruning.plain_copy(net), alpha=1.0, temperature=4.0
-    )
-    x, y = torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,))
-    with pytest.warns(UserWarning):  # self.log outside a Trainer
-        loss = lit.training_step((x, y), 0)
-    assert loss.item() == pytest.approx(0.0, abs=1e-6)
-    lit.alpha = 0.0
-    with pytest.warns(UserWarning):
-        loss = lit.training_step((x, y), 0)
-    assert loss.item() == pytest.approx(torch.nn.functional.cross_entropy(net(x), y).item())
 
 
 def _prune_argv(run_dir: Path, trained_model: Path, prepared: Path, raw: dict) -> list[str]:
