@@ -37,7 +37,9 @@ def frontier_block(root: Path) -> str:
         f"Dense model: test accuracy {dense['test_acc']:.2%}, {dense['params']:,} params, "
         f"{dense['macs']:,} MACs. Targets: at most {study['targets']['max_params_ratio']:.0%} "
         f"of the params and {study['targets']['max_macs_ratio']:.0%} of the MACs; a mean loss "
-        f"of at most {study['targets']['goal_loss_points']} points.",
+        f"of at most {study['targets']['goal_loss_points']} points. Runs: compute profile "
+        f"`{study['compute']['profile']}`, {study['compute']['threads']} thread(s), batches of "
+        f"{study['train']['batch_size']}; one seed is `prune.seed`.",
         "",
         "| recipe | rounds x epochs | importance, scope, ratio | fine-tune lr | distillation "
         "| seeds | points lost, mean ± std | min to max | params | MACs | student epochs "

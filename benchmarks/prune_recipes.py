@@ -188,6 +188,9 @@ def study(
             "max_macs_ratio": MAX_MACS_RATIO,
             "goal_loss_points": GOAL_LOSS_POINTS,
         },
+        # What the runs share: the Trainer set-up and how they computed (threads included).
+        "train": setup["train"].model_dump(mode="json"),
+        "compute": setup["compute"].model_dump(mode="json"),
         "recipes": done.get("recipes", {}),
     }
     for name, changes in recipes.items():
@@ -203,9 +206,14 @@ def study(
             log.info("%s seed %d: %s", name, seed, run)
             entry["runs"] = sorted([*entry["runs"], run], key=lambda r: r["seed"])
             entry["summary"] = aggregate(entry["runs"])
-            summaries = {k: v["summary"] for k, v in result["recipes"].items() if "summary" in v}
-            result["chosen"] = choose(summaries, min_seeds=min(3, len(seeds)))
-            write_json(out, result)
+            _choose_and_write(result, out)
+    return _choose_and_write(result, out)
+
+
+def _choose_and_write(result: dict[str, Any], out: Path) -> dict[str, Any]:
+    summaries = {k: v["summary"] for k, v in result["recipes"].items() if "summary" in v}
+    result["chosen"] = choose(summaries, min_seeds=3)
+    write_json(out, result)
     return result
 
 
@@ -215,8 +223,8 @@ def merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
     result = {k: v for k, v in parts[0].items() if k not in ("recipes", "chosen")}
     recipes: dict[str, Any] = {}
     for part in parts:
-        if part["dense"] != result["dense"]:
-            raise ValueError("studies of different dense models cannot be merged")
+        if any(part[k] != result[k] for k in ("dense", "train", "compute")):
+            raise ValueError("studies of other dense models or set-ups cannot be merged")
         for name, entry in part["recipes"].items():
             into = recipes.setdefault(name, {**entry, "runs": []})
             if into["prune"] != entry["prune"]:

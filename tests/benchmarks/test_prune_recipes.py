@@ -87,6 +87,7 @@ def test_a_tiny_study_runs_resumes_and_merges(
     (tmp_path / prune_frontier.STUDY).write_text(json.dumps(merged))
     block = prune_frontier.frontier_block(tmp_path)
     assert "| `tiny` | 1 x 1 | l2, per layer, 0.52 |" in block
+    assert f"{setup['compute'].threads} thread(s)" in block
     docs = tmp_path / "docs"
     assert prune_frontier.plot_drift(docs, tmp_path)
     assert prune_frontier.plot_write(docs, tmp_path) == [docs / prune_frontier.PLOT]
