@@ -5,6 +5,7 @@
     python -m benchmarks --quick          # seconds, on synthetic data: proves it works
     python -m benchmarks --skip seed --variant bs512:batch_size=512,optimizer.lr=8.0e-3
     python -m benchmarks --skip training --skip inference --skip orchestration   # sweep only
+    python -m benchmarks --prune-recipes  # plus the prune recipe study (benchmarks.prune_recipes)
 
 Prints tables and writes every number, with the machine, to a JSON file (--out).
 """
@@ -70,6 +71,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--profiles",
         action="store_true",
         help="also time a whole dvc repro under each compute profile (many minutes)",
+    )
+    p.add_argument(
+        "--prune-recipes",
+        action="store_true",
+        help="also run the prune recipe study over 3 seeds (hours; benchmarks.prune_recipes)",
     )
     p.add_argument("--workdir", type=Path, default=None, help="keep run folders here")
     p.add_argument("--timeout-s", type=float, default=1800, help="per training run")
@@ -185,6 +191,16 @@ def run_orchestration(
     return out
 
 
+def run_prune_recipes(args: argparse.Namespace, data: Path, workdir: Path) -> dict[str, Any]:
+    from benchmarks import prune_recipes
+
+    if args.quick:
+        return {"skipped": "not in --quick mode (it needs dvc repro's dense model)"}
+    setup = prune_recipes.load_setup(args.params, args.models / "lenet5.pt", data)
+    out = workdir / "prune-recipes.json"
+    return prune_recipes.study(prune_recipes.RECIPES, [0, 1, 2], setup, data, out)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     console = Console(stderr=True)
@@ -231,6 +247,8 @@ def main(argv: list[str] | None = None) -> int:
                     args.root.resolve(), workdir, raw, timeout_s=args.timeout_s
                 )
             )
+        if args.prune_recipes:
+            results["prune_recipes"] = run_prune_recipes(args, data, workdir)
     finally:
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)

@@ -30,7 +30,7 @@ from typing import Any
 
 import yaml
 
-from benchmarks import report, targets
+from benchmarks import prune_frontier, report, targets
 from mnist_pipeline import generated_cli
 from mnist_pipeline.atomic import write_bytes
 
@@ -332,6 +332,7 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
     "evaluate": evaluate_block,
     "models": models_block,
     "prune-rounds": prune_rounds_block,
+    "prune-frontier": prune_frontier.frontier_block,
     "int8": int8_block,
     "stage-seconds": stage_seconds_block,
     "audit-sample": audit_sample_block,
@@ -387,7 +388,7 @@ def drift(docs: Path, root: Path) -> list[str]:
         have = {m[1]: m[2] for m in BLOCK.finditer(text)}
         names = [m[1] for m in BLOCK.finditer(want) if have.get(m[1]) != m[2]]
         problems.append(f"{page}: generated block(s) out of date: {', '.join(names)}")
-    return problems
+    return problems + prune_frontier.plot_drift(docs, root)
 
 
 def write(docs: Path, root: Path) -> list[Path]:
@@ -395,7 +396,7 @@ def write(docs: Path, root: Path) -> list[Path]:
     written = stale(docs, root)
     for page, _, want in written:
         write_bytes(page, want.encode())
-    return [page for page, _, _ in written]
+    return [page for page, _, _ in written] + prune_frontier.plot_write(docs, root)
 
 
 def main(argv: list[str] | None = None) -> int:

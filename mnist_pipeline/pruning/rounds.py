@@ -17,7 +17,6 @@ import signal
 import sys
 import tempfile
 import time
-import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,6 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 import torch_pruning as tp
-from torch import nn
 from torch.nn.utils import prune as torch_prune
 
 from mnist_pipeline import compute as compute_mod
@@ -39,7 +37,11 @@ from mnist_pipeline.params.fit import PruneParams, StructuredPruneParams, TrainP
 from mnist_pipeline.params.schema import ComputeParams
 from mnist_pipeline.pruning import distillation
 from mnist_pipeline.pruning import structured as pruning
-from mnist_pipeline.pruning.distillation import DistilledLitLeNet5
+from mnist_pipeline.pruning.distillation import (
+    DistilledLitLeNet5,
+    SoftTargetDataModule,
+    teacher_logits,
+)
 from mnist_pipeline.pruning.structured import (
     make_permanent,
     make_structured_pruner,
@@ -169,42 +171,36 @@ def kill_now(done: int) -> None:
 
 def finetune(
     net: LeNet5,
-    teacher: nn.Module | None,
+    distilled: bool,
     params: PruneParams,
     train_params: TrainParams,
     compute: ComputeParams,
     data: MNISTDataModule,
     seed: int,
 ) -> dict[str, float]:
-    """Fit `net` in place for `params.finetune.epochs` with the project's Trainer."""
+    """Fit `net` in place for `params.finetune.epochs` with the project's Trainer; `distilled`:
+    `data` is a `SoftTargetDataModule`, its batches carry the teacher's logits."""
     ft = params.finetune
     pl.seed_everything(seed, workers=True, verbose=False)
-    if teacher is not None and params.distill.alpha > 0:
+    # The round's seed orders its batches too: with `train.seed`'s order, every seed of
+    # `prune.seed` fine-tuned the same way (nothing else in a fine-tuning is random).
+    data.seed = seed
+    if distilled:
         lit: LitLeNet5 = DistilledLitLeNet5(
-            ft.optimizer,
-            ft.scheduler,
-            net,
-            teacher,
-            params.distill.alpha,
-            params.distill.temperature,
+            ft.optimizer, ft.scheduler, net, params.distill.alpha, params.distill.temperature
         )
     else:
         lit = LitLeNet5(ft.optimizer, ft.scheduler, net=net)
     if train_params.channels_last:
         lit = lit.to(memory_format=torch.channels_last)
-    net.train()  # Lightning keeps the modes it finds; the teacher stays in eval mode
+    net.train()  # Lightning keeps the modes it finds
     with tempfile.TemporaryDirectory(prefix="prune-finetune-") as root:
         # On this machine only: `train.num_nodes` is for `train`, started by a launcher on
         # every machine; prune runs where DVC runs it.
         here = train_params.model_copy(update={"num_nodes": 1})
         trainer = make_trainer(here, compute, ft.epochs, [], logger=False, root_dir=Path(root))
-        with warnings.catch_warnings():
-            # The teacher is in eval mode on purpose.
-            warnings.filterwarnings("ignore", r"Found \d+ module\(s\) in eval mode")
-            trainer.fit(lit, datamodule=data)
+        trainer.fit(lit, datamodule=data)
     lit.net.cpu().to(memory_format=torch.contiguous_format).eval()
-    if teacher is not None:
-        teacher.cpu()
     return {k: float(v) for k, v in trainer.callback_metrics.items()}
 
 
@@ -227,9 +223,14 @@ def prune_and_finetune(
     done = saved["round"] if saved else 0
     net = restore_net(saved) if saved else plain_copy(dense)
     report: dict[str, Any] = dict(saved["report"]) if saved else {}
-    teacher = plain_copy(dense) if params.distill.alpha > 0 else None
+    distilled = params.distill.alpha > 0 and params.finetune.epochs > 0
     data = make_datamodule(train_params, data_dir)
-    train = load_split(data_dir, "train") if params.structured.importance == "taylor" else None
+    taylor = params.method == "structured" and params.structured.importance == "taylor"
+    train = load_split(data_dir, "train") if taylor or distilled else None
+    if distilled and train is not None:
+        # Once per run: the dense model's outputs never change (no augmentation).
+        soft = teacher_logits(plain_copy(dense), train.images, train_params.eval_batch_size)
+        data = SoftTargetDataModule(data, soft)
     pruner = None
     if params.method == "structured" and done < params.rounds:
         scopes = saved["pruner_scopes"] if saved else {}
@@ -244,7 +245,7 @@ def prune_and_finetune(
         acc_pruned = accuracy(net, test.images, test.labels)
         fit = {}
         if params.finetune.epochs > 0:
-            fit = finetune(net, teacher, params, train_params, compute, data, params.seed + r)
+            fit = finetune(net, distilled, params, train_params, compute, data, params.seed + r)
         acc_tuned = accuracy(net, test.images, test.labels)
         report[f"round{r}"] = {
             **model_stats(net),

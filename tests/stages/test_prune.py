@@ -23,7 +23,6 @@ from mnist_pipeline.model import (
     widths_of,
 )
 from mnist_pipeline.params.schema import Params, parse_params
-from mnist_pipeline.pruning import distillation
 from mnist_pipeline.pruning import rounds as prune_rounds
 from mnist_pipeline.pruning import structured as pruning
 from stages import prune
@@ -97,7 +96,7 @@ def test_taylor_importance_uses_gradients(prepared: Path, tiny_params: Params) -
     pruning.structured_step(
         pruner, net, _structured(tiny_params, importance="taylor", taylor_batches=2), train
     )
-    assert widths_of(net) == Widths(conv1=3, conv2=8, fc1=60, fc2=42)
+    assert widths_of(net) == Widths(conv1=2, conv2=7, fc1=57, fc2=40)  # params.yaml's 0.52
     assert all(p.grad is None for p in net.parameters())
 
 
@@ -148,24 +147,6 @@ def test_unstructured_steps_zero_the_smallest_weights(tiny_params: Params) -> No
     assert widths_of(pruning.plain_copy(net)) == Widths()  # same shapes: nothing is smaller
 
 
-def test_distillation_loss_is_zero_when_the_student_copies_the_teacher(
-    tiny_params: Params,
-) -> None:
-    net = LeNet5()
-    ft = tiny_params.prune.finetune
-    lit = distillation.DistilledLitLeNet5(
-        ft.optimizer, ft.scheduler, net, pruning.plain_copy(net), alpha=1.0, temperature=4.0
-    )
-    x, y = torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,))
-    with pytest.warns(UserWarning):  # self.log outside a Trainer
-        loss = lit.training_step((x, y), 0)
-    assert loss.item() == pytest.approx(0.0, abs=1e-6)
-    lit.alpha = 0.0
-    with pytest.warns(UserWarning):
-        loss = lit.training_step((x, y), 0)
-    assert loss.item() == pytest.approx(torch.nn.functional.cross_entropy(net(x), y).item())
-
-
 def _prune_argv(run_dir: Path, trained_model: Path, prepared: Path, raw: dict) -> list[str]:
     """dvc.yaml's arguments for the stage, with `raw` as params and the outputs in `run_dir`."""
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -186,7 +167,7 @@ def test_main_structured_is_smaller_and_keeps_accuracy(
     raw = tiny_params_dict()
     raw["prune"]["finetune"]["epochs"] = 4  # 15 steps an epoch on the synthetic data
     m = _run_main(tmp_path, trained_model, prepared, raw)
-    assert m["ratio"]["params"] <= 1 / 3 and m["ratio"]["macs"] <= 1 / 3
+    assert m["ratio"]["params"] <= 0.25 and m["ratio"]["macs"] <= 0.25  # the issue's targets
     assert m["pruned"]["file_bytes"] < m["dense"]["file_bytes"] / 3
     assert m["dense"]["params"] == 61_706 and m["dense"]["macs"] == DENSE_MACS
     # Fine-tuning wins back what pruning lost (the synthetic data may lose nothing to win back).
@@ -198,7 +179,7 @@ def test_main_structured_is_smaller_and_keeps_accuracy(
     assert "val_acc" in m["round1"]
     net, meta = load_model(tmp_path / "models/lenet5_pruned.pt")
     _, dense_meta = load_model(trained_model)
-    assert widths_of(net) == Widths(conv1=3, conv2=8, fc1=60, fc2=42)
+    assert widths_of(net) == Widths(conv1=2, conv2=7, fc1=57, fc2=40)
     # The normalization stays with the model, so `export` can put it in the graph.
     assert (meta["mean"], meta["std"]) == (dense_meta["mean"], dense_meta["std"])
     assert meta["prune_method"] == "structured"
