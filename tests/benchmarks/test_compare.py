@@ -89,3 +89,34 @@ def test_summarize_takes_medians_and_reference_over_branch() -> None:
     got = compare.summarize(runs)
     assert got["sides"]["reference"]["dvc_repro_full_s"] == 20.0
     assert got["ratios"] == {"dvc_repro_full_s": 4.0}  # accuracy is no ratio
+
+
+def test_docs_block_waits_for_the_committed_run_then_renders_it(tmp_path: Path) -> None:
+    from benchmarks import docs
+
+    name, command, render = docs.PENDING_BLOCKS["step-profile"]
+    assert "No run committed yet" in docs.BLOCKS["step-profile"](tmp_path)
+    profile = {
+        "compute": {"profile": "portable"},
+        "step_ms_median": 30.0,
+        "profiled_ms_per_step": 3.0,
+        "groups_ms_per_step": {"max-pool forward": 2.0, "fill_": 1.0},
+        "ops": {"aten::max_pool2d_with_indices": {"ms_per_step": 2.0, "calls": 2}},
+    }
+    machine = {
+        "cpu": "cpu",
+        "cpu_cores": 2,
+        "memory_gb": 8,
+        "gpu": None,
+        "torch": "t",
+        "lightning": "l",
+        "python": "p",
+        "load_avg_1m_at_start": 0.1,
+    }
+    run = {"command": command, "machine": machine, "batch_size": 512, "steps": 50}
+    (tmp_path / docs.REF).mkdir(parents=True)
+    (tmp_path / docs.REF / name).write_text(
+        json.dumps({**run, "step_profile": {"portable": profile}})
+    )
+    block = docs.BLOCKS["step-profile"](tmp_path)
+    assert "| max-pool forward | 2 |" in block and f"`{docs.REF}/{name}`" in block
