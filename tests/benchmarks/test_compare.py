@@ -94,7 +94,7 @@ def test_summarize_takes_medians_and_reference_over_branch() -> None:
 def test_docs_block_waits_for_the_committed_run_then_renders_it(tmp_path: Path) -> None:
     from benchmarks import docs
 
-    name, command, render = docs.PENDING_BLOCKS["step-profile"]
+    name, command, _ = docs.PENDING_BLOCKS["step-profile"]
     assert "No run committed yet" in docs.BLOCKS["step-profile"](tmp_path)
     profile = {
         "compute": {"profile": "portable"},
