@@ -278,5 +278,6 @@ def measure(
         "repetitions": reps,
         "own_venv": own_venv,
         "commits": {REFERENCE: sha, BRANCH: head, "branch_uncommitted_changes": dirty},
+        "stages": stage_names(sides[BRANCH].root),  # in dvc.yaml's order, for the tables
         **summarize(runs),
     }

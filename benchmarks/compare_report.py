@@ -48,10 +48,9 @@ def compare_markdown(c: dict[str, Any]) -> list[str]:
         if key in ref or key in br:
             row = (_cell(ref.get(key)), _cell(br.get(key)), _cell(ratios.get(key)))
             lines.append(f"| {what} | {' | '.join(row)} |")
-    stages = sorted(
-        {k.split("/", 1)[1] for k in {**ref, **br} if "/" in k},
-        key=lambda s: min(i for i, k in enumerate({**ref, **br}) if k.endswith(f"/{s}")),
-    )
+    measured = {k.split("/", 1)[1] for k in {**ref, **br} if "/" in k}
+    stages = [s for s in c.get("stages", []) if s in measured]
+    stages += sorted(measured - set(stages))  # stages the branch's dvc.yaml no longer has
     lines += ["", "| stage | figure | reference | branch | ratio |", "|---|---|--:|--:|--:|"]
     for stage in stages:
         for prefix, what in _PER_STAGE:

@@ -76,6 +76,7 @@ def test_compare_head_with_itself(tiny_repo: Path, tmp_path: Path) -> None:
         assert 0.2 <= s["stage_own_s/hello"] < s["stage_wall_s/hello"] < s["dvc_repro_full_s"]
     assert keys == set(got["ratios"])
     assert got["ratios"]["import_modules/hello"] == 1.0  # the same code on both sides
+    assert got["stages"] == ["hello"]
     table = "\n".join(compare_report.compare_markdown(got))
     assert "| hello | modules imported |" in table and head[:10] in table
     json.dumps(got)  # what --out writes
