@@ -6,6 +6,8 @@
     python -m benchmarks --skip seed --variant bs512:batch_size=512,optimizer.lr=8.0e-3
     python -m benchmarks --skip training --skip inference --skip orchestration   # sweep only
     python -m benchmarks --prune-recipes  # plus the prune recipe study (benchmarks.prune_recipes)
+    python -m benchmarks --compare        # this tree against the merge-base with main, only
+    python -m benchmarks --compare HEAD~3 --quick   # tiny params, synthetic digits: minutes
 
 Prints tables and writes every number, with the machine, to a JSON file (--out).
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import shutil
 import sys
@@ -76,6 +79,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--prune-recipes",
         action="store_true",
         help="also run the prune recipe study over 3 seeds (hours; benchmarks.prune_recipes)",
+    )
+    p.add_argument(
+        "--compare",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="REF",
+        help="only the side-by-side run against REF (default: the merge-base with main)",
+    )
+    p.add_argument(
+        "--compare-venv",
+        choices=("own", "this"),
+        default="own",
+        help="--compare: each side `uv sync`s its own venv, or both use this interpreter",
     )
     p.add_argument("--workdir", type=Path, default=None, help="keep run folders here")
     p.add_argument("--timeout-s", type=float, default=1800, help="per training run")
@@ -201,6 +218,25 @@ def run_prune_recipes(args: argparse.Namespace, data: Path, workdir: Path) -> di
     return prune_recipes.study(prune_recipes.RECIPES, [0, 1, 2], setup, data, out)
 
 
+def run_compare(
+    args: argparse.Namespace, raw: Path, workdir: Path, reps: int, console: Console
+) -> dict[str, Any]:
+    from benchmarks import compare
+
+    return compare.measure(
+        args.root.resolve(),
+        args.compare or None,
+        workdir.resolve() / "compare",
+        reps,
+        own_venv=args.compare_venv == "own",
+        quick=args.quick,
+        mirror=raw,
+        target=args.target_acc,
+        timeout_s=args.timeout_s,
+        log=console.log,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     console = Console(stderr=True)
@@ -217,12 +253,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.quick:
             raw, data = quick_data(workdir)
+        elif args.compare is not None:
+            raw, data = Path(os.environ.get("MNIST_MIRROR") or args.raw), args.data
         else:
             raw, data = args.raw, args.data
             for need in (raw, data):
                 if not need.is_dir():
                     console.print(f"error: {need} not found: run `dvc repro prepare` first")
                     return 2
+        if args.compare is not None:
+            results["compare"] = run_compare(args, raw, workdir, reps, console)
+            args.skip = list(SKIPPABLE)
         if "training" not in args.skip:
             results["training"] = run_training(args, raw, data, workdir, reps, console)
             results["ratios"] = training.ratios(results["training"])

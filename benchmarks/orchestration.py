@@ -5,6 +5,7 @@ as a user would run it, and the two take turns within each repetition."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +22,21 @@ from testing.prefect_server import running_server
 from testing.scratch_repo import copy_repo
 
 
-def dvc_cmd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "dvc", *args]
+@dataclass(frozen=True)
+class Checkout:
+    """A repository to time commands in, with the interpreter and environment they run with."""
+
+    root: Path
+    python: str = sys.executable
+    env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
 
 
-def flow_cmd(root: Path) -> list[str]:
-    return [sys.executable, "-m", "pipelines.flow", "--root", str(root), "--no-push"]
+def dvc_cmd(*args: str, python: str = sys.executable) -> list[str]:
+    return [python, "-m", "dvc", *args]
+
+
+def flow_cmd(root: Path, python: str = sys.executable) -> list[str]:
+    return [python, "-m", "pipelines.flow", "--root", str(root), "--no-push"]
 
 
 def timed(cmd: list[str], cwd: Path, timeout_s: float, env: dict[str, str] | None = None) -> float:
@@ -41,12 +52,16 @@ def timed(cmd: list[str], cwd: Path, timeout_s: float, env: dict[str, str] | Non
     return elapsed
 
 
-def not_up_to_date(root: Path) -> str | None:
+def not_up_to_date(root: Path, python: str = sys.executable) -> str | None:
     """Why `root` is no DVC pipeline with nothing to do, or None when it is one."""
     if not (root / "dvc.yaml").is_file():
         return f"{root} has no dvc.yaml"
     done = subprocess.run(
-        dvc_cmd("status", "--json"), cwd=root, capture_output=True, text=True, timeout=600
+        dvc_cmd("status", "--json", python=python),
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     if done.returncode != 0:
         return f"`dvc status` failed in {root}: {done.stderr.strip()[-300:]}"
@@ -72,23 +87,42 @@ def noop(root: Path, reps: int, timeout_s: float = 600) -> dict[str, Any]:
     reason = not_up_to_date(root)
     if reason:
         return {"skipped": reason}
-    times: dict[str, list[float]] = {
-        "dvc_repro_noop_s": [],
-        "flow_noop_s": [],
-        "flow_noop_server_s": [],
+    return _medians(noop_sides({"": Checkout(root)}, reps, timeout_s)[""])
+
+
+def noop_sides(
+    sides: dict[str, Checkout], reps: int, timeout_s: float = 600, flows: bool = True
+) -> dict[str, dict[str, list[float]]]:
+    """`noop`'s timings for several checkouts (each up to date), taking turns in an order
+    rotated every repetition, against one Prefect server; `flows` False: `dvc repro` only."""
+    for side in sides.values():
+        reason = not_up_to_date(side.root, side.python)
+        if reason:
+            raise RuntimeError(reason)
+    keys = ("dvc_repro_noop_s", "flow_noop_s", "flow_noop_server_s") if flows else ()
+    times: dict[str, dict[str, list[float]]] = {
+        name: {k: [] for k in keys or ("dvc_repro_noop_s",)} for name in sides
     }
-    with (
-        tempfile.TemporaryDirectory(prefix="bench-prefect-") as home,
-        running_server(Path(home)) as api,
-    ):
-        on_server = {**os.environ, "PREFECT_API_URL": api}
-        for _ in range(reps):
-            times["dvc_repro_noop_s"].append(timed(dvc_cmd("repro"), root, timeout_s))
-            times["flow_noop_s"].append(timed(flow_cmd(root), root, timeout_s))
-            times["flow_noop_server_s"].append(
-                timed(flow_cmd(root), root, timeout_s, env=on_server)
-            )
-    return _medians(times)
+    names = list(sides)
+    with contextlib.ExitStack() as stack:
+        api = None
+        if flows:
+            home = stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-prefect-"))
+            api = stack.enter_context(running_server(Path(home)))
+        for rep in range(reps):
+            k = rep % len(names)
+            for name in names[k:] + names[:k]:
+                s, out = sides[name], times[name]
+                out["dvc_repro_noop_s"].append(
+                    timed(dvc_cmd("repro", python=s.python), s.root, timeout_s, s.env)
+                )
+                if api is None:
+                    continue
+                flow = flow_cmd(s.root, s.python)
+                out["flow_noop_s"].append(timed(flow, s.root, timeout_s, s.env))
+                server_env = {**s.env, "PREFECT_API_URL": api}
+                out["flow_noop_server_s"].append(timed(flow, s.root, timeout_s, server_env))
+    return times
 
 
 def full_runs(

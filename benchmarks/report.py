@@ -235,6 +235,12 @@ def show(results: dict[str, Any], console: Console | None = None) -> None:
             console.print(f"{section}: skipped: {value['skipped']}")
         else:
             console.print(table(value))
+    if results.get("compare"):
+        from rich.markdown import Markdown
+
+        from benchmarks.compare_report import compare_markdown
+
+        console.print(Markdown("\n".join(compare_markdown(results["compare"]))))
     if results.get("targets"):
         console.print(targets_table(results["targets"]))
 
@@ -331,6 +337,10 @@ def markdown(results: dict[str, Any]) -> str:
     sw = results.get("sweep")
     if sw and "skipped" not in sw:
         lines += [*sweep_markdown(sw), ""]
+    if results.get("compare"):
+        from benchmarks.compare_report import compare_markdown
+
+        lines += [*compare_markdown(results["compare"]), ""]
     if results.get("targets"):
         lines += [*targets_markdown(results["targets"]), ""]
     for section in ("training", "inference", "serving", "orchestration", "sweep"):

@@ -45,9 +45,17 @@ class Setup:
     timeout_s: float
 
 
-def run_once(variant: Variant, setup: Setup, rep: int, in_process: bool) -> dict[str, Any]:
+def run_once(
+    variant: Variant,
+    setup: Setup,
+    rep: int,
+    in_process: bool,
+    python: str = sys.executable,
+    cwd: Path | None = None,
+) -> dict[str, Any]:
     """One training run of `variant`, in a fresh process unless `in_process` (--quick, where
-    only the plumbing is tested: peak memory is then the whole session's)."""
+    only the plumbing is tested: peak memory is then the whole session's); the process runs
+    `python` in `cwd` (another checkout's code: `benchmarks.compare`)."""
     slug = "".join(c if c.isalnum() else "-" for c in variant.name)
     run_dir = setup.workdir / f"{slug}-{rep}"
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -66,7 +74,8 @@ def run_once(variant: Variant, setup: Setup, rep: int, in_process: bool) -> dict
     env |= {"PYTHONWARNINGS": "ignore", **environment_for(compute)}
     with log.open("w") as out:
         done = subprocess.run(
-            [sys.executable, "-m", "benchmarks.training", str(run_dir / "spec.json")],
+            [python, "-m", "benchmarks.training", str((run_dir / "spec.json").resolve())],
+            cwd=cwd,
             stdout=out,
             stderr=subprocess.STDOUT,
             timeout=setup.timeout_s,

@@ -20,33 +20,12 @@ ROOT = Path(__file__).resolve().parents[1]
 pin_environment(load_params(ROOT / "params.yaml").compute)
 
 from testing.synthetic import write_mirror  # noqa: E402
+from testing.tiny import shrink  # noqa: E402
 
 
 def tiny_params_dict() -> dict:
     """The repo's params.yaml, shrunk to run in seconds on the synthetic data."""
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    raw["prepare"].update(val_size=100, mirror=None)
-    raw["train"].update(
-        max_epochs=2,
-        batch_size=32,
-        eval_batch_size=256,
-        progress_bar=False,
-        accelerator="cpu",
-        devices=1,
-        precision="32-true",
-    )
-    raw["train"]["optimizer"]["lr"] = 8.0e-3  # for batches of 32 (the default suits 512)
-    raw["evaluate"].update(batch_size=256, n_misclassified=10)
-    raw["prune"].update(rounds=1)
-    raw["prune"]["finetune"].update(epochs=1)
-    # Timing is not what the tests check: few runs, and no failing on a loaded machine.
-    raw["export"].update(
-        batch_size=64, warmup_runs=2, latency_runs=10, throughput_runs=3, max_slowdown=10.0
-    )
-    raw["quantize"].update(
-        calibration_size=50, batch_size=64, warmup_runs=2, latency_runs=10, throughput_runs=3
-    )
-    return raw
+    return shrink(yaml.safe_load((ROOT / "params.yaml").read_text()))
 
 
 @pytest.fixture(scope="session", autouse=True)
