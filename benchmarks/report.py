@@ -235,6 +235,13 @@ def show(results: dict[str, Any], console: Console | None = None) -> None:
             console.print(f"{section}: skipped: {value['skipped']}")
         else:
             console.print(table(value))
+    drift = results.get("drift")
+    if drift is not None:
+        from benchmarks.drift import markdown
+
+        console.print(
+            "drift: " + drift["skipped"] if "skipped" in drift else "\n".join(markdown(drift))
+        )
     if results.get("targets"):
         console.print(targets_table(results["targets"]))
 

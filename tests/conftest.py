@@ -46,6 +46,7 @@ def tiny_params_dict() -> dict:
     raw["quantize"].update(
         calibration_size=50, batch_size=64, warmup_runs=2, latency_runs=10, throughput_runs=3
     )
+    raw["profile"].update(quantiles=200, calibration_window=100, calibration_windows=200)
     return raw
 
 
@@ -142,6 +143,24 @@ def digits(prepared: Path) -> list:
     test = load_split(prepared, "test")
     pixels = load_normalization(prepared).invert(test.images[:4])
     return [p[0].numpy() for p in pixels]
+
+
+@pytest.fixture(scope="session")
+def synthetic_profile(
+    tmp_path_factory: pytest.TempPathFactory, prepared: Path, onnx_model: Path
+) -> Path:
+    """The `profile` stage's main on the synthetic data and the tiny ONNX model."""
+    import json
+
+    from stages import profile as profile_stage
+
+    root = tmp_path_factory.mktemp("profile")
+    params = root / "params.yaml"
+    params.write_text(json.dumps(tiny_params_dict()))
+    out = root / "drift_profile.json"
+    args = ["--params", str(params), "--data", str(prepared), "--out", str(out)]
+    profile_stage.main([*args, "--onnx", str(onnx_model)])
+    return out
 
 
 REAL_MIRROR = Path(os.environ.get("MNIST_MIRROR") or ROOT.parent / "shared" / "data" / "mnist")

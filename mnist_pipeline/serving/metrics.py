@@ -9,9 +9,18 @@ Metrics, from prometheus-client (the text format at `GET /metrics`):
     mnist_model_info{name, version, sha256}    1 for the model in service (0 once swapped out)
     mnist_model_reloads_total                  models swapped in by a reload
     mnist_model_reload_failures_total          new models refused (the old one kept serving)
+    mnist_drift_score{signal}                  the window's drift statistic, per signal
+    mnist_drift_threshold{signal}              its threshold at the window's size
+    mnist_drift_alarm{signal}                  1: enough digits and score > threshold
+    mnist_drift_window_samples                 digits in the window
+    mnist_window_confidence_mean               the window's mean max-softmax
+    mnist_reference_confidence_mean            the profile's, for the model served
 
 With `--workers N` prometheus-client runs in multiprocess mode: each worker writes its figures
 to files in `PROMETHEUS_MULTIPROC_DIR`, and whichever worker answers a scrape sums them all.
+Each worker keeps its own drift window; the drift gauges are the maximum over the workers
+(`multiprocess_mode="max"`): an alarm in any worker's window is an alarm, and no `pid` label
+multiplies the series.
 
 `--log-format json` writes one JSON line per request instead of uvicorn's access log: method,
 path, status, latency, the batch size of the run that served it, and the model's sha256.
@@ -35,6 +44,8 @@ from prometheus_client import (
     generate_latest,
 )
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from mnist_pipeline.drift.monitor import Report
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -89,6 +100,41 @@ class ServerMetrics:
             "New models refused by a reload; the old one kept serving",
             registry=reg,
         )
+
+        self._drift_gauges()
+
+    def _drift_gauges(self) -> None:
+        def gauge(name: str, doc: str, *labels: str) -> Gauge:
+            # The worst of the workers' windows: an alarm in any of them is an alarm.
+            return Gauge(name, doc, labels, multiprocess_mode="max", registry=self.registry)
+
+        self.drift_score = gauge("mnist_drift_score", "Drift statistic of the window", "signal")
+        self.drift_threshold = gauge(
+            "mnist_drift_threshold", "The statistic's threshold at the window's size", "signal"
+        )
+        self.drift_alarm = gauge(
+            "mnist_drift_alarm", "1: window big enough, score over threshold", "signal"
+        )
+        self.drift_samples = gauge("mnist_drift_window_samples", "Digits in the drift window")
+        self.window_confidence = gauge(
+            "mnist_window_confidence_mean", "Mean max-softmax of the window's predictions"
+        )
+        self.reference_confidence = gauge(
+            "mnist_reference_confidence_mean", "Mean max-softmax in the reference profile"
+        )
+
+    def drift(self, report: Report) -> None:
+        """The gauges of a drift report."""
+        for name, s in report.signals.items():
+            if s.score is not None and s.threshold is not None:
+                self.drift_score.labels(signal=name).set(s.score)
+                self.drift_threshold.labels(signal=name).set(s.threshold)
+            self.drift_alarm.labels(signal=name).set(int(s.alarm))
+        self.drift_samples.set(report.samples)
+        if report.confidence_mean is not None:
+            self.window_confidence.set(report.confidence_mean)
+        if report.reference_confidence_mean is not None:
+            self.reference_confidence.set(report.reference_confidence_mean)
 
     def served(self, name: str, version: str | None, sha256: str, up: bool) -> None:
         self.model_info.labels(name=name, version=version or "", sha256=sha256).set(int(up))

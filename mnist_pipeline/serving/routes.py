@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
@@ -17,6 +18,7 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
 from mnist_pipeline.serving import drain
+from mnist_pipeline.serving.drift import DriftOut, DriftWatch
 from mnist_pipeline.serving.inputs import BadInput, decode_uploads, pixels_from_json, read_uploads
 from mnist_pipeline.serving.limits import RETRY_AFTER_S, Limits
 from mnist_pipeline.serving.metrics import ServerMetrics
@@ -24,7 +26,16 @@ from mnist_pipeline.serving.predict import Prediction
 from mnist_pipeline.serving.served_model import ModelInfo, ModelSlot, ServedModel
 
 PAGE = Path(__file__).with_name("static") / "index.html"
-HANDLERS = {"/", "/healthz", "/readyz", "/model", "/model/card", "/metrics", "/predict"}
+HANDLERS = {
+    "/",
+    "/healthz",
+    "/readyz",
+    "/model",
+    "/model/card",
+    "/metrics",
+    "/predict",
+    "/monitoring/drift",
+}
 
 
 class ErrorOut(BaseModel):
@@ -107,12 +118,12 @@ def probes(slot: ModelSlot) -> APIRouter:
     return router
 
 
-def model(slot: ModelSlot) -> APIRouter:
+def model(slot: ModelSlot, watch: DriftWatch) -> APIRouter:
     router = APIRouter()
 
     @router.get("/model", responses={503: {"model": ErrorOut}})
     async def model_info() -> ModelInfo:
-        return serving(slot).info
+        return serving(slot).info.model_copy(update={"drift_profile": watch.ref})
 
     @router.get(
         "/model/card", response_class=PlainTextResponse, responses={404: {"model": ErrorOut}}
@@ -127,7 +138,9 @@ def model(slot: ModelSlot) -> APIRouter:
     return router
 
 
-def predictions(slot: ModelSlot, metrics: ServerMetrics, limits: Limits) -> APIRouter:
+def predictions(
+    slot: ModelSlot, metrics: ServerMetrics, limits: Limits, watch: DriftWatch
+) -> APIRouter:
     router = APIRouter()
     refusals: dict[int | str, dict[str, Any]] = {c: {"model": ErrorOut} for c in (413, 415, 422)}
     refusals[503] = {"model": ErrorOut, "description": "No model loaded yet, or saturated"}
@@ -137,9 +150,16 @@ def predictions(slot: ModelSlot, metrics: ServerMetrics, limits: Limits) -> APIR
         """Image files (multipart field `file`, repeatable) or JSON `{"pixels": ...}`."""
         model = serving(slot)  # once: a swap while this request runs does not change its model
         kind = request.headers.get("content-type", "")
+        digits: list[np.ndarray] = []  # what was classified, for the drift monitor
         if kind.startswith("multipart/form-data"):
             files = await read_uploads(request, limits)
-            preds, run = await model.batcher.classify(lambda: decode_uploads(files, limits))
+
+            def load() -> tuple[list[np.ndarray], list[str]]:
+                loaded = decode_uploads(files, limits)
+                digits.extend(loaded[0])
+                return loaded
+
+            preds, run = await model.batcher.classify(load)
         elif kind.startswith("application/json"):
             try:
                 body = await request.json()
@@ -149,13 +169,27 @@ def predictions(slot: ModelSlot, metrics: ServerMetrics, limits: Limits) -> APIR
                 raise BadInput(422, "the body is nested far deeper than (N, 28, 28)") from None
             batch = pixels_from_json(body, limits)
             names = [f"pixels[{i}]" for i in range(len(batch))]
+            digits = list(batch)
             preds, run = await model.batcher.classify(lambda: (list(batch), names))
         else:
             raise BadInput(415, "send multipart/form-data (field `file`) or application/json")
         request.state.batch_size, request.state.model_sha256 = run, model.info.sha256
         metrics.predicted(p.digit for p in preds)
+        watch.observe(np.stack(digits), np.array([p.probabilities for p in preds]))
         # A response made here skips FastAPI's validation of the return value (it is ours).
         return JSONResponse([p.model_dump() for p in preds])
+
+    return router
+
+
+def monitoring(watch: DriftWatch) -> APIRouter:
+    router = APIRouter()
+
+    @router.get("/monitoring/drift")
+    async def drift() -> DriftOut:
+        """This process's drift window tested against the reference profile (its gauges are
+        updated too)."""
+        return watch.report()
 
     return router
 

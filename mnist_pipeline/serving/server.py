@@ -49,9 +49,11 @@ from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 
+from mnist_pipeline.drift.monitor import DEFAULT_WINDOW
 from mnist_pipeline.errors import UsageError
 from mnist_pipeline.serving import drain, routes, served_model
 from mnist_pipeline.serving import metrics as server_metrics
+from mnist_pipeline.serving.drift import PROFILE_NAME, DriftOptions, DriftWatch
 from mnist_pipeline.serving.inputs import BadInput
 from mnist_pipeline.serving.limits import (
     DEFAULT_BODY_TIMEOUT_S,
@@ -102,6 +104,7 @@ def create_app(
     first: ModelSource | None = None,
     load_first: bool = False,
     docs: bool = False,
+    drift: DriftOptions | None = None,
 ) -> FastAPI:
     """The app serving `model`: a file, a resolved source, or what `--model` names (resolved
     again on SIGHUP). It loads the model in the background once it starts; `/readyz` says
@@ -110,7 +113,8 @@ def create_app(
     must not take a share of the connections while it cannot answer them. `docs`: serve
     Swagger UI at `/docs`, which loads its scripts from a CDN (off by default: an offline
     machine cannot reach it, and the page would run third-party code); `/openapi.json` is
-    always there."""
+    always there. `drift`: the drift monitor's options (default: on, the profile found beside
+    the model)."""
     if isinstance(model, ModelSpec):
         spec = model
     else:
@@ -118,6 +122,7 @@ def create_app(
         spec = ModelSpec(str(first.path))
     limits = limits or Limits()
     metrics = ServerMetrics()
+    watch = DriftWatch(drift or DriftOptions(), metrics)
 
     def make(source: ModelSource, data: bytes) -> served_model.ServedModel:
         def batcher(sess: Any) -> MicroBatcher:
@@ -130,6 +135,7 @@ def create_app(
             metrics.reloads.inc()
             metrics.served(old.info.name, old.info.version, old.info.sha256, up=False)
         metrics.served(new.info.name, new.info.version, new.info.sha256, up=True)
+        watch.swap(new.source, new.info.sha256)
 
     slot = ModelSlot(spec, first, make, swapped, lambda _: metrics.reload_failures.inc())
 
@@ -152,8 +158,9 @@ def create_app(
     for router in (
         routes.page_and_metrics(metrics),
         routes.probes(slot),
-        routes.model(slot),
-        routes.predictions(slot, metrics, limits),
+        routes.model(slot, watch),
+        routes.predictions(slot, metrics, limits, watch),
+        routes.monitoring(watch),
     ):
         app.include_router(router)
     return app
@@ -245,6 +252,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--workers", type=int, default=1, help="server processes, each with its own session"
     )
+    p.add_argument(
+        "--drift-profile",
+        type=Path,
+        default=None,
+        help=f"the reference profile drift is measured against (default: {PROFILE_NAME} "
+        "beside the model file, if there is one)",
+    )
+    p.add_argument(
+        "--drift-window",
+        type=int,
+        default=DEFAULT_WINDOW,
+        help=f"recent digits the drift tests look at, per process (default {DEFAULT_WINDOW})",
+    )
+    p.add_argument("--no-drift", action="store_true", help="monitor no drift")
     p.add_argument("--log-level", default="info", help="uvicorn's log level")
     p.add_argument(
         "--log-format",
@@ -259,8 +280,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "always served)",
     )
     args = p.parse_args(argv)
-    if args.max_batch < 1 or args.max_wait_ms < 0 or args.threads < 0 or args.workers < 1:
-        p.error("--max-batch and --workers must be >= 1, --max-wait-ms and --threads >= 0")
+    if min(args.max_batch, args.workers, args.drift_window) < 1:
+        p.error("--max-batch, --workers and --drift-window must be >= 1")
+    if args.max_wait_ms < 0 or args.threads < 0:
+        p.error("--max-wait-ms and --threads must be >= 0")
     if min(args.max_in_flight, args.max_connections, args.keep_alive_s) < 1:
         p.error("--max-in-flight, --max-connections and --keep-alive-s must be >= 1")
     if min(args.warmup_runs, args.grace_s, args.drain_s) < 0 or args.body_timeout_s <= 0:
@@ -288,6 +311,11 @@ def app_options(args: argparse.Namespace, first: ModelSource) -> dict[str, Any]:
         "warmup_runs": args.warmup_runs,
         "log_format": args.log_format,
         "docs": args.docs,
+        "drift": {
+            "profile": args.drift_profile,
+            "window": args.drift_window,
+            "enabled": not args.no_drift,
+        },
     }
 
 
@@ -296,11 +324,14 @@ def app_from_options(options: dict[str, Any], load_first: bool = False) -> FastA
     cache = spec.pop("cache_dir")
     first = options.pop("first")
     card = first.pop("card")  # JSON made both paths strings: a bundle's card is read as a Path
+    drift = options.pop("drift")
+    profile = drift.pop("profile")
     return create_app(
         ModelSpec(**spec, cache_dir=Path(cache) if cache else None),
         Limits(**options.pop("limits")),
         first=ModelSource(Path(first.pop("path")), **first, card=Path(card) if card else None),
         load_first=load_first,
+        drift=DriftOptions(Path(profile) if profile else None, **drift),
         **options,
     )
 
