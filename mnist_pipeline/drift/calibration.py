@@ -18,7 +18,7 @@ import numpy as np
 import onnxruntime as ort
 
 from mnist_pipeline.drift import features, statistics
-from mnist_pipeline.drift.profile import rounded
+from mnist_pipeline.drift.profile import monitor_confidence, rounded
 from mnist_pipeline.onnx import runtime
 from mnist_pipeline.params.schema import ProfileParams
 
@@ -85,7 +85,7 @@ def model_entry(
     ref, cal = halves
     rng = np.random.default_rng(p.seed)
     draws = cal[_draws(rng, len(cal), p)]  # (B, window) indices into the split
-    conf, cls = probs.max(axis=1), probs.argmax(axis=1)
+    conf, cls = monitor_confidence(probs), probs.argmax(axis=1)
     return {
         "accuracy": rounded((cls[ref] == labels[ref]).mean()),
         "confidence_mean": rounded(conf[ref].mean()),

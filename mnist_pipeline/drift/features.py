@@ -27,6 +27,9 @@ INK = 128  # a pixel at or above this is ink
 FRAME = 3  # MNIST centres its digits in a 20x20 box: the outer 4 pixels are nearly empty
 
 
+DECIMALS = 4  # features are rounded to this: the profile's quantiles hold them exactly
+
+
 def extract(pixels: np.ndarray) -> np.ndarray:
     """The features (N, len(FEATURES)) float64 of digits (N, 28, 28), raw 0-255 pixels."""
     x = np.asarray(pixels, dtype=np.float64).reshape(len(pixels), 28, 28) / 255.0  # (N, 28, 28)
@@ -45,7 +48,7 @@ def extract(pixels: np.ndarray) -> np.ndarray:
     frame = np.ones((28, 28), dtype=bool)
     frame[FRAME:-FRAME, FRAME:-FRAME] = False
     rows, cols = np.any(ink, axis=2), np.any(ink, axis=1)  # (N, 28) each
-    return np.stack(
+    feats = np.stack(
         [
             ink.mean(axis=(1, 2)),
             x.mean(axis=(1, 2)),
@@ -58,6 +61,7 @@ def extract(pixels: np.ndarray) -> np.ndarray:
         ],
         axis=1,
     )
+    return np.round(feats, DECIMALS)
 
 
 def _extent(occupied: np.ndarray) -> np.ndarray:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mnist_pipeline.drift import features
-from mnist_pipeline.drift.profile import Profile, Signal
+from mnist_pipeline.drift.profile import Profile, Signal, monitor_confidence
 
 DEFAULT_WINDOW, DEFAULT_EVERY, DEFAULT_MIN_SAMPLES = 500, 50, 100
 
@@ -78,7 +78,7 @@ class DriftMonitor:
         with self._lock:
             rows = (self._next + np.arange(n)) % self.window
             self._features[rows] = feats[-n:]
-            self._confidence[rows] = probs[-n:].max(axis=1)
+            self._confidence[rows] = monitor_confidence(probs[-n:])
             self._classes[rows] = probs[-n:].argmax(axis=1)
             self._next = int((self._next + n) % self.window)
             self._count = min(self._count + n, self.window)

@@ -87,6 +87,12 @@ def load(path: Path) -> Profile:
     return Profile(signals, raw["models"], hashlib.sha256(data).hexdigest(), path)
 
 
+def monitor_confidence(probabilities: np.ndarray) -> np.ndarray:
+    """The max-softmax (N,) of softmax rows (N, 10), to the 6 places `/predict` answers with:
+    the profile and the live window round alike."""
+    return np.round(np.asarray(probabilities, dtype=np.float64).max(axis=1), 6)
+
+
 def rounded(x: float) -> float:
     """6 significant digits: the JSON stays the same across CPUs' last bits."""
     return float(f"{float(x):.6g}")

@@ -24,8 +24,11 @@ PROB_FLOOR = 1e-4  # a class the reference never predicted still gets this frequ
 
 
 def quantile_grid(values: np.ndarray, k: int) -> np.ndarray:
-    """K quantiles of `values` at the mid-points (i + 0.5) / K: a K-point summary."""
-    return np.quantile(np.asarray(values, dtype=np.float64), (np.arange(k) + 0.5) / k)
+    """K quantiles of `values` at the mid-points (i + 0.5) / K: a K-point summary. Each is one
+    of the values (the empirical quantile, no interpolation), so values that tie, a box width
+    or a confidence of 1.0, tie with their quantiles too."""
+    probs = (np.arange(k) + 0.5) / k
+    return np.quantile(np.asarray(values, dtype=np.float64), probs, method="inverted_cdf")
 
 
 def ks_statistic(window: np.ndarray, reference: np.ndarray) -> float:
