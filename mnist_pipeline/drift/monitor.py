@@ -2,10 +2,10 @@
 tested against the reference profile.
 
 `observe(pixels, probabilities)` is the one hook a route calls with each batch it classified:
-it extracts the features (vectorized, microseconds a digit) into ring buffers of `window` rows,
-so memory is fixed. The tests run off that path: every `every` digits, and when a report is
-asked for (`report()`: the scrape, `GET /monitoring/drift`). With `--workers N` each process
-keeps its own window of the digits it served.
+it only queues the digits. Every `every` digits, and when a report is asked for (`report()`:
+`GET /monitoring/drift`), the queued digits' features are extracted in one vectorized pass
+into ring buffers of `window` rows (memory is fixed), and the window is tested. With
+`--workers N` each process keeps its own window of the digits it served.
 """
 
 from __future__ import annotations
@@ -68,29 +68,42 @@ class DriftMonitor:
         self._confidence = np.zeros(window)
         self._classes = np.zeros(window, dtype=np.int64)
         self._next, self._count, self._since = 0, 0, 0
-        self._lock = threading.Lock()
+        self._queued: list[tuple[np.ndarray, np.ndarray]] = []  # (pixels, probabilities)
+        self._lock = threading.Lock()  # the queue; held for an append
+        self._window_lock = threading.Lock()  # the ring buffers; one flush at a time
 
     def observe(self, pixels: np.ndarray, probabilities: np.ndarray) -> None:
         """Add classified digits: raw pixels (N, 28, 28) and their softmax (N, 10)."""
-        feats = features.extract(pixels)  # (N, F), outside the lock
-        probs = np.asarray(probabilities, dtype=np.float64).reshape(len(feats), -1)
-        n = min(len(feats), self.window)  # a batch larger than the window: its last digits
         with self._lock:
-            rows = (self._next + np.arange(n)) % self.window
-            self._features[rows] = feats[-n:]
-            self._confidence[rows] = monitor_confidence(probs[-n:])
-            self._classes[rows] = probs[-n:].argmax(axis=1)
-            self._next = int((self._next + n) % self.window)
-            self._count = min(self._count + n, self.window)
-            self._since += len(feats)
+            self._queued.append((pixels, probabilities))
+            self._since += len(pixels)
             due = self._since >= self.every
             if due:
                 self._since = 0
         if due:
             self.report()
 
-    def _values(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _flush(self) -> None:
+        """The queued digits into the window, in one pass (the caller holds _window_lock)."""
         with self._lock:
+            queued, self._queued = self._queued, []
+        if not queued:
+            return
+        pixels = np.concatenate([np.asarray(p).reshape(-1, 28, 28) for p, _ in queued])
+        probs = np.concatenate(
+            [np.asarray(q, dtype=np.float64).reshape(-1, 10) for _, q in queued]
+        )
+        n = min(len(pixels), self.window)  # more than the window: its last digits
+        rows = (self._next + np.arange(n)) % self.window
+        self._features[rows] = features.extract(pixels[-n:])  # (n, F)
+        self._confidence[rows] = monitor_confidence(probs[-n:])
+        self._classes[rows] = probs[-n:].argmax(axis=1)
+        self._next = int((self._next + n) % self.window)
+        self._count = min(self._count + n, self.window)
+
+    def _values(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        with self._window_lock:
+            self._flush()
             n = self._count
             return self._features[:n].copy(), self._confidence[:n].copy(), self._classes[:n].copy()
 

@@ -133,9 +133,8 @@ def test_the_drift_options_reach_the_workers(beside: Path, synthetic_profile: Pa
 def test_workers_keep_their_own_windows_and_the_gauges_take_the_worst(
     beside: Path, inverted: np.ndarray, tmp_path: Path
 ) -> None:
-    served = start_server(
-        beside, ["--workers", "2", "--drift-window", "40"], log=tmp_path / "s.log"
-    )
+    extra = ["--workers", "2", "--drift-window", "40"]
+    served = start_server(beside, extra, timeout_s=180, log=tmp_path / "s.log")
     try:
         for i in range(120):  # on fresh connections, so both workers take some
             r = httpx.post(f"{served.url}/predict", json={"pixels": inverted[i].tolist()})

@@ -3,6 +3,7 @@ same bytes from the same results, and found by `mnist-serve` through the artifac
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import time
@@ -60,6 +61,10 @@ def test_each_artifact_gets_a_card_with_the_accuracy_metrics_holds(tmp_path: Pat
             assert section in cards[name], (name, section)
         assert "photos of scenes" in cards[name] and "letters" in cards[name]
     assert "INT8" in cards["lenet5-pruned-int8-onnx"] and "Pruning" in cards["lenet5-pruned-onnx"]
+    sha = hashlib.sha256((ROOT / "models/drift_profile.json").read_bytes()).hexdigest()
+    for name, text in cards.items():  # every card names the profile; an ONNX model its entry
+        assert f"`drift_profile.json` (sha256 `{sha}`)" in text, name
+        assert ("This model's entry" in text) == name.endswith("onnx"), name
 
 
 def test_the_cards_are_byte_stable(tmp_path: Path) -> None:
