@@ -408,9 +408,12 @@ def write(docs: Path, root: Path) -> list[Path]:
     written = stale(docs, root)
     for page, _, want in written:
         write_bytes(page, want.encode())
-    pngs = [docs / name for name in FIGURES]
-    for png, name in zip(pngs, FIGURES, strict=True):
-        write_bytes(png, figure_bytes(root, name))
+    pngs = []
+    for name in FIGURES:
+        png, want_png = docs / name, figure_bytes(root, name)
+        if not png.is_file() or png.read_bytes() != want_png:
+            write_bytes(png, want_png)
+            pngs.append(png)
     return [page for page, _, _ in written] + pngs
 
 
