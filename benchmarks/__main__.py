@@ -8,6 +8,8 @@
     python -m benchmarks --prune-recipes  # plus the prune recipe study (benchmarks.prune_recipes)
     python -m benchmarks --compare        # this tree against the merge-base with main, only
     python -m benchmarks --compare HEAD~3 --quick   # tiny params, synthetic digits: minutes
+    python -m benchmarks --skip seed --skip plain --skip training --skip inference \
+        --skip serving --skip orchestration --skip sweep      # drift only (seconds)
 
 Prints tables and writes every number, with the machine, to a JSON file (--out).
 """
@@ -27,13 +29,31 @@ from typing import Any
 
 from rich.console import Console
 
-from benchmarks import inference, machine, orchestration, report, serving, targets, training
+from benchmarks import (
+    drift,
+    inference,
+    machine,
+    orchestration,
+    report,
+    serving,
+    targets,
+    training,
+)
 from benchmarks import sweep as sweep_bench
 from benchmarks.training import PLAIN, PROJECT, SEED, Setup, Variant
 from mnist_pipeline.params.schema import load_params
 from pipelines import overrides
 
-SKIPPABLE = ("seed", "plain", "training", "inference", "serving", "orchestration", "sweep")
+SKIPPABLE = (
+    "seed",
+    "plain",
+    "training",
+    "inference",
+    "serving",
+    "drift",
+    "orchestration",
+    "sweep",
+)
 # --quick: the test fixtures' tiny recipe, on synthetic digits.
 QUICK_TRAIN = {"max_epochs": 2, "batch_size": 32, "eval_batch_size": 256, "progress_bar": False}
 
@@ -278,6 +298,13 @@ def main(argv: list[str] | None = None) -> int:
                 )
         if "serving" not in args.skip:
             results["serving"] = run_serving(args, data)
+        if "drift" not in args.skip:
+            profile = args.models / "drift_profile.json"
+            results["drift"] = (
+                {"skipped": "not in --quick mode (it needs dvc repro's models and profile)"}
+                if args.quick
+                else drift.measure(data, args.models, profile)
+            )
         if "orchestration" not in args.skip:
             results["orchestration"] = run_orchestration(args, raw, workdir, reps)
         if "sweep" not in args.skip:

@@ -31,6 +31,7 @@ from typing import Any
 import yaml
 
 from benchmarks import compare_report, prune_frontier, report, targets
+from benchmarks import drift as drift_bench
 from mnist_pipeline import generated_cli
 from mnist_pipeline.atomic import write_bytes
 
@@ -282,7 +283,16 @@ REFERENCE_BLOCKS: dict[str, tuple[str, Callable[[dict[str, Any]], list[str]]]] =
     "serving": ("cpu-2core-serving.json", _serving),
     "sweep": ("cpu-2core-sweep.json", lambda d: report.sweep_markdown(d["sweep"])),
     "profiles": ("cpu-2core-profiles.json", report.profiles_markdown),
+    "drift": ("cpu-2core-drift.json", lambda d: drift_bench.markdown(d["drift"])),
 }
+# Figures drawn from a reference run: the PNG -> (its JSON, how to draw it).
+FIGURES = {"plots/drift.png": ("cpu-2core-drift.json", lambda d: drift_bench.figure(d["drift"]))}
+
+
+def figure_bytes(root: Path, name: str) -> bytes:
+    rel, draw = FIGURES[name]
+    return drift_bench.png(draw(_load(root, f"{REF}/{rel}")))
+
 
 # Runs that take a quiet machine: until one is committed, the block says which command makes it.
 PENDING_BLOCKS: dict[str, tuple[str, str, Callable[[dict[str, Any]], list[str]]]] = {
@@ -412,6 +422,10 @@ def drift(docs: Path, root: Path) -> list[str]:
         have = {m[1]: m[2] for m in BLOCK.finditer(text)}
         names = [m[1] for m in BLOCK.finditer(want) if have.get(m[1]) != m[2]]
         problems.append(f"{page}: generated block(s) out of date: {', '.join(names)}")
+    for name in FIGURES:
+        page = docs / name
+        if not page.is_file() or page.read_bytes() != figure_bytes(root, name):
+            problems.append(f"{page}: out of date")
     return problems + prune_frontier.plot_drift(docs, root)
 
 
@@ -420,7 +434,13 @@ def write(docs: Path, root: Path) -> list[Path]:
     written = stale(docs, root)
     for page, _, want in written:
         write_bytes(page, want.encode())
-    return [page for page, _, _ in written] + prune_frontier.plot_write(docs, root)
+    pngs = []
+    for name in FIGURES:
+        png, want_png = docs / name, figure_bytes(root, name)
+        if not png.is_file() or png.read_bytes() != want_png:
+            write_bytes(png, want_png)
+            pngs.append(png)
+    return [page for page, _, _ in written] + pngs + prune_frontier.plot_write(docs, root)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -241,6 +241,13 @@ def show(results: dict[str, Any], console: Console | None = None) -> None:
         from benchmarks.compare_report import compare_markdown
 
         console.print(Markdown("\n".join(compare_markdown(results["compare"]))))
+    drift = results.get("drift")
+    if drift is not None:
+        from benchmarks.drift import markdown
+
+        console.print(
+            "drift: " + drift["skipped"] if "skipped" in drift else "\n".join(markdown(drift))
+        )
     if results.get("targets"):
         console.print(targets_table(results["targets"]))
 

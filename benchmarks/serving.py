@@ -10,7 +10,9 @@ machine's cores, as they would on one host.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
+import json
 import re
 import subprocess
 import sys
@@ -24,7 +26,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from benchmarks.targets import SCRAPE_MAX_COST, SERVING_CELL
+from benchmarks.targets import MONITORING_MAX_COST, SCRAPE_MAX_COST, SERVING_CELL
 
 MODELS = {
     "dense": "lenet5.onnx",
@@ -237,10 +239,62 @@ def measure(
         out["target_best"] = best
         out["target_met"] = best["rps"] >= TARGET["rps"] and best["p99_ms"] <= TARGET["p99_ms"]
     if TARGET["model"] in models:
-        out["scraping"] = scraping_cost(
-            models_dir / models[TARGET["model"]], body, requests, scrape_reps
-        )
+        model = models_dir / models[TARGET["model"]]
+        out["scraping"] = scraping_cost(model, body, requests, scrape_reps)
+        out["monitoring"] = monitoring_cost(model, body, requests, scrape_reps)
     return out
+
+
+async def _side_by_side(
+    urls: dict[str, str], body: bytes, requests: int, concurrency: int, reps: int
+) -> dict[str, list[float]]:
+    """Requests/s of each server, taking turns `reps` times, so load on the machine falls on
+    both alike."""
+    import aiohttp
+
+    rps: dict[str, list[float]] = {name: [] for name in urls}
+    async with contextlib.AsyncExitStack() as stack:
+        clients = {}
+        for name in urls:
+            connector = aiohttp.TCPConnector(limit=concurrency)
+            clients[name] = await stack.enter_async_context(
+                aiohttp.ClientSession(connector=connector)
+            )
+        for name, url in urls.items():
+            await _load(clients[name], url, body, min(requests, 20 * concurrency), concurrency)
+        for _ in range(reps):
+            for name, url in urls.items():
+                lat, wall = await _load(clients[name], url, body, requests, concurrency)
+                rps[name].append(summarize(lat, wall)["rps"])
+    return rps
+
+
+def monitoring_cost(model: Path, body: bytes, requests: int, reps: int) -> dict[str, Any]:
+    """The target's cell with drift monitoring on (the profile beside the model) and off
+    (`--no-drift`), two servers side by side taking turns (medians), and what it costs."""
+    c = TARGET["concurrency"]
+    servers = {"on": start_server(model, []), "off": start_server(model, ["--no-drift"])}
+    try:
+        with urllib.request.urlopen(f"{servers['on'].url}/monitoring/drift") as r:
+            enabled = json.loads(r.read())["enabled"]
+        urls = {name: f"{s.url}/predict" for name, s in servers.items()}
+        rps = asyncio.run(_side_by_side(urls, body, requests, c, reps))
+    finally:
+        for s in servers.values():
+            s.stop()
+            s.log.unlink(missing_ok=True)
+    on, off = float(np.median(rps["on"])), float(np.median(rps["off"]))
+    cost = round(1 - on / off, 4)
+    return {
+        "concurrency": c,
+        "monitoring_enabled": enabled,
+        "rps_on": on,
+        "rps_off": off,
+        "cost": cost,
+        "max_cost": MONITORING_MAX_COST,
+        "bound_met": enabled and cost <= MONITORING_MAX_COST,
+        "runs": rps,
+    }
 
 
 def scraping_cost(model: Path, body: bytes, requests: int, reps: int) -> dict[str, Any]:

@@ -47,6 +47,8 @@ SERVING_CELL: dict[str, Any] = {
 }
 # Scraping /metrics once a second may cost at most this fraction of the cell's requests/s.
 SCRAPE_MAX_COST = 0.05
+# Drift monitoring on, against off, at the same cell: its share of the cell's req/s, at most.
+MONITORING_MAX_COST = 0.05
 _CELL = f"{SERVING_CELL['model']} at concurrency {SERVING_CELL['concurrency']}"
 
 # what, at most (else at least), the bound, and where the figure is in the results
@@ -77,6 +79,12 @@ _TABLE = [
     ),
     (f"serving, {_CELL} (req/s)", False, SERVING_CELL["rps"], "serving.target_best.rps"),
     (f"serving, {_CELL}, p99 (ms)", True, SERVING_CELL["p99_ms"], "serving.target_best.p99_ms"),
+    (
+        f"serving, {_CELL}, drift monitoring's cost (share of req/s)",
+        True,
+        MONITORING_MAX_COST,
+        "serving.monitoring.cost",
+    ),
     ("sweep, --jobs 2 over --jobs 1 on 2 cores (x)", False, 1.6, "sweep.ratio"),
     ("pruned params / dense", True, 0.25, "prune_metrics.ratio.params"),
     ("pruned MACs / dense", True, 0.25, "prune_metrics.ratio.macs"),

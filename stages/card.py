@@ -1,14 +1,15 @@
 """Write a model card for every artifact of dvc.yaml, from the pipeline's results only.
 
 Stage `card`: dvc.yaml (its `artifacts:`), data/prepared/meta.json, metrics/{evaluate,
-prune, export, quantize}.json, plots/evaluate/per_class.json -> models/cards/<artifact>.md,
-provenance/card.json.
+prune, export, quantize}.json, plots/evaluate/per_class.json, models/drift_profile.json ->
+models/cards/<artifact>.md, provenance/card.json.
 Params: `card` section of params.yaml, and the params each card shows.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import sys
@@ -34,6 +35,10 @@ def write_cards(
             log.info("card for %s", name)
 
 
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     paths = {
         "--dvc-yaml": "whose artifacts get cards",
@@ -43,6 +48,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             f"--{name}": f"{name}'s metrics JSON"
             for name in ("evaluate", "prune", "export", "quantize")
         },
+        "--profile": "the drift reference profile the cards name",
         "--out": "folder of the cards to write",
     }
     return stage.parser("card", __doc__, paths).parse_args(argv)
@@ -51,7 +57,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     inputs = [args.dvc_yaml, args.data / "meta.json", args.plots / "per_class.json"]
-    inputs += [args.evaluate, args.prune, args.export, args.quantize]
+    inputs += [args.evaluate, args.prune, args.export, args.quantize, args.profile]
     with stage.running(args, "card", inputs, computes=False) as run:
         params = run.params
         results = model_card.Results(
@@ -62,6 +68,11 @@ def main(argv: list[str] | None = None) -> None:
             prune=json.loads(args.prune.read_text()),
             export=json.loads(args.export.read_text()),
             quantize=json.loads(args.quantize.read_text()),
+            profile=json.loads(args.profile.read_text()),
+            profile_file=(
+                args.profile.name,
+                hashlib.sha256(args.profile.read_bytes()).hexdigest(),
+            ),
         )
         artifacts = yaml.safe_load(args.dvc_yaml.read_text())["artifacts"]
         write_cards(artifacts, results, params.card.weakest_classes, args.out)

@@ -29,4 +29,5 @@ def shrink(raw: dict[str, Any]) -> dict[str, Any]:
     raw["quantize"].update(
         calibration_size=50, batch_size=64, warmup_runs=2, latency_runs=10, throughput_runs=3
     )
+    raw["profile"].update(quantiles=200, calibration_window=100, calibration_windows=200)
     return raw

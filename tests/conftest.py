@@ -123,6 +123,24 @@ def digits(prepared: Path) -> list:
     return [p[0].numpy() for p in pixels]
 
 
+@pytest.fixture(scope="session")
+def synthetic_profile(
+    tmp_path_factory: pytest.TempPathFactory, prepared: Path, onnx_model: Path
+) -> Path:
+    """The `profile` stage's main on the synthetic data and the tiny ONNX model."""
+    import json
+
+    from stages import profile as profile_stage
+
+    root = tmp_path_factory.mktemp("profile")
+    params = root / "params.yaml"
+    params.write_text(json.dumps(tiny_params_dict()))
+    out = root / "drift_profile.json"
+    args = ["--params", str(params), "--data", str(prepared), "--out", str(out)]
+    profile_stage.main([*args, "--onnx", str(onnx_model)])
+    return out
+
+
 REAL_MIRROR = Path(os.environ.get("MNIST_MIRROR") or ROOT.parent / "shared" / "data" / "mnist")
 
 

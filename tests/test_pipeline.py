@@ -15,6 +15,7 @@ import yaml
 from testing.scratch_repo import copy_repo, dvc, git
 from testing.scratch_repo import env as pipeline_env
 from tests.conftest import ROOT, tiny_params_dict
+from tests.test_drift_real import assert_drift_caught
 
 
 def _ran(output: str) -> set[str]:
@@ -123,6 +124,8 @@ def test_real_mnist_audit_reproduces_the_committed_outputs(tmp_path: Path) -> No
     assert record["started"] != committed["started"] or record["host"] != committed["host"]
     acc = json.loads((repo / "metrics" / "evaluate.json").read_text())["test"]["acc"]
     assert acc >= 0.99
+    # The rebuilt models and profile catch shifted real digits, and not clean ones.
+    assert_drift_caught(repo / "data" / "prepared", repo / "models")
 
     # Nothing runs again (how long that takes is `python -m benchmarks`' noop figure).
     again = dvc(repo, "repro", MNIST_MIRROR=mirror)

@@ -37,6 +37,8 @@ class Results:
     prune: dict[str, Any]
     export: dict[str, Any]
     quantize: dict[str, Any]
+    profile: dict[str, Any]  # the drift reference profile (`profile` stage)
+    profile_file: tuple[str, str]  # its file name and sha256
 
 
 def _pct(x: float) -> str:
@@ -197,6 +199,27 @@ def _results(meta: dict[str, Any], r: Results, n_weakest: int) -> list[str]:
     ]
 
 
+def _drift(artifact: dict[str, Any], r: Results) -> list[str]:
+    """The reference profile `mnist-serve` measures this model's drift against."""
+    file, sha256 = r.profile_file
+    entry = r.profile["models"].get(artifact["path"].rsplit("/", 1)[-1])
+    lines = [
+        "## Drift monitoring",
+        "",
+        f"Reference profile: `{file}` (sha256 `{sha256}`): the features of the training "
+        "digits and the label prior, which `mnist-serve` compares live traffic with "
+        "(`GET /monitoring/drift`).",
+    ]
+    if entry is None:
+        return [*lines, "It holds no predictions of this model: only ONNX models are served."]
+    return [
+        *lines,
+        f"This model's entry, `{artifact['path'].rsplit('/', 1)[-1]}`: on held-out digits, "
+        f"accuracy {_pct(entry['accuracy'])}, mean max-softmax "
+        f"{entry['confidence_mean']:.4f}; its predicted classes and confidence are profiled.",
+    ]
+
+
 def _limits_and_reproduce(name: str, artifact: dict[str, Any]) -> list[str]:
     return [
         "## Limitations",
@@ -223,6 +246,7 @@ def render(name: str, artifact: dict[str, Any], r: Results, n_weakest: int) -> s
         _about(name, artifact, r),
         _key_params(meta, r.params),
         _results(meta, r, n_weakest),
+        _drift(artifact, r),
         _limits_and_reproduce(name, artifact),
     ]
     return "\n\n".join("\n".join(s) for s in sections)

@@ -168,6 +168,25 @@ class CardParams(Section):
     """Classes of lowest test F1 that each card lists."""
 
 
+class ProfileParams(Section):
+    """Stage `profile`: the reference profile the served models' drift is measured against."""
+
+    quantiles: int = Field(ge=10, le=10_000)
+    """Quantiles that summarize each numeric signal of the reference (its KS tests' K)."""
+    calibration_window: int = Field(ge=20, le=100_000)
+    """Digits per clean window the thresholds are calibrated on (they scale to any size)."""
+    calibration_windows: int = Field(ge=10, le=100_000)
+    """Clean windows, drawn with replacement from held-out digits, per calibration."""
+    false_alarm_quantile: float = Field(gt=0.5, lt=1.0)
+    """The quantile of the clean windows' statistics a threshold starts from."""
+    margin: float = Field(ge=1.0, le=10.0)
+    """The factor on that quantile: the test stream's writers are not the training split's."""
+    seed: int = Field(ge=0)
+    """Seed of the calibration windows and of the validation split's halves."""
+    batch_size: int = Field(ge=1, le=65_536)
+    """Digits per ONNX Runtime run on the validation split."""
+
+
 class Params(Section):
     """The whole `params.yaml`: how every stage computes, then one section per stage."""
 
@@ -186,6 +205,8 @@ class Params(Section):
     """Stage `export`: ONNX files, checked against PyTorch, and timed."""
     quantize: QuantizeParams
     """Stage `quantize`: INT8 ONNX models, checked against the float ones."""
+    profile: ProfileParams
+    """Stage `profile`: the reference profile for drift monitoring."""
     card: CardParams
     """Stage `card`: a model card for every artifact, from the results only."""
 

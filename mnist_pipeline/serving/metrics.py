@@ -13,9 +13,18 @@ Metrics, from prometheus-client (the text format at `GET /metrics`):
     mnist_feedback_labels_total                true labels posted for predictions (feedback.py)
     mnist_feedback_correct_total               of them, those the model had predicted
     mnist_live_accuracy                        correct / labelled over the feedback window
+    mnist_drift_score{signal}                  the window's drift statistic, per signal
+    mnist_drift_threshold{signal}              its threshold at the window's size
+    mnist_drift_alarm{signal}                  1: enough digits and score > threshold
+    mnist_drift_window_samples                 digits in the window
+    mnist_window_confidence_mean               the window's mean max-softmax
+    mnist_reference_confidence_mean            the profile's, for the model served
 
 With `--workers N` prometheus-client runs in multiprocess mode: each worker writes its figures
 to files in `PROMETHEUS_MULTIPROC_DIR`, and whichever worker answers a scrape sums them all.
+Each worker keeps its own drift window; the drift gauges are the maximum over the workers
+(`multiprocess_mode="max"`): an alarm in any worker's window is an alarm, and no `pid` label
+multiplies the series.
 
 `--log-format json` writes one JSON line per request instead of uvicorn's access log: method,
 path, status, latency, the batch size of the run that served it, and the model's sha256.
@@ -40,6 +49,8 @@ from prometheus_client import (
     generate_latest,
 )
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from mnist_pipeline.drift.monitor import Report
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -121,6 +132,41 @@ class ServerMetrics:
 
     def live(self, accuracy: float | None) -> None:
         self.live_accuracy.set(math.nan if accuracy is None else accuracy)
+
+        self._drift_gauges()
+
+    def _drift_gauges(self) -> None:
+        def gauge(name: str, doc: str, *labels: str) -> Gauge:
+            # The worst of the workers' windows: an alarm in any of them is an alarm.
+            return Gauge(name, doc, labels, multiprocess_mode="max", registry=self.registry)
+
+        self.drift_score = gauge("mnist_drift_score", "Drift statistic of the window", "signal")
+        self.drift_threshold = gauge(
+            "mnist_drift_threshold", "The statistic's threshold at the window's size", "signal"
+        )
+        self.drift_alarm = gauge(
+            "mnist_drift_alarm", "1: window big enough, score over threshold", "signal"
+        )
+        self.drift_samples = gauge("mnist_drift_window_samples", "Digits in the drift window")
+        self.window_confidence = gauge(
+            "mnist_window_confidence_mean", "Mean max-softmax of the window's predictions"
+        )
+        self.reference_confidence = gauge(
+            "mnist_reference_confidence_mean", "Mean max-softmax in the reference profile"
+        )
+
+    def drift(self, report: Report) -> None:
+        """The gauges of a drift report."""
+        for name, s in report.signals.items():
+            if s.score is not None and s.threshold is not None:
+                self.drift_score.labels(signal=name).set(s.score)
+                self.drift_threshold.labels(signal=name).set(s.threshold)
+            self.drift_alarm.labels(signal=name).set(int(s.alarm))
+        self.drift_samples.set(report.samples)
+        if report.confidence_mean is not None:
+            self.window_confidence.set(report.confidence_mean)
+        if report.reference_confidence_mean is not None:
+            self.reference_confidence.set(report.reference_confidence_mean)
 
     def served(self, name: str, version: str | None, sha256: str, up: bool) -> None:
         self.model_info.labels(name=name, version=version or "", sha256=sha256).set(int(up))

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mnist_pipeline.serving.drift import DriftWatch
 from mnist_pipeline.serving.feedback import FeedbackStore
 from mnist_pipeline.serving.metrics import ServerMetrics
 from mnist_pipeline.serving.micro_batcher import Digits
@@ -25,8 +26,8 @@ class Classified:
 
 
 class Outcomes:
-    def __init__(self, metrics: ServerMetrics, store: FeedbackStore) -> None:
-        self.metrics, self.store = metrics, store
+    def __init__(self, metrics: ServerMetrics, store: FeedbackStore, watch: DriftWatch) -> None:
+        self.metrics, self.store, self.watch = metrics, store, watch
 
     async def classify(self, model: ServedModel, load: Callable[[], Digits]) -> Classified:
         """The digits `load` gives (it runs off the event loop), classified by `model`'s
@@ -45,4 +46,6 @@ class Outcomes:
         self.metrics.predicted(p.digit for p in preds)
         ids = self.store.add([p.digit for p in preds])
         self.metrics.live(self.store.accuracy())  # the window moved
+        if pixels:  # the drift monitor: it only queues them here
+            self.watch.observe(np.stack(pixels), np.array([p.probabilities for p in preds]))
         return Classified(pixels, preds, ids, run)

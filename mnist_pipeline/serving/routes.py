@@ -17,6 +17,7 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
 from mnist_pipeline.serving import drain
+from mnist_pipeline.serving.drift import DriftOut, DriftWatch
 from mnist_pipeline.serving.inputs import BadInput, decode_uploads, pixels_from_json, read_uploads
 from mnist_pipeline.serving.limits import RETRY_AFTER_S, Limits
 from mnist_pipeline.serving.metrics import ServerMetrics
@@ -25,8 +26,16 @@ from mnist_pipeline.serving.predict import Prediction
 from mnist_pipeline.serving.served_model import ModelInfo, ModelSlot, ServedModel
 
 PAGE = Path(__file__).with_name("static") / "index.html"
-HANDLERS = {"/", "/healthz", "/readyz", "/model", "/model/card", "/metrics", "/predict"} | {
-    "/feedback"
+HANDLERS = {
+    "/",
+    "/healthz",
+    "/readyz",
+    "/model",
+    "/model/card",
+    "/metrics",
+    "/predict",
+    "/feedback",
+    "/monitoring/drift",
 }
 
 
@@ -127,12 +136,12 @@ def probes(slot: ModelSlot) -> APIRouter:
     return router
 
 
-def model(slot: ModelSlot) -> APIRouter:
+def model(slot: ModelSlot, watch: DriftWatch) -> APIRouter:
     router = APIRouter()
 
     @router.get("/model", responses={503: {"model": ErrorOut}})
     async def model_info() -> ModelInfo:
-        return serving(slot).info
+        return serving(slot).info.model_copy(update={"drift_profile": watch.ref})
 
     @router.get(
         "/model/card", response_class=PlainTextResponse, responses={404: {"model": ErrorOut}}
@@ -176,6 +185,18 @@ def predictions(slot: ModelSlot, outcomes: Outcomes, limits: Limits) -> APIRoute
         # A response made here skips FastAPI's validation of the return value (it is ours).
         preds = zip(out.predictions, out.ids, strict=True)
         return JSONResponse([p.model_dump() | {"id": i} for p, i in preds])
+
+    return router
+
+
+def monitoring(watch: DriftWatch) -> APIRouter:
+    router = APIRouter()
+
+    @router.get("/monitoring/drift")
+    async def drift() -> DriftOut:
+        """This process's drift window tested against the reference profile (its gauges are
+        updated too)."""
+        return watch.report()
 
     return router
 

@@ -41,6 +41,14 @@ class ModelInput(BaseModel):
     shape: list[int | str | None]
 
 
+class ProfileRef(BaseModel):
+    """The reference profile a served model's drift is measured against (`serving.drift`)."""
+
+    file: str = Field(description="The profile file's name")
+    sha256: str = Field(description="Its SHA-256")
+    model: str | None = Field(description="Its entry for this model (by sha256); None: none")
+
+
 class ModelInfo(BaseModel):
     """What `GET /model` answers: which model, which version, its bytes and its contract."""
 
@@ -53,6 +61,9 @@ class ModelInfo(BaseModel):
     input_contract: str | None = Field(description="The model's own statement of its input")
     metadata: dict[str, str] = Field(description="The ONNX file's metadata")
     card: bool = Field(description="Whether `GET /model/card` has a model card to show")
+    drift_profile: ProfileRef | None = Field(
+        default=None, description="The drift reference profile; None: drift is not monitored"
+    )
 
 
 @dataclass(frozen=True)

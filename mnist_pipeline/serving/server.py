@@ -52,9 +52,11 @@ from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 
+from mnist_pipeline.drift.monitor import DEFAULT_WINDOW
 from mnist_pipeline.errors import UsageError
 from mnist_pipeline.serving import drain, feedback, open_inference, routes, served_model
 from mnist_pipeline.serving import metrics as server_metrics
+from mnist_pipeline.serving.drift import PROFILE_NAME, DriftOptions, DriftWatch
 from mnist_pipeline.serving.inputs import BadInput
 from mnist_pipeline.serving.limits import (
     DEFAULT_BODY_TIMEOUT_S,
@@ -107,6 +109,7 @@ def create_app(
     load_first: bool = False,
     docs: bool = False,
     feedback_capacity: int = feedback.DEFAULT_CAPACITY,
+    drift: DriftOptions | None = None,
 ) -> FastAPI:
     """The app serving `model`: a file, a resolved source, or what `--model` names (resolved
     again on SIGHUP). It loads the model in the background once it starts; `/readyz` says
@@ -115,7 +118,8 @@ def create_app(
     must not take a share of the connections while it cannot answer them. `docs`: serve
     Swagger UI at `/docs`, which loads its scripts from a CDN (off by default: an offline
     machine cannot reach it, and the page would run third-party code); `/openapi.json` is
-    always there. `feedback_capacity`: predictions kept for `POST /feedback` (0: none)."""
+    always there. `feedback_capacity`: predictions kept for `POST /feedback` (0: none).
+    `drift`: the drift monitor's options (default: on, the profile found beside the model)."""
     if isinstance(model, ModelSpec):
         spec = model
     else:
@@ -124,7 +128,8 @@ def create_app(
     limits = limits or Limits()
     metrics = ServerMetrics()
     store = feedback.FeedbackStore(feedback_capacity)
-    outcomes = Outcomes(metrics, store)
+    watch = DriftWatch(drift or DriftOptions(), metrics)
+    outcomes = Outcomes(metrics, store, watch)
 
     def make(source: ModelSource, data: bytes) -> served_model.ServedModel:
         def batcher(sess: Any) -> MicroBatcher:
@@ -137,6 +142,7 @@ def create_app(
             metrics.reloads.inc()
             metrics.served(old.info.name, old.info.version, old.info.sha256, up=False)
         metrics.served(new.info.name, new.info.version, new.info.sha256, up=True)
+        watch.swap(new.source, new.info.sha256)
 
     slot = ModelSlot(spec, first, make, swapped, lambda _: metrics.reload_failures.inc())
 
@@ -160,8 +166,9 @@ def create_app(
     for router in (
         routes.page_and_metrics(metrics, slot),
         routes.probes(slot),
-        routes.model(slot),
+        routes.model(slot, watch),
         routes.predictions(slot, outcomes, limits),
+        routes.monitoring(watch),
         feedback.router(store, metrics),
         open_inference.router(slot, outcomes, limits, lambda: routes.readiness(slot)),
     ):
@@ -262,6 +269,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="recent predictions kept for POST /feedback, and the live accuracy's window "
         f"(default {feedback.DEFAULT_CAPACITY:,}; 0: no feedback, the only choice with --workers)",
     )
+    p.add_argument(
+        "--drift-profile",
+        type=Path,
+        default=None,
+        help=f"the reference profile drift is measured against (default: {PROFILE_NAME} "
+        "beside the model file, if there is one)",
+    )
+    p.add_argument(
+        "--drift-window",
+        type=int,
+        default=DEFAULT_WINDOW,
+        help=f"recent digits the drift tests look at, per process (default {DEFAULT_WINDOW})",
+    )
+    p.add_argument("--no-drift", action="store_true", help="monitor no drift")
     p.add_argument("--log-level", default="info", help="uvicorn's log level")
     p.add_argument(
         "--log-format",
@@ -276,8 +297,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "always served)",
     )
     args = p.parse_args(argv)
-    if args.max_batch < 1 or args.max_wait_ms < 0 or args.threads < 0 or args.workers < 1:
-        p.error("--max-batch and --workers must be >= 1, --max-wait-ms and --threads >= 0")
+    if min(args.max_batch, args.workers, args.drift_window) < 1:
+        p.error("--max-batch, --workers and --drift-window must be >= 1")
+    if args.max_wait_ms < 0 or args.threads < 0:
+        p.error("--max-wait-ms and --threads must be >= 0")
     if min(args.max_in_flight, args.max_connections, args.keep_alive_s) < 1:
         p.error("--max-in-flight, --max-connections and --keep-alive-s must be >= 1")
     if min(args.warmup_runs, args.grace_s, args.drain_s) < 0 or args.body_timeout_s <= 0:
@@ -310,6 +333,11 @@ def app_options(args: argparse.Namespace, first: ModelSource) -> dict[str, Any]:
         "log_format": args.log_format,
         "docs": args.docs,
         "feedback_capacity": args.feedback_capacity,
+        "drift": {
+            "profile": args.drift_profile,
+            "window": args.drift_window,
+            "enabled": not args.no_drift,
+        },
     }
 
 
@@ -318,11 +346,14 @@ def app_from_options(options: dict[str, Any], load_first: bool = False) -> FastA
     cache = spec.pop("cache_dir")
     first = options.pop("first")
     card = first.pop("card")  # JSON made both paths strings: a bundle's card is read as a Path
+    drift = options.pop("drift")
+    profile = drift.pop("profile")
     return create_app(
         ModelSpec(**spec, cache_dir=Path(cache) if cache else None),
         Limits(**options.pop("limits")),
         first=ModelSource(Path(first.pop("path")), **first, card=Path(card) if card else None),
         load_first=load_first,
+        drift=DriftOptions(Path(profile) if profile else None, **drift),
         **options,
     )
 

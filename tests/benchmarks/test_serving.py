@@ -13,9 +13,10 @@ from benchmarks import report, serving
 
 
 def test_load_test_measures_each_setting_and_concurrency(
-    onnx_model: Path, digits: list[np.ndarray], tmp_path: Path
+    onnx_model: Path, digits: list[np.ndarray], tmp_path: Path, synthetic_profile: Path
 ) -> None:
     shutil.copy(onnx_model, tmp_path / "pruned_int8.onnx")
+    shutil.copy(synthetic_profile, tmp_path / "drift_profile.json")  # monitoring on, by default
     got = serving.measure(
         tmp_path,
         digits[0],
@@ -38,6 +39,10 @@ def test_load_test_measures_each_setting_and_concurrency(
         assert cell["rps_off"] > 0 and cell["cost"] == round(
             1 - cell["rps_on"] / cell["rps_off"], 4
         )
+    mon = got["monitoring"]  # drift monitoring on against off, side by side at the cell
+    assert mon["monitoring_enabled"] and min(mon["rps_on"], mon["rps_off"]) > 0
+    assert mon["cost"] == round(1 - mon["rps_on"] / mon["rps_off"], 4)
+    assert mon["bound_met"] == (mon["cost"] <= 0.05)
     table = report.markdown({"machine": _machine(), "command": "x", "serving": got})
     assert "| pruned-int8 | micro-batching |" in table and "target: pruned-int8" in table
     assert "scraping /metrics every 1 s" in table

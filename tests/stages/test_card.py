@@ -3,6 +3,7 @@ same bytes from the same results, and found by `mnist-serve` through the artifac
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import time
@@ -20,11 +21,13 @@ DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())
 ARTIFACTS = DVC["artifacts"]
 
 
-def _args(out: Path, data: Path) -> list[str]:
-    """The stage's command from dvc.yaml, with the prepared data and the output moved."""
+def _args(out: Path, data: Path, profile: Path) -> list[str]:
+    """The stage's command from dvc.yaml, with the prepared data, the drift profile (a DVC
+    output, not in git) and the output moved."""
     argv = DVC["stages"]["card"]["cmd"].split()[3:]
     argv = [str(ROOT / a) if (ROOT / a).exists() and not a.startswith("-") else a for a in argv]
     argv[argv.index("--data") + 1] = str(data)
+    argv[argv.index("--profile") + 1] = str(profile)
     argv[argv.index("--out") + 1] = str(out)
     argv[argv.index("--provenance") + 1] = str(out.parent / "provenance.json")
     return ["--params", str(ROOT / "params.yaml"), *argv]
@@ -39,8 +42,10 @@ def _meta(tmp_path: Path) -> Path:
     return data
 
 
-def test_each_artifact_gets_a_card_with_the_accuracy_metrics_holds(tmp_path: Path) -> None:
-    card.main(_args(tmp_path / "cards", _meta(tmp_path)))
+def test_each_artifact_gets_a_card_with_the_accuracy_metrics_holds(
+    tmp_path: Path, synthetic_profile: Path
+) -> None:
+    card.main(_args(tmp_path / "cards", _meta(tmp_path), synthetic_profile))
     cards = {p.stem: p.read_text() for p in (tmp_path / "cards").glob("*.md")}
     assert set(cards) == set(ARTIFACTS)
     stages = ("evaluate", "export", "quantize")
@@ -60,13 +65,20 @@ def test_each_artifact_gets_a_card_with_the_accuracy_metrics_holds(tmp_path: Pat
             assert section in cards[name], (name, section)
         assert "photos of scenes" in cards[name] and "letters" in cards[name]
     assert "INT8" in cards["lenet5-pruned-int8-onnx"] and "Pruning" in cards["lenet5-pruned-onnx"]
+    sha = hashlib.sha256(synthetic_profile.read_bytes()).hexdigest()
+    entries = json.loads(synthetic_profile.read_text())["models"]  # {"lenet5.onnx": ...}
+    for name, text in cards.items():  # every card names the profile, and its model's entry
+        assert f"`drift_profile.json` (sha256 `{sha}`)" in text, name
+        has_entry = ARTIFACTS[name]["path"].rsplit("/", 1)[-1] in entries
+        assert ("This model's entry" in text) == has_entry, name
+    assert "This model's entry, `lenet5.onnx`" in cards["lenet5-onnx"]
 
 
-def test_the_cards_are_byte_stable(tmp_path: Path) -> None:
+def test_the_cards_are_byte_stable(tmp_path: Path, synthetic_profile: Path) -> None:
     data = _meta(tmp_path)
-    card.main(_args(tmp_path / "a" / "cards", data))
+    card.main(_args(tmp_path / "a" / "cards", data, synthetic_profile))
     time.sleep(1.1)  # another clock, another folder: the same bytes
-    card.main(_args(tmp_path / "b" / "cards", data))
+    card.main(_args(tmp_path / "b" / "cards", data, synthetic_profile))
     for p in (tmp_path / "a" / "cards").iterdir():
         assert p.read_bytes() == (tmp_path / "b" / "cards" / p.name).read_bytes()
 
