@@ -124,6 +124,7 @@ class ServerMetrics:
             registry=reg,
         )
         self.live_accuracy.set(math.nan)
+        self._drift_gauges()
 
     def labelled(self, labels: int, correct: int, accuracy: float | None) -> None:
         self.feedback_labels.inc(labels)
@@ -132,8 +133,6 @@ class ServerMetrics:
 
     def live(self, accuracy: float | None) -> None:
         self.live_accuracy.set(math.nan if accuracy is None else accuracy)
-
-        self._drift_gauges()
 
     def _drift_gauges(self) -> None:
         def gauge(name: str, doc: str, *labels: str) -> Gauge:
