@@ -5,6 +5,7 @@
     python -m benchmarks --quick          # seconds, on synthetic data: proves it works
     python -m benchmarks --skip seed --variant bs512:batch_size=512,optimizer.lr=8.0e-3
     python -m benchmarks --skip training --skip inference --skip orchestration   # sweep only
+    python -m benchmarks --only startup   # stage start-up, library imports, the busy core
 
 Prints tables and writes every number, with the machine, to a JSON file (--out).
 """
@@ -23,13 +24,24 @@ from typing import Any
 
 from rich.console import Console
 
-from benchmarks import inference, machine, orchestration, report, serving, targets, training
+from benchmarks import (
+    inference,
+    machine,
+    orchestration,
+    report,
+    serving,
+    startup,
+    targets,
+    training,
+)
 from benchmarks import sweep as sweep_bench
 from benchmarks.training import PLAIN, PROJECT, SEED, Setup, Variant
 from mnist_pipeline.params.schema import load_params
 from pipelines import overrides
 
-SKIPPABLE = ("seed", "plain", "training", "inference", "serving", "orchestration", "sweep")
+SKIPPABLE = (
+    "seed", "plain", "training", "inference", "serving", "orchestration", "sweep", "startup"
+)  # fmt: skip
 # --quick: the test fixtures' tiny recipe, on synthetic digits.
 QUICK_TRAIN = {"max_epochs": 2, "batch_size": 32, "eval_batch_size": 256, "progress_bar": False}
 
@@ -63,6 +75,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="another project-path run with `train` params overridden (repeatable)",
     )
     p.add_argument("--skip", action="append", default=[], choices=SKIPPABLE)
+    p.add_argument(
+        "--only", action="append", default=[], choices=SKIPPABLE, help="skip every other section"
+    )
     p.add_argument(
         "--full-runs", action="store_true", help="also time full pipeline runs (many minutes)"
     )
@@ -187,6 +202,8 @@ def run_orchestration(
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.only:
+        args.skip = [s for s in SKIPPABLE if s not in args.only and s not in ("seed", "plain")]
     console = Console(stderr=True)
     reps = args.reps or (1 if args.quick else 3)
     started = time.perf_counter()
@@ -223,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
             results["serving"] = run_serving(args, data)
         if "orchestration" not in args.skip:
             results["orchestration"] = run_orchestration(args, raw, workdir, reps)
+        if "startup" not in args.skip:
+            results["startup"] = startup.measure(args.root.resolve(), reps, args.quick)
         if "sweep" not in args.skip:
             results["sweep"] = (
                 {"skipped": "not in --quick mode"}

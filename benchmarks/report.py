@@ -235,6 +235,10 @@ def show(results: dict[str, Any], console: Console | None = None) -> None:
             console.print(f"{section}: skipped: {value['skipped']}")
         else:
             console.print(table(value))
+    if results.get("startup"):
+        from benchmarks.startup import markdown as startup_markdown
+
+        console.print("\n".join(startup_markdown(results["startup"])))
     if results.get("targets"):
         console.print(targets_table(results["targets"]))
 
@@ -331,6 +335,10 @@ def markdown(results: dict[str, Any]) -> str:
     sw = results.get("sweep")
     if sw and "skipped" not in sw:
         lines += [*sweep_markdown(sw), ""]
+    if results.get("startup"):
+        from benchmarks.startup import markdown as startup_markdown
+
+        lines += [*startup_markdown(results["startup"]), ""]
     if results.get("targets"):
         lines += [*targets_markdown(results["targets"]), ""]
     for section in ("training", "inference", "serving", "orchestration", "sweep"):
