@@ -10,6 +10,7 @@
     python -m benchmarks --compare HEAD~3 --quick   # tiny params, synthetic digits: minutes
     python -m benchmarks --skip seed --skip plain --skip training --skip inference \
         --skip serving --skip orchestration --skip sweep      # drift only (seconds)
+    python -m benchmarks --only startup   # stage start-up, library imports, the busy core
 
 Prints tables and writes every number, with the machine, to a JSON file (--out).
 """
@@ -36,6 +37,7 @@ from benchmarks import (
     orchestration,
     report,
     serving,
+    startup,
     targets,
     training,
 )
@@ -53,6 +55,7 @@ SKIPPABLE = (
     "drift",
     "orchestration",
     "sweep",
+    "startup",
 )
 # --quick: the test fixtures' tiny recipe, on synthetic digits.
 QUICK_TRAIN = {"max_epochs": 2, "batch_size": 32, "eval_batch_size": 256, "progress_bar": False}
@@ -87,6 +90,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="another project-path run with `train` params overridden (repeatable)",
     )
     p.add_argument("--skip", action="append", default=[], choices=SKIPPABLE)
+    p.add_argument(
+        "--only", action="append", default=[], choices=SKIPPABLE, help="skip every other section"
+    )
     p.add_argument(
         "--full-runs", action="store_true", help="also time full pipeline runs (many minutes)"
     )
@@ -259,6 +265,8 @@ def run_compare(
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.only:
+        args.skip = [s for s in SKIPPABLE if s not in args.only and s not in ("seed", "plain")]
     console = Console(stderr=True)
     reps = args.reps or (1 if args.quick else 3)
     started = time.perf_counter()
@@ -307,6 +315,8 @@ def main(argv: list[str] | None = None) -> int:
             )
         if "orchestration" not in args.skip:
             results["orchestration"] = run_orchestration(args, raw, workdir, reps)
+        if "startup" not in args.skip:
+            results["startup"] = startup.measure(args.root.resolve(), reps, args.quick)
         if "sweep" not in args.skip:
             results["sweep"] = (
                 {"skipped": "not in --quick mode"}

@@ -30,7 +30,7 @@ from typing import Any
 
 import yaml
 
-from benchmarks import compare_report, prune_frontier, report, targets
+from benchmarks import compare_report, prune_frontier, report, startup, targets
 from benchmarks import drift as drift_bench
 from mnist_pipeline import generated_cli
 from mnist_pipeline.atomic import write_bytes
@@ -52,6 +52,7 @@ TARGET_SOURCES = (
     f"{REF}/cpu-2core-serving.json",
     f"{REF}/cpu-2core-sweep.json",
     f"{REF}/cpu-2core-targets.json",
+    f"{REF}/cpu-2core-startup.json",  # once committed: a run of `--only startup`
 )
 
 
@@ -337,10 +338,23 @@ def scraping_block(root: Path) -> str:
     return _reference(root, "cpu-2core-serving.json", render)
 
 
+STARTUP_REF = "cpu-2core-startup.json"
+
+
+def startup_block(root: Path) -> str:
+    """Stage start-up (benchmarks/startup.py), or how to measure it until a run is committed."""
+    if not (root / REF / STARTUP_REF).is_file():
+        return (
+            f"Not measured yet on a quiet machine: `python -m benchmarks --only startup --out "
+            f"{REF}/{STARTUP_REF}` writes the run these tables come from."
+        )
+    return _reference(root, STARTUP_REF, lambda d: startup.markdown(d["startup"]))
+
+
 def targets_block(root: Path) -> str:
     """Each target of benchmarks/targets.py beside the first committed figure for it."""
     prune_rel = "metrics/prune.json"
-    runs = {rel: _load(root, rel) for rel in TARGET_SOURCES}
+    runs = {rel: _load(root, rel) for rel in TARGET_SOURCES if (root / rel).is_file()}
     prune = {"prune_metrics": _load(root, prune_rel)}
     lines = ["| target | bound | measured | verdict | from |", "|---|--:|--:|---|---|"]
     for t in targets.TARGETS:
@@ -355,7 +369,7 @@ def targets_block(root: Path) -> str:
         lines.append(
             f"| {row['what']} | {row['target']} | {measured} | {row['verdict']} | `{where}` |"
         )
-    return "\n".join([*lines, "", _source("benchmarks/targets.py", *TARGET_SOURCES, prune_rel)])
+    return "\n".join([*lines, "", _source("benchmarks/targets.py", *runs, prune_rel)])
 
 
 BLOCKS: dict[str, Callable[[Path], str]] = {
@@ -367,6 +381,7 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
     "stage-seconds": stage_seconds_block,
     "audit-sample": audit_sample_block,
     "scraping": scraping_block,
+    "startup": startup_block,
     "targets": targets_block,
     **{
         name: functools.partial(_reference, name=file, render=render)

@@ -248,6 +248,10 @@ def show(results: dict[str, Any], console: Console | None = None) -> None:
         console.print(
             "drift: " + drift["skipped"] if "skipped" in drift else "\n".join(markdown(drift))
         )
+    if results.get("startup"):
+        from benchmarks.startup import markdown as startup_markdown
+
+        console.print("\n".join(startup_markdown(results["startup"])))
     if results.get("targets"):
         console.print(targets_table(results["targets"]))
 
@@ -348,6 +352,10 @@ def markdown(results: dict[str, Any]) -> str:
         from benchmarks.compare_report import compare_markdown
 
         lines += [*compare_markdown(results["compare"]), ""]
+    if results.get("startup"):
+        from benchmarks.startup import markdown as startup_markdown
+
+        lines += [*startup_markdown(results["startup"]), ""]
     if results.get("targets"):
         lines += [*targets_markdown(results["targets"]), ""]
     for section in ("training", "inference", "serving", "orchestration", "sweep"):

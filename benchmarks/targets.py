@@ -70,6 +70,12 @@ _TABLE = [
     ("final test accuracy", False, 0.991, "training.project.final_test_acc"),
     ("dvc repro from scratch (s)", True, 30.0, "orchestration.full.dvc_repro_full_s"),
     ("dvc repro, nothing changed (s)", True, 0.6, "orchestration.noop.dvc_repro_noop_s"),
+    (
+        "stage start-up, process start to its work, worst stage (s)",
+        True,
+        1.5,
+        "startup.stages.worst_startup_s",
+    ),
     ("flow, nothing changed, ephemeral (s)", True, 6.0, "orchestration.noop.flow_noop_s"),
     (
         "flow, nothing changed, against a running server (s)",

@@ -26,6 +26,14 @@ Profiles (`compute.profile`):
 - `portable` (default): the settings above; results reproduce byte for byte across CPUs.
 - `fast`: whatever the machine does best (native kernels, bf16 where native, every core);
   results reproduce on the same CPU model only.
+
+Under either profile, OpenMP's threads wait for each other passively (`OMP_WAIT_POLICY`,
+`WAIT_POLICY`): a thread that reaches a barrier first sleeps instead of spinning. With another
+process busy on one of the cores, spinning threads keep the core the late thread needs, and a
+2-thread training step took many times as long (docs/speed.md, "A busy core"). The policy decides
+how threads wait, not how the work is split, so the results are the same under both (a test
+trains under each and compares the bytes): it is a fixed choice, not a param, and a value
+already in the environment wins.
 """
 
 from __future__ import annotations
@@ -59,6 +67,7 @@ _MKL_BRANCHES = {
     14: "AVX512_E1",
 }  # fmt: skip
 _MKL_STRICT = 0x10000
+WAIT_POLICY = "PASSIVE"
 
 
 def environment_for(params: ComputeParams) -> dict[str, str]:
@@ -78,8 +87,10 @@ def environment_for(params: ComputeParams) -> dict[str, str]:
 
 
 def pin_environment(params: ComputeParams) -> None:
-    """Set the variables for this process and its children; call before torch is imported."""
+    """Set the variables for this process and its children; call before torch is imported.
+    OpenMP reads its wait policy when it loads, so it is set here too (unless already set)."""
     os.environ.update(environment_for(params))
+    os.environ.setdefault("OMP_WAIT_POLICY", WAIT_POLICY)
 
 
 def pin_from_argv(argv: list[str]) -> None:

@@ -17,7 +17,6 @@ from mnist_pipeline import errors, stage
 from mnist_pipeline.atomic import write_json
 from mnist_pipeline.data.dataset import load_split
 from mnist_pipeline.evaluation.metrics import evaluate, metrics_json
-from mnist_pipeline.evaluation.plots import plot_confusion, plot_misclassified
 from mnist_pipeline.model import load_model, predict_logits
 from mnist_pipeline.params.schema import EvaluateParams
 
@@ -37,6 +36,8 @@ def evaluate_model(
     params: EvaluateParams, model_path: Path, data: Path, metrics_path: Path, plots: Path
 ) -> None:
     """Evaluate the model file on the test split and write the metrics and plots."""
+    from mnist_pipeline.evaluation.plots import plot_confusion, plot_misclassified  # matplotlib
+
     net, _ = load_model(model_path)
     test = load_split(data, "test")
     ev = evaluate(predict_logits(net, test.images, params.batch_size), test.labels)

@@ -23,9 +23,7 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-from typing import Any
-
-import onnxruntime as ort
+from typing import TYPE_CHECKING, Any
 
 from mnist_pipeline import errors, stage
 from mnist_pipeline.atomic import atomic_path, write_json
@@ -37,10 +35,10 @@ from mnist_pipeline.model import (
     require_lenet5,
     widths_of,
 )
-from mnist_pipeline.onnx import runtime
-from mnist_pipeline.onnx import speed as inference_speed
-from mnist_pipeline.onnx.export import check_parity, export_onnx, metadata
 from mnist_pipeline.params.schema import ExportParams
+
+if TYPE_CHECKING:  # ONNX and ONNX Runtime: imported by the work that uses them
+    import onnxruntime as ort
 
 log = logging.getLogger(__name__)
 
@@ -85,12 +83,18 @@ def main(argv: list[str] | None = None) -> None:
     with stage.running(args, "export", inputs) as run:
         for noisy in ("onnxscript", "onnx_ir"):  # the exporter's graph passes log each step
             logging.getLogger(noisy).setLevel(logging.WARNING)
+        import onnxruntime as ort
+
         run.facts["onnxruntime_providers"] = ort.get_available_providers()
         export_both(run.params.export, args)
 
 
 def export_both(params: ExportParams, args: argparse.Namespace) -> None:
     """Export both models, check them, time them; write the files and the metrics."""
+    from mnist_pipeline.onnx import runtime
+    from mnist_pipeline.onnx import speed as inference_speed
+    from mnist_pipeline.onnx.export import check_parity, export_onnx, metadata
+
     data_norm = load_normalization(args.data)
     test = load_split(args.data, "test")
     pixels = data_norm.invert(test.images)  # (N, 1, 28, 28) uint8, the original test digits

@@ -31,9 +31,6 @@ from mnist_pipeline.atomic import write_json
 from mnist_pipeline.data.dataset import load_split
 from mnist_pipeline.model import accuracy, load_model, require_lenet5, save_model, widths_of
 from mnist_pipeline.params.schema import ComputeParams, PruneParams, TrainParams
-from mnist_pipeline.pruning.rounds import fingerprint, prune_and_finetune
-from mnist_pipeline.pruning.structured import file_sizes, model_stats
-from mnist_pipeline.training.trainer import resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +75,10 @@ def prune_file(
     """Prune the dense model file, fine-tune, and write the pruned model and its metrics.
 
     Returns the round it resumed after (None: it started at round 1)."""
+    # The fine-tuning's Lightning and torch-pruning, imported when the work needs them.
+    from mnist_pipeline.pruning.rounds import fingerprint, prune_and_finetune
+    from mnist_pipeline.pruning.structured import file_sizes, model_stats
+
     loaded, meta = load_model(model_path)
     dense = require_lenet5(loaded, model_path, "prune")
     test = load_split(data, "test")
@@ -126,6 +127,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     # The fine-tuning Trainer is `train`'s: its section is read too.
     with stage.running(args, "prune", [args.model, args.data], ("prune", "train")) as run:
+        from mnist_pipeline.training.trainer import resolve_precision
+
         every = run.params
         run.facts["precision"] = resolve_precision(
             every.train.precision, every.train.accelerator, every.compute.profile

@@ -27,27 +27,26 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-from typing import Any
-
-import matplotlib
-
-matplotlib.use("Agg")  # headless: no display on CI or servers
-import matplotlib.pyplot as plt
-import onnxruntime as ort
+from typing import TYPE_CHECKING, Any
 
 from mnist_pipeline import errors, stage
 from mnist_pipeline.atomic import atomic_path, write_figure, write_json
 from mnist_pipeline.data.dataset import load_normalization, load_split
-from mnist_pipeline.onnx import runtime
-from mnist_pipeline.onnx.quantization import calibration_sample, check_contract, quantize_onnx
-from mnist_pipeline.onnx.speed import session_speeds
 from mnist_pipeline.params.schema import QuantizeParams
+
+if TYPE_CHECKING:  # ONNX, ONNX Runtime and matplotlib: imported by the work that uses them
+    import onnxruntime as ort
 
 log = logging.getLogger(__name__)
 
 
 def plot_tradeoff(rows: list[dict[str, Any]], path: Path) -> None:
     """Test accuracy against file size and against batch-1 latency, one point per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless: no display on CI or servers
+    import matplotlib.pyplot as plt
+
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, key, label in (
         (axes[0], "kb", "ONNX file size (kB)"),
@@ -80,12 +79,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     with stage.running(args, "quantize", [args.onnx, args.pruned_onnx, args.data]) as run:
+        import onnxruntime as ort
+
         run.facts["onnxruntime_providers"] = ort.get_available_providers()
         quantize_both(run.params.quantize, args)
 
 
 def quantize_both(params: QuantizeParams, args: argparse.Namespace) -> None:
     """Quantize both models, check each contract, time all four; write files and metrics."""
+    from mnist_pipeline.onnx import runtime
+    from mnist_pipeline.onnx.quantization import calibration_sample, check_contract, quantize_onnx
+    from mnist_pipeline.onnx.speed import session_speeds
+
     norm = load_normalization(args.data)
     val = norm.invert(load_split(args.data, "val").images).numpy()  # raw 0-255, uint8
     test = load_split(args.data, "test")

@@ -20,9 +20,6 @@ import sys
 from mnist_pipeline import errors, stage
 from mnist_pipeline.atomic import write_json
 from mnist_pipeline.data.dataset import load_normalization
-from mnist_pipeline.model import save_model
-from mnist_pipeline.training import checkpoints
-from mnist_pipeline.training.fit import train, used_plugins
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +42,12 @@ RUN_FACTS = ("resumed_from_epoch", "device", "precision", "fingerprint")
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     with stage.running(args, "train", [args.data]) as run:
+        # Imported for the fit, not before (docs/speed.md, "Start-up"): Lightning, and with it
+        # torchmetrics, are seconds of a process that stops at a params error.
+        from mnist_pipeline.model import save_model
+        from mnist_pipeline.training import checkpoints
+        from mnist_pipeline.training.fit import train, used_plugins
+
         # Which plugins made this run, from which distributions (the audit reports them).
         run.facts["plugins"] = [p.source() for p in used_plugins(run.params.train)]
         net, summary = train(

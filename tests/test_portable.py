@@ -84,6 +84,23 @@ def test_training_on_one_core_gives_the_bytes_of_training_on_two(
     assert "models/lenet5.pt" in two
 
 
+@pytest.mark.skipif(TASKSET is None, reason="needs taskset (util-linux)")
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores")
+def test_the_openmp_wait_policy_leaves_the_bytes_alone(
+    tmp_path: Path, synthetic_mirror: Path
+) -> None:
+    """Why the wait policy is a fixed choice (mnist_pipeline.compute.WAIT_POLICY), not a param:
+    threads that spin at a barrier and threads that sleep there train the same weights."""
+    hashes = {}
+    for policy in ("ACTIVE", "PASSIVE"):
+        launcher = ["env", f"OMP_WAIT_POLICY={policy}", *_on_cores("0,1")]
+        hashes[policy] = output_hashes(
+            _train(tmp_path / policy, synthetic_mirror, launcher), ["train"]
+        )
+    assert "models/lenet5.pt" in hashes["ACTIVE"]
+    assert hashes["ACTIVE"] == hashes["PASSIVE"]
+
+
 def test_a_different_thread_count_gives_different_weights(
     one_thread: Path, two_cores: Path
 ) -> None:

@@ -84,6 +84,13 @@ def test_quick_run_writes_sane_json(tmp_path: Path) -> None:
         assert _positive(training_[name]["project_speedup"])
     assert "run dvc repro" in results["inference"]["skipped"]
     assert "skipped" in results["orchestration"]
+    startup = results["startup"]
+    assert _positive(startup["libraries"]["torch"]["import_s"])
+    assert _positive(startup["libraries"]["python_s"])
+    assert "dvc repro" in startup["stages"]["skipped"]
+    if "skipped" not in startup["busy_core"]:  # two cores and taskset
+        for key in ("quiet_active", "quiet_passive", "busy_active", "busy_passive"):
+            assert _positive(startup["busy_core"][f"{key}_step_ms"]), key
     judged = {r["what"]: r["verdict"] for r in results["targets"]}
     assert judged["final test accuracy"] in ("met", "not met")  # measured, on synthetic digits
     assert judged["dvc repro, nothing changed (s)"] == "not measured"

@@ -19,3 +19,27 @@ def test_metrics_from_known_logits() -> None:
     assert abs(by_class["2"]["precision"] - 2 / 3) < 1e-4 and by_class["2"]["support"] == 2
     m = metrics.metrics_json(ev)["test"]
     assert m["acc"] == round(5 / 6, 5) and m["errors"] == 1
+
+
+def test_scores_are_torchmetrics_bit_for_bit() -> None:
+    """The written-out formulas give torchmetrics' tensors exactly, a class never predicted
+    (0 by zero division) and one never present included."""
+    from torchmetrics.functional.classification import (
+        multiclass_confusion_matrix,
+        multiclass_f1_score,
+        multiclass_precision,
+        multiclass_recall,
+    )
+
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 9, (5000,), generator=g)  # class 9 never present
+    preds = torch.where(torch.rand(5000, generator=g) < 0.9, labels, torch.randint(0, 10, (5000,)))
+    preds[preds == 3] = 4  # class 3 never predicted
+    confusion = metrics.confusion_matrix(preds, labels)
+    assert torch.equal(confusion, multiclass_confusion_matrix(preds, labels, 10))
+    ours = metrics.class_scores(confusion)
+    theirs = [f(preds, labels, 10, average=None) for f in (
+        multiclass_precision, multiclass_recall, multiclass_f1_score
+    )]  # fmt: skip
+    for mine, ref in zip(ours, theirs, strict=True):
+        assert mine.dtype == ref.dtype and torch.equal(mine, ref)
