@@ -78,12 +78,12 @@ def stage_startup(root: Path, name: str, scratch: Path) -> dict[str, Any]:
     """One run of stage `name` up to where its work begins: seconds, and the heavy libraries
     loaded by then."""
     words = shlex.split(yaml.safe_load((root / "dvc.yaml").read_text())["stages"][name]["cmd"])
-    options = dict(zip(words[3::2], words[4::2], strict=True))
-    if "--provenance" in options:
-        options["--provenance"] = str(scratch / f"{name}.json")
-    argv = [sys.executable, "-m", f"stages.{name}"]
-    for option, value in options.items():
-        argv += [option, value]
+    # The stage's own command, but its run record goes to the scratch folder (an option may
+    # take several values: `--onnx a b c`).
+    args = words[3:]
+    if "--provenance" in args:
+        args[args.index("--provenance") + 1] = str(scratch / f"{name}.json")
+    argv = [sys.executable, "-m", f"stages.{name}", *args]
     mark = scratch / f"{name}.mark.json"
     mark.unlink(missing_ok=True)
     env = {**os.environ, STARTUP_MARK: str(mark), "PYTHONPATH": str(root)}

@@ -91,6 +91,22 @@ def test_uploaded_images_are_monitored_too(beside: Path, inverted: np.ndarray) -
         assert c.get("/monitoring/drift").json()["samples"] == 3
 
 
+def test_open_inference_requests_are_monitored_too(beside: Path, inverted: np.ndarray) -> None:
+    """Every route that classifies feeds the one window: the v2 infer as /predict does."""
+    digits = inverted[:60, None]  # (60, 1, 28, 28)
+    tensor = {"name": "pixels", "datatype": "UINT8", "shape": list(digits.shape)}
+    with _client(beside, DriftOptions(window=60)) as c:
+        _wait_ready(c)
+        r = c.post(
+            f"/v2/models/{beside.name}/infer",
+            json={"inputs": [tensor | {"data": digits.ravel().tolist()}]},
+        )
+        assert r.status_code == 200, r.text
+        drift = c.get("/monitoring/drift").json()
+    assert drift["samples"] == 60
+    assert drift["signals"]["background"]["alarm"], drift["signals"]["background"]
+
+
 def test_no_drift_and_no_profile_say_why(
     beside: Path, onnx_model: Path, synthetic_profile: Path
 ) -> None:
