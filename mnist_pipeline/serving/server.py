@@ -209,6 +209,31 @@ def _lifespan(slot: ModelSlot, spec: ModelSpec, load_first: bool) -> Any:
     return lifespan
 
 
+def watching_options(p: argparse.ArgumentParser) -> None:
+    """What watches the served model: feedback labels and drift (docs/serving.md)."""
+    p.add_argument(
+        "--feedback-capacity",
+        type=int,
+        default=None,
+        help="recent predictions kept for POST /feedback, and the live accuracy's window "
+        f"(default {feedback.DEFAULT_CAPACITY:,}; 0: no feedback, the only choice with --workers)",
+    )
+    p.add_argument(
+        "--drift-profile",
+        type=Path,
+        default=None,
+        help=f"the reference profile drift is measured against (default: {PROFILE_NAME} "
+        "beside the model file, if there is one)",
+    )
+    p.add_argument(
+        "--drift-window",
+        type=int,
+        default=DEFAULT_WINDOW,
+        help=f"recent digits the drift tests look at, per process (default {DEFAULT_WINDOW})",
+    )
+    p.add_argument("--no-drift", action="store_true", help="monitor no drift")
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="mnist-serve", description=__doc__.splitlines()[0])
     served_model.model_ref.add_arguments(p)
@@ -262,27 +287,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--workers", type=int, default=1, help="server processes, each with its own session"
     )
-    p.add_argument(
-        "--feedback-capacity",
-        type=int,
-        default=None,
-        help="recent predictions kept for POST /feedback, and the live accuracy's window "
-        f"(default {feedback.DEFAULT_CAPACITY:,}; 0: no feedback, the only choice with --workers)",
-    )
-    p.add_argument(
-        "--drift-profile",
-        type=Path,
-        default=None,
-        help=f"the reference profile drift is measured against (default: {PROFILE_NAME} "
-        "beside the model file, if there is one)",
-    )
-    p.add_argument(
-        "--drift-window",
-        type=int,
-        default=DEFAULT_WINDOW,
-        help=f"recent digits the drift tests look at, per process (default {DEFAULT_WINDOW})",
-    )
-    p.add_argument("--no-drift", action="store_true", help="monitor no drift")
+    watching_options(p)
     p.add_argument("--log-level", default="info", help="uvicorn's log level")
     p.add_argument(
         "--log-format",
