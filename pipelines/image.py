@@ -201,7 +201,9 @@ def prepare_context(context: Path, spec: str, repo: str, python: str, epoch: int
         "commit": source.commit,
         "source": origin,
     }
-    info = bundle.write(context / "model", fields, data, card)
+    beside = source.path.parent / bundle.PROFILE  # where resolving a version leaves it
+    profile = beside.read_bytes() if beside.is_file() else None
+    info = bundle.write(context / "model", fields, data, card, profile)
     install_serving_set(context, python)
     shutil.copy(ROOT / "Containerfile", context / "Containerfile")
     doc = sbom(context, info, epoch)

@@ -3,6 +3,8 @@
     model.onnx      the model's bytes, as its registered version's dvc.lock entry pins them
     model.json      {"name", "version", "stage", "commit", "sha256", "source"}
     card.md         its model card, when the artifact has one
+    drift_profile.json  the reference profile drift is measured against, when there is one
+                    (mnist-serve finds it beside the model, as beside a file in models/)
 
 `mnist-serve --model FOLDER` serves a bundle as the registered version it is (`GET /model`
 names it, `GET /model/card` shows the card) with no registry, git or DVC at hand: the container
@@ -19,21 +21,31 @@ from pathlib import Path
 from mnist_pipeline.errors import UsageError
 
 MODEL, INFO, CARD = "model.onnx", "model.json", "card.md"
+PROFILE = "drift_profile.json"
 
 
 def is_bundle(path: Path) -> bool:
     return (path / INFO).is_file()
 
 
-def write(folder: Path, info: dict[str, str | None], data: bytes, card: str | None) -> dict:
+def write(
+    folder: Path,
+    info: dict[str, str | None],
+    data: bytes,
+    card: str | None,
+    profile: bytes | None = None,
+) -> dict:
     """Write a bundle of the model `data` into `folder`: `info` names it (name, version, stage,
-    commit, source: where the version is registered); return what `model.json` holds."""
+    commit, source: where the version is registered), with its card and drift profile when it
+    has them; return what `model.json` holds."""
     folder.mkdir(parents=True, exist_ok=True)
     info = {**info, "sha256": hashlib.sha256(data).hexdigest()}
     (folder / MODEL).write_bytes(data)
     (folder / INFO).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
     if card is not None:
         (folder / CARD).write_text(card)
+    if profile is not None:
+        (folder / PROFILE).write_bytes(profile)
     return info
 
 

@@ -17,12 +17,13 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from mnist_pipeline.drift import monitor, profile
+from mnist_pipeline.serving import bundle
 from mnist_pipeline.serving.metrics import ServerMetrics
 from mnist_pipeline.serving.model_ref import ModelSource
 from mnist_pipeline.serving.served_model import ProfileRef
 
 log = logging.getLogger(__name__)
-PROFILE_NAME = "drift_profile.json"
+PROFILE_NAME = bundle.PROFILE  # beside the model file, as dvc repro and a bundle leave it
 
 
 @dataclass(frozen=True)

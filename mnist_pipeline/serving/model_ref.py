@@ -15,6 +15,7 @@ whatever the working tree holds. Fetched files are kept under `cache_dir/<name>/
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,6 +128,7 @@ def resolve(spec: str, repo: str = ".", cache_dir: Path | None = None) -> ModelS
     except DvcException as err:
         raise UsageError(f"cannot fetch {ref.name}@{version} from {repo}: {err}") from None
     check_registered(repo, commit, ref.name, version, Path(out))
+    fetch_profile(repo, commit, ref.name, version, Path(out).parent / bundle.PROFILE)
     return ModelSource(Path(out), ref.name, version, ref.stage, commit)
 
 
@@ -156,6 +158,32 @@ def check_registered(repo: str, commit: str, name: str, version: str, file: Path
             "the copy in the DVC cache or remote is corrupt; refused (`python -m "
             "pipelines.cache_check --remote` finds it)"
         )
+
+
+def fetch_profile(repo: str, commit: str, name: str, version: str, dest: Path) -> None:
+    """The drift profile that artifact `name`'s `meta.drift_profile` in the commit's dvc.yaml
+    names, written to `dest` (beside the fetched model, where mnist-serve looks) once its MD5
+    is the one the commit records; nothing for a version registered without one."""
+    dest.unlink(missing_ok=True)  # never another version's
+    artifacts = yaml.safe_load(read_registered(repo, commit, "dvc.yaml")).get("artifacts") or {}
+    path = ((artifacts.get(name) or {}).get("meta") or {}).get("drift_profile")
+    if not path:
+        return
+    from dvc.api import read
+
+    data = read(path, repo=repo, rev=commit, mode="rb")
+    recorded = locked.recorded_md5(
+        path,
+        _read_or_none(repo, commit, locked.LOCK_FILE),
+        _read_or_none(repo, commit, f"{path}.dvc"),
+    )
+    actual = hashlib.md5(data).hexdigest()
+    if actual != recorded:
+        raise UsageError(
+            f"{name}@{version} (commit {commit[:12]}): its drift profile {path} has md5 "
+            f"{actual}, but the commit records {recorded}; refused"
+        )
+    dest.write_bytes(data)
 
 
 def _read_or_none(repo: str, commit: str, path: str) -> str | None:

@@ -16,7 +16,10 @@ from mnist_pipeline.serving import model_ref, predict, server
 from pipelines.registry import register
 from testing.scratch_repo import git, registry_repo
 
-ARTIFACTS = "artifacts:\n  digits-onnx:\n    path: models/m.onnx\n    type: model\n"
+ARTIFACTS = (
+    "artifacts:\n  digits-onnx:\n    path: models/m.onnx\n    type: model\n"
+    "    meta: {drift_profile: models/p.json}\n"
+)
 
 
 def _sha(path: Path) -> str:
@@ -24,9 +27,12 @@ def _sha(path: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def registry(tmp_path_factory: pytest.TempPathFactory, onnx_model: Path) -> dict[str, str]:
-    """A git + DVC repo with two registered versions of `digits-onnx`, v0.1.0 in `prod`:
-    {version: sha256 of its file}. The working tree ends up holding a third, unregistered file."""
+def registry(
+    tmp_path_factory: pytest.TempPathFactory, onnx_model: Path, synthetic_profile: Path
+) -> dict[str, str]:
+    """A git + DVC repo with two registered versions of `digits-onnx`, v0.1.0 in `prod`, each
+    with its drift profile: {version: sha256 of its file, "profile " + version: of its profile}.
+    The working tree ends up holding a third, unregistered file."""
     from gto import api
 
     root = tmp_path_factory.mktemp("registry")
@@ -36,12 +42,17 @@ def registry(tmp_path_factory: pytest.TempPathFactory, onnx_model: Path) -> dict
         for version in ("v0.1.0", "v0.2.0", "unregistered"):
             onnx.helper.set_model_props(model, {"version_note": version})
             onnx.save(model, str(root / "models/m.onnx"))
-            repo.add(str(root / "models/m.onnx"))
+            profile = synthetic_profile.read_bytes().replace(
+                b"{", f'{{"v": "{version}", '.encode(), 1
+            )
+            (root / "models/p.json").write_bytes(profile)
+            repo.add([str(root / "models/m.onnx"), str(root / "models/p.json")])
             git(root, "add", "-A")
             git(root, "commit", "-q", "-m", version)
             if version != "unregistered":
                 assert register(root, "digits-onnx", "minor", version).version == version
             shas[version] = _sha(root / "models/m.onnx")
+            shas[f"profile {version}"] = _sha(root / "models/p.json")
         api.assign(str(root), "digits-onnx", stage="prod", version="v0.1.0")
     shas["root"] = str(root)
     return shas
@@ -65,6 +76,8 @@ def test_a_reference_fetches_the_registered_file(
     assert source.path.is_relative_to(tmp_path / "digits-onnx" / version)
     tag_commit = git(Path(registry["root"]), "rev-parse", f"digits-onnx@{version}^{{commit}}")
     assert source.commit == tag_commit.strip()
+    # Its drift profile, as registered with it, beside it: where mnist-serve looks.
+    assert _sha(source.path.parent / "drift_profile.json") == registry[f"profile {version}"]
 
 
 def test_the_server_and_predict_say_which_version_they_run(
@@ -77,6 +90,7 @@ def test_the_server_and_predict_say_which_version_they_run(
         card = client.get("/model").json()
     assert (card["name"], card["version"], card["stage"]) == ("digits-onnx", "v0.1.0", "prod")
     assert card["sha256"] == registry["v0.1.0"] and card["metadata"]["version_note"] == "v0.1.0"
+    assert card["drift_profile"]["file"] == "drift_profile.json"
 
     image = tmp_path / "d.png"
     from PIL import Image
@@ -144,3 +158,17 @@ def test_a_corrupt_cache_object_is_refused_and_the_old_model_keeps_serving(
         model_ref.resolve("digits-onnx@v0.1.0", str(root), tmp_path / "other")
     assert not asyncio.run(slot.reload())  # SIGHUP's path
     assert slot.current.info.sha256 == serving
+
+
+def test_a_corrupt_drift_profile_is_refused(registry: dict[str, str], tmp_path: Path) -> None:
+    """The profile fetched with a version is checked against the tagged commit's record too."""
+    import shutil
+
+    root = tmp_path / "repo"
+    shutil.copytree(registry["root"], root)
+    md5 = git(root, "show", "digits-onnx@v0.2.0:models/p.json.dvc").split("md5: ")[1].split()[0]
+    obj = root / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]
+    obj.chmod(0o644)
+    obj.write_bytes(obj.read_bytes().replace(b"v0.2.0", b"v0.2.1", 1))
+    with pytest.raises(UsageError, match=f"drift profile models/p.json has md5 .*records {md5}"):
+        model_ref.resolve("digits-onnx@v0.2.0", str(root), tmp_path / "fetched")

@@ -256,15 +256,17 @@ def test_the_drawing_page_sends_security_headers(client: TestClient) -> None:
 
 
 def test_a_model_bundle_is_served_as_its_version_with_its_card(
-    onnx_model: Path, tmp_path: Path
+    onnx_model: Path, tmp_path: Path, synthetic_profile: Path
 ) -> None:
     """What the container image runs (`--model /srv/model`), through the same JSON options as
-    `main` makes, in which the card's path has become a string."""
+    `main` makes, in which the card's path has become a string; its drift profile is the one
+    the bundle holds."""
     from mnist_pipeline.serving import bundle, served_model
 
     fields = {"name": "digits", "version": "v1.0.0", "stage": "prod", "commit": "c" * 40}
     data = onnx_model.read_bytes()
-    info = bundle.write(tmp_path / "b", {**fields, "source": "x"}, data, "# c\n")
+    profile = synthetic_profile.read_bytes()
+    info = bundle.write(tmp_path / "b", {**fields, "source": "x"}, data, "# c\n", profile)
     args = server.parse_args(["--model", str(tmp_path / "b")])
     source, _ = served_model.read_resolved(served_model.ModelSpec(args.model))
     options = json.loads(json.dumps(server.app_options(args, source), default=str))
@@ -273,6 +275,8 @@ def test_a_model_bundle_is_served_as_its_version_with_its_card(
         model = c.get("/model").json()
         assert {k: model[k] for k in fields} == fields and model["sha256"] == info["sha256"]
         assert model["card"] and c.get("/model/card").text == "# c\n"
+        assert model["drift_profile"]["file"] == bundle.PROFILE
+        assert c.get("/monitoring/drift").json()["enabled"]
         # The Open Inference Protocol names the registered version, not the bytes' sha256.
         assert c.get("/v2/models/digits").json()["versions"] == ["v1.0.0"]
         assert c.get("/v2/models/digits/versions/v1.0.0/ready").status_code == 200
