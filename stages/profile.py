@@ -20,7 +20,6 @@ from pathlib import Path
 from mnist_pipeline import errors, stage
 from mnist_pipeline.atomic import write_json
 from mnist_pipeline.drift import calibration
-from mnist_pipeline.onnx import runtime
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +34,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     inputs = [args.data / "train.safetensors", args.data / "val.safetensors", *args.onnx]
     with stage.running(args, "profile", inputs, computes=False) as run:
+        from mnist_pipeline.onnx import runtime  # where the work begins (docs/speed.md)
+
         # One thread: the profile's numbers do not depend on the machine's cores.
         models = {
             path.name: (hashlib.sha256(path.read_bytes()).hexdigest(), runtime.session(path, 1))

@@ -12,15 +12,16 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import onnxruntime as ort
 
 from mnist_pipeline.drift import features, statistics
 from mnist_pipeline.drift.profile import monitor_confidence, rounded
-from mnist_pipeline.onnx import runtime
 from mnist_pipeline.params.schema import ProfileParams
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,8 @@ def _draws(rng: np.random.Generator, n: int, p: ProfileParams) -> np.ndarray:
 
 def probabilities(sess: ort.InferenceSession, pixels: np.ndarray, batch: int) -> np.ndarray:
     """Softmax (N, 10) of the model on uint8 digits (N, 28, 28), as the server computes it."""
+    from mnist_pipeline.onnx import runtime  # ONNX Runtime loads with the models, not before
+
     x = pixels[:, None].astype(runtime.input_dtype(sess))  # (N, 1, 28, 28)
     logits = runtime.logits(sess, x, batch).astype(np.float64)
     z = np.exp(logits - logits.max(axis=1, keepdims=True))
