@@ -30,7 +30,7 @@ from typing import Any
 
 import yaml
 
-from benchmarks import compare_report, prune_frontier, report, startup, targets
+from benchmarks import compare_report, frontier, prune_frontier, report, startup, targets
 from benchmarks import drift as drift_bench
 from mnist_pipeline import generated_cli
 from mnist_pipeline.atomic import write_bytes
@@ -42,7 +42,7 @@ OPENING = re.compile(r"<!-- generated: ([\w-]+) -->")
 REF = "benchmarks/reference"
 # Every file a block reads, as folders or files of the repository (`benchmarks/targets.py` is
 # imported code, not data).
-SOURCES = ("metrics", "measurements", "provenance", "dvc.lock", REF)
+SOURCES = ("metrics", "measurements", "provenance", "dvc.lock", "params.yaml", REF)
 # Where the targets table looks for each target's figure, first match wins: the reference runs
 # the docs' own tables show, then the one run that measured everything but serving and sweeps.
 TARGET_SOURCES = (
@@ -223,18 +223,20 @@ def _stage_order(root: Path) -> list[str]:
 
 
 def stage_seconds_block(root: Path) -> str:
-    lines = ["| stage | s | started |", "|---|--:|---|"]
-    fits = {
-        "train": ("fit", _load(root, "measurements/train.json")["fit_time_s"]),
-        "prune": ("fine-tuning", _load(root, "measurements/prune.json")["finetune_time_s"]),
+    lines = ["| stage | s | of which |", "|---|--:|---|"]
+    parts = {
+        "train": {"fit": _load(root, "measurements/train.json")["fit_time_s"]},
+        "prune": {"fine-tuning": _load(root, "measurements/prune.json")["finetune_time_s"]},
+        "export": _load(root, "measurements/export.json").get("phases_s", {}),
+        "quantize": _load(root, "measurements/quantize.json").get("phases_s", {}),
     }
     for stage in _stage_order(root):
         p = _load(root, f"provenance/{stage}.json")
-        extra = f" ({fits[stage][0]} {fits[stage][1]:.1f})" if stage in fits else ""
-        lines.append(f"| {stage}{extra} | {p['seconds']:.1f} | {p['started']} |")
+        split = ", ".join(f"{what} {s:.1f}" for what, s in parts.get(stage, {}).items())
+        lines.append(f"| {stage} | {p['seconds']:.1f} | {split} |")
     lines += ["", f"On {_provenance_cpu(root, 'train')}."]
-    files = ("dvc.lock", "provenance/<stage>.json", "measurements/train.json")
-    return "\n".join([*lines, "", _source(*files, "measurements/prune.json")])
+    files = ("dvc.lock", "provenance/<stage>.json", "measurements/<stage>.json")
+    return "\n".join([*lines, "", _source(*files)])
 
 
 def audit_sample_block(root: Path) -> str:
@@ -377,6 +379,7 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
     "models": models_block,
     "prune-rounds": prune_rounds_block,
     "prune-frontier": prune_frontier.frontier_block,
+    "frontier": frontier.frontier_block,
     "int8": int8_block,
     "stage-seconds": stage_seconds_block,
     "audit-sample": audit_sample_block,

@@ -39,7 +39,10 @@ def frontier_block(root: Path) -> str:
         f"of the params and {study['targets']['max_macs_ratio']:.0%} of the MACs; a mean loss "
         f"of at most {study['targets']['goal_loss_points']} points. Runs: compute profile "
         f"`{study['compute']['profile']}`, {study['compute']['threads']} thread(s), batches of "
-        f"{study['train']['batch_size']}; one seed is `prune.seed`.",
+        f"{study['train']['batch_size']}; one seed is `prune.seed`. The choice: within "
+        f"{study.get('budget_student_epochs', '-')} student epochs of fine-tuning, the recipe "
+        "that loses least; params.yaml's recipe stays unless another loses less by more than "
+        "the two recipes' spreads over seeds together.",
         "",
         "| recipe | rounds x epochs | importance, scope, ratio | fine-tune lr | distillation "
         "| seeds | points lost, mean ± std | min to max | params | MACs | student epochs "
@@ -53,6 +56,7 @@ def frontier_block(root: Path) -> str:
         secs = sum(r["seconds"] for r in runs) / len(runs)
         load = sum(r["load_avg_1min"] for r in runs) / len(runs)
         mark = " **(chosen)**" if name == chosen else ""
+        mark += " (params.yaml)" if name == study.get("current") else ""
         lines.append(
             f"| `{name}`{mark} | {_recipe(e['prune'])} | {s['seeds']} "
             f"| {s['loss_mean']:.2f} ± {s['loss_std']:.2f} | {s['loss_min']:.2f} to "

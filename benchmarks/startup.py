@@ -48,7 +48,16 @@ LIBRARIES: dict[str, str | None] = {
     "onnxruntime": None,
     "matplotlib.pyplot": None,
     "dvc.cli": None,
+    "dvc.repo": None,
+    "prefect": None,
 }
+# What `python -X importtime` breaks down (each with the arguments Python runs): where a
+# stage's floor (torch) and a no-change `dvc repro` spend their seconds.
+IMPORT_PROFILES: dict[str, list[str]] = {
+    "import torch": ["-c", "import torch"],
+    "dvc repro, nothing changed": ["-m", "dvc", "repro"],
+}
+TOP_MODULES = 6
 HEAVY = {name.partition(".")[0] for name in LIBRARIES}
 POLICIES = ("ACTIVE", "PASSIVE")
 
@@ -133,6 +142,46 @@ def libraries(root: Path, reps: int, names: list[str]) -> dict[str, Any]:
     return out
 
 
+def import_profile(args: list[str], cwd: Path) -> dict[str, Any]:
+    """One run of `python -X importtime ARGS`: its wall seconds, the seconds its imports took
+    (the sum of every module's own time), and the modules whose own import took longest."""
+    t = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    wall = time.perf_counter() - t
+    if done.returncode != 0:
+        raise RuntimeError(f"`python {' '.join(args)}` failed:\n{done.stderr[-2000:]}")
+    if "Running stage" in done.stdout + done.stderr:
+        raise RuntimeError(f"`python {' '.join(args)}` ran a stage: run `dvc repro` first")
+    own: dict[str, float] = {}
+    for line in done.stderr.splitlines():
+        fields = line.removeprefix("import time:").split("|")
+        if line.startswith("import time:") and len(fields) == 3 and fields[0].strip().isdigit():
+            own[fields[2].strip()] = own.get(fields[2].strip(), 0.0) + int(fields[0]) / 1e6
+    top = sorted(own.items(), key=lambda kv: -kv[1])[:TOP_MODULES]
+    return {
+        "wall_s": round(wall, 3),
+        "imports_s": round(sum(own.values()), 3),
+        "modules": len(own),
+        "top_own_s": {name: round(s, 3) for name, s in top},
+    }
+
+
+def import_profiles(root: Path, reps: int) -> dict[str, Any]:
+    """`import_profile` of each of IMPORT_PROFILES, taking turns: the run with the median wall
+    time of each."""
+    runs: dict[str, list[dict[str, Any]]] = {what: [] for what in IMPORT_PROFILES}
+    for _ in range(reps):
+        for what, args in IMPORT_PROFILES.items():
+            runs[what].append(import_profile(args, root))
+    return {what: sorted(r, key=lambda x: x["wall_s"])[len(r) // 2] for what, r in runs.items()}
+
+
 def _python_start(root: Path) -> float:
     t = time.perf_counter()
     _python("pass", root)
@@ -186,8 +235,10 @@ def measure(root: Path, reps: int, quick: bool) -> dict[str, Any]:
     out["busy_core"] = busy_core(root, reps, steps, batch)
     if quick:
         out["stages"] = {"skipped": "not in --quick mode (it needs dvc repro's inputs)"}
+        out["import_profiles"] = {"skipped": "not in --quick mode"}
     else:
         out["stages"] = stages(root, reps)
+        out["import_profiles"] = import_profiles(root, reps)
     return out
 
 
@@ -251,6 +302,21 @@ def markdown(d: dict[str, Any]) -> list[str]:
     for name, lib in libs.items():
         if isinstance(lib, dict):
             lines.append(f"| `{name}` | {lib['import_s']:.2f} | {lib['after'] or '-'} |")
+    profiles = d.get("import_profiles", {"skipped": "not measured"})
+    if "skipped" not in profiles:
+        lines += [
+            "",
+            "`python -X importtime`, the run with the median wall time of each:",
+            "",
+            "| command | wall (s) | importing (s) | modules "
+            "| the slowest modules' own import (s) |",
+            "|---|--:|--:|--:|---|",
+        ]
+        for what, p in profiles.items():
+            top = ", ".join(f"`{name}` {s:.2f}" for name, s in p["top_own_s"].items())
+            lines.append(
+                f"| {what} | {p['wall_s']:.2f} | {p['imports_s']:.2f} | {p['modules']:,} | {top} |"
+            )
     busy = d["busy_core"]
     if "skipped" not in busy:
         lines += [

@@ -18,9 +18,8 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-import yaml
-
 from mnist_pipeline.errors import StageError
+from mnist_pipeline.yamlload import safe_load
 
 log = logging.getLogger(__name__)
 LOCK_FILE = "dvc.lock"
@@ -35,15 +34,24 @@ def recorded_md5(path: str, lock_text: str | None, dvc_file_text: str | None = N
     """The MD5 of the output at `path` (relative to the repo) that a `dvc.lock` records among
     its stages' outputs, or a `<path>.dvc` file (`dvc add`); None when neither does. Only
     outputs: a stage's `deps` hold what it last read, not what is there now."""
-    lock = yaml.safe_load(lock_text or "") or {}
-    for entry in (lock.get("stages") or {}).values():
-        for out in entry.get("outs", []):
-            if out.get("path") == path and out.get("md5"):
-                return str(out["md5"])
-    for out in (yaml.safe_load(dvc_file_text or "") or {}).get("outs", []):
+    found = recorded_outputs(lock_text).get(path)
+    if found is not None:
+        return found
+    for out in (safe_load(dvc_file_text or "") or {}).get("outs", []):
         if out.get("md5"):
             return str(out["md5"])
     return None
+
+
+def recorded_outputs(lock_text: str | None) -> dict[str, str]:
+    """Each output path a `dvc.lock` records, with its MD5 (folders: their `.dir` hash)."""
+    lock = safe_load(lock_text or "") or {}
+    return {
+        str(out["path"]): str(out["md5"])
+        for entry in (lock.get("stages") or {}).values()
+        for out in entry.get("outs", [])
+        if out.get("path") and out.get("md5")
+    }
 
 
 def check_inputs(inputs: Iterable[Path], lock: Path = Path(LOCK_FILE)) -> None:
@@ -51,13 +59,13 @@ def check_inputs(inputs: Iterable[Path], lock: Path = Path(LOCK_FILE)) -> None:
     records; files it does not record, folders, and a missing `lock` are not checked."""
     if not lock.is_file():
         return
-    text = lock.read_text()
+    recorded_by_path = recorded_outputs(lock.read_text())  # parsed once, for every input
     base = lock.resolve().parent
     for path in inputs:
         if not path.is_file():
             continue
         rel = Path(os.path.relpath(path.resolve(), base)).as_posix()
-        recorded = recorded_md5(rel, text)
+        recorded = recorded_by_path.get(rel)
         if recorded is None:
             log.debug("%s: no entry in %s, not checked", rel, lock)
             continue

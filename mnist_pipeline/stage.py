@@ -103,6 +103,17 @@ def running(
 
 
 @contextmanager
+def timed(phases: dict[str, float], phase: str) -> Iterator[None]:
+    """Add the seconds the block takes to `phases[phase]`: a stage's own seconds split by what
+    it spends them on, for its `--timings` file (the stage table of docs/speed.md)."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        phases[phase] = round(phases.get(phase, 0.0) + time.perf_counter() - start, 3)
+
+
+@contextmanager
 def one_at_a_time(run_record: Path | None, name: str) -> Iterator[None]:
     """Hold an exclusive lock on `.<name>.stage-lock` beside the stage's run record (which
     DVC does not hash) while the stage runs: a copy left running by a `dvc` that was killed

@@ -93,7 +93,7 @@ def export_both(params: ExportParams, args: argparse.Namespace) -> None:
     """Export both models, check them, time them; write the files and the metrics."""
     from mnist_pipeline.onnx import runtime
     from mnist_pipeline.onnx import speed as inference_speed
-    from mnist_pipeline.onnx.export import check_parity, export_onnx, metadata
+    from mnist_pipeline.onnx.export import check_parity, export_onnx, metadata, raw_logits
 
     data_norm = load_normalization(args.data)
     test = load_split(args.data, "test")
@@ -102,6 +102,7 @@ def export_both(params: ExportParams, args: argparse.Namespace) -> None:
     models: dict[str, tuple[RawPixelsLeNet5, ort.InferenceSession]] = {}
     metrics: dict[str, Any] = {}
     measured: dict[str, dict[str, float]] = {}  # CPU-dependent figures, beside the timings
+    phases: dict[str, float] = {}  # this function's seconds, by what they are spent on
     widths = []
     for name, src, dst in (
         ("dense", args.model, args.onnx),
@@ -114,12 +115,16 @@ def export_both(params: ExportParams, args: argparse.Namespace) -> None:
         model = RawPixelsLeNet5(net, norm).eval()
         # Checked before it replaces `dst`, so a failed check leaves no file behind.
         with atomic_path(dst) as tmp:
-            export_onnx(model, tmp, params, metadata(params, norm, net))
-            parity = check_parity(model, runtime.session(tmp), pixels, test.labels, params, name)
-        # The raw-pixel path against the tensors the model was trained and evaluated on.
-        prepared = predict_logits(net, test.images, params.batch_size)
-        raw = predict_logits(model, pixels, params.batch_size)
-        parity["raw_vs_prepared_max_abs_diff"] = float((raw - prepared).abs().max())
+            with stage.timed(phases, "export"):
+                export_onnx(model, tmp, params, metadata(params, norm, net))
+            with stage.timed(phases, "parity"):
+                raw = raw_logits(model, pixels, params)
+                sess = runtime.session(tmp)
+                parity = check_parity(raw, sess, pixels, test.labels, params, name)
+        with stage.timed(phases, "parity"):
+            # The raw-pixel path against the tensors the model was trained and evaluated on.
+            prepared = predict_logits(net, test.images, params.batch_size)
+            parity["raw_vs_prepared_max_abs_diff"] = float((raw - prepared).abs().max())
         # ONNX Runtime's logits differ between CPUs in the last bits (it picks its kernels by
         # CPU), so the difference it measured is a measurement. The result is the contract it
         # passed: within `atol`, every prediction the same, so both have PyTorch's accuracy.
@@ -129,12 +134,14 @@ def export_both(params: ExportParams, args: argparse.Namespace) -> None:
     metrics["opset"] = params.opset
     write_json(args.metrics, metrics)
 
-    timings: dict[str, Any] = {**inference_speed.benchmark(models, pixels, params)}
+    with stage.timed(phases, "timing"):
+        timings: dict[str, Any] = {**inference_speed.benchmark(models, pixels, params)}
     for name, parity in measured.items():
         timings[name] = {**parity, **timings[name]}
     for name, t in timings.items():
         log.info("%s: %s", name, t)
     timings["pruned_vs_dense"] = inference_speed.speedups(timings)
+    timings["phases_s"] = phases
     if args.timings is not None:
         write_json(args.timings, timings)
     log.info("pruned vs dense: %s", timings["pruned_vs_dense"])

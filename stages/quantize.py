@@ -102,6 +102,7 @@ def quantize_both(params: QuantizeParams, args: argparse.Namespace) -> None:
     }
     sessions: dict[str, ort.InferenceSession] = {}
     in_ort: dict[str, dict[str, Any]] = {}  # ONNX Runtime's own figures: measurements
+    phases: dict[str, float] = {}  # this function's seconds, by what they are spent on
     for name, src, dst in (
         ("dense", args.onnx, args.out),
         ("pruned", args.pruned_onnx, args.pruned_out),
@@ -113,10 +114,12 @@ def quantize_both(params: QuantizeParams, args: argparse.Namespace) -> None:
         )
         # Checked before it replaces `dst`, so a model that breaks the contract is not written.
         with atomic_path(dst) as tmp:
-            quantize_onnx(src, tmp, calibration, params)
-            contract, in_ort[name] = check_contract(
-                src, float_sess, tmp, test_pixels.astype(dtype), labels, params, name
-            )
+            with stage.timed(phases, "quantize"):
+                quantize_onnx(src, tmp, calibration, params)
+            with stage.timed(phases, "contract"):
+                contract, in_ort[name] = check_contract(
+                    src, float_sess, tmp, test_pixels.astype(dtype), labels, params, name
+                )
         float_bytes, int8_bytes = src.stat().st_size, dst.stat().st_size
         metrics[name] = {
             "float_bytes": float_bytes,
@@ -128,7 +131,8 @@ def quantize_both(params: QuantizeParams, args: argparse.Namespace) -> None:
         sessions[f"{name}_int8"] = runtime.session(dst, params.num_threads)
     write_json(args.metrics, metrics)
 
-    times = session_speeds(sessions, test_pixels, params)
+    with stage.timed(phases, "timing"):
+        times = session_speeds(sessions, test_pixels, params)
     measured: dict[str, Any] = {k: {**in_ort.get(k, {}), **v} for k, v in times.items()}
     for name in ("dense", "pruned"):
         f, q = times[name], times[f"{name}_int8"]
@@ -137,8 +141,6 @@ def quantize_both(params: QuantizeParams, args: argparse.Namespace) -> None:
             "throughput_speedup": round(q["throughput_ips"] / f["throughput_ips"], 3),
         }
         log.info("%s: INT8 against float: %s", name, measured[f"{name}_int8_vs_float"])
-    if args.timings is not None:
-        write_json(args.timings, measured)
     if args.plot is not None:
         rows = []
         for name, label in (("dense", "dense"), ("pruned", "pruned")):
@@ -154,7 +156,10 @@ def quantize_both(params: QuantizeParams, args: argparse.Namespace) -> None:
                         "latency_ms": times[f"{name}{suffix}"]["latency_ms"],
                     }
                 )
-        plot_tradeoff(rows, args.plot)
+        with stage.timed(phases, "plot"):
+            plot_tradeoff(rows, args.plot)
+    if args.timings is not None:
+        write_json(args.timings, {**measured, "phases_s": phases})
 
 
 if __name__ == "__main__":

@@ -106,18 +106,27 @@ def export_onnx(model: RawPixelsLeNet5, path: Path, params: ExportParams, props:
     onnx.save(proto, path)
 
 
+def raw_logits(model: RawPixelsLeNet5, pixels: torch.Tensor, params: ExportParams) -> torch.Tensor:
+    """PyTorch's logits for raw pixels, given as the exported graph takes them: what ONNX
+    Runtime is checked against, computed once per model."""
+    return predict_logits(
+        model, pixels.to(RAW_PIXEL_DTYPES[params.input_dtype]), params.batch_size
+    )
+
+
 def check_parity(
-    model: RawPixelsLeNet5,
+    torch_logits: torch.Tensor,
     sess: ort.InferenceSession,
     pixels: torch.Tensor,
     labels: torch.Tensor,
     params: ExportParams,
     name: str,
 ) -> dict[str, float]:
-    """Compare ONNX Runtime with PyTorch on the same raw pixels; raise `StageError` if they
-    differ by more than `params.atol` or disagree on any prediction."""
+    """Compare ONNX Runtime with PyTorch's logits (`torch_logits`, from `raw_logits`) on the
+    same raw pixels; raise `StageError` if they differ by more than `params.atol` or disagree
+    on any prediction."""
     x = pixels.to(RAW_PIXEL_DTYPES[params.input_dtype])
-    ref = predict_logits(model, x, params.batch_size).numpy()
+    ref = torch_logits.numpy()
     got = runtime.logits(sess, x.numpy(), params.batch_size)
     diff = float(np.abs(got - ref).max())
     ref_pred, got_pred = ref.argmax(axis=1), got.argmax(axis=1)

@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from mnist_pipeline.errors import ParamsError
 from mnist_pipeline.params.fit import PruneParams, Section, TrainParams
+from mnist_pipeline.yamlload import safe_load
 
 # The descriptions below (the docstring under each key, here and in `fit`) are the only
 # ones: `python -m mnist_pipeline.params.docs --write` turns them, with the allowed values the
@@ -262,7 +263,7 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     """Read and validate the whole params file; raises `ParamsError` with the bad keys."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = safe_load(path.read_text())
     except FileNotFoundError:
         raise ParamsError(f"{path}: params file not found") from None
     except yaml.YAMLError as err:

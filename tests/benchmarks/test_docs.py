@@ -103,3 +103,16 @@ def test_an_unknown_or_unclosed_block_is_an_error(copy: Path) -> None:
     page.write_text("<!-- generated: evaluate -->\n")
     with pytest.raises(ValueError, match="no `<!-- end: NAME -->` for: evaluate"):
         docs.render(page.read_text(), copy)
+
+
+def test_the_frontier_says_whether_a_prune_recipe_reached_the_goal(copy: Path) -> None:
+    from benchmarks import frontier
+
+    assert "none reached" in frontier.frontier_block(copy)
+    path = copy / frontier.RECIPES
+    study = json.loads(path.read_text())
+    name, entry = next(iter(study["recipes"].items()))
+    entry["summary"]["loss_mean"] = study["targets"]["goal_loss_points"]
+    path.write_text(json.dumps(study))
+    text = frontier.frontier_block(copy)
+    assert f"`{name}` reached" in text and "none reached" not in text

@@ -15,8 +15,16 @@ from benchmarks import prune_recipes as pr
 TINY = {"rounds": 1, "finetune.epochs": 1, "structured.ratio": 0.52}
 
 
-def _summary(loss: float, epochs: int, meets: bool = True, seeds: int = 3) -> dict[str, Any]:
-    return {"loss_mean": loss, "student_epochs": epochs, "meets_size": meets, "seeds": seeds}
+def _summary(
+    loss: float, epochs: int, meets: bool = True, seeds: int = 3, std: float = 0.0
+) -> dict[str, Any]:
+    return {
+        "loss_mean": loss,
+        "loss_std": std,
+        "student_epochs": epochs,
+        "meets_size": meets,
+        "seeds": seeds,
+    }
 
 
 def test_recipes_are_whole_prune_sections_and_unknown_keys_fail() -> None:
@@ -36,10 +44,23 @@ def test_the_choice_is_the_cheapest_that_meets_the_goal_else_the_smallest_loss()
         "too-big": _summary(0.0, 1, meets=False),
         "one-seed": _summary(0.01, 1, seeds=1),
     }
-    assert pr.choose(summaries, min_seeds=3) == "good"
+    assert pr.choose(summaries, min_seeds=3, budget=10) == "good"
+    # Over the fine-tuning budget, a recipe is not chosen, however little it loses.
+    assert pr.choose(summaries, min_seeds=3, budget=3) == "cheap-bad"
     del summaries["good"], summaries["good-dear"]
-    assert pr.choose(summaries, min_seeds=3) == "cheap-bad"
+    assert pr.choose(summaries, min_seeds=3, budget=10) == "cheap-bad"
     assert pr.choose({"too-big": _summary(0.0, 1, meets=False)}, min_seeds=3) is None
+
+
+def test_the_current_recipe_stays_unless_another_is_better_beyond_the_seed_spread() -> None:
+    summaries = {
+        "current": _summary(0.45, 3, std=0.03),
+        "within-noise": _summary(0.43, 3, std=0.04),
+    }
+    assert pr.choose(summaries, min_seeds=3, current="current") == "current"
+    summaries["clearly-better"] = _summary(0.30, 3, std=0.02)
+    assert pr.choose(summaries, min_seeds=3, current="current") == "clearly-better"
+    assert pr.choose(summaries, min_seeds=3) == "clearly-better"  # no current: the smallest
 
 
 def test_aggregate_gives_the_spread_over_seeds() -> None:
@@ -86,7 +107,9 @@ def test_a_tiny_study_runs_resumes_and_merges(
     (tmp_path / prune_frontier.STUDY).parent.mkdir(parents=True)
     (tmp_path / prune_frontier.STUDY).write_text(json.dumps(merged))
     block = prune_frontier.frontier_block(tmp_path)
-    assert "| `tiny` | 1 x 1 | l2, per layer, 0.52 |" in block
+    # The tests' params.yaml prunes as `tiny` does, so the table names it as params.yaml's.
+    assert merged["current"] == "tiny"
+    assert "| `tiny` (params.yaml) | 1 x 1 | l2, per layer, 0.52 |" in block
     assert f"{setup['compute'].threads} thread(s)" in block
     docs = tmp_path / "docs"
     assert prune_frontier.plot_drift(docs, tmp_path)

@@ -49,6 +49,9 @@ def test_main_writes_checked_files_with_the_input_contract(exported: Path) -> No
 def test_metrics_record_parity_accuracy_and_timings(exported: Path) -> None:
     m = json.loads((exported / "metrics/export.json").read_text())
     t = json.loads((exported / "measurements/export.json").read_text())
+    # The stage's seconds by what they were spent on (docs/speed.md's stage table).
+    assert set(t["phases_s"]) == {"export", "parity", "timing"}
+    assert all(s > 0 for s in t["phases_s"].values())
     for name in ("dense", "pruned"):
         r = m[name]
         assert r["mismatches"] == 0 and r["parity_atol"] == 1e-4

@@ -53,6 +53,9 @@ def test_int8_models_keep_accuracy_predictions_and_the_input_contract(
     t = json.loads((quantized / "measurements/quantize.json").read_text())
     assert t["dense_int8"]["latency_ms"] > 0 and t["pruned_int8"]["throughput_ips"] > 0
     assert set(t["pruned_int8_vs_float"]) == {"latency_speedup", "throughput_speedup"}
+    # The stage's seconds by what they were spent on (docs/speed.md's stage table).
+    assert set(t["phases_s"]) == {"quantize", "contract", "timing", "plot"}
+    assert all(s > 0 for s in t["phases_s"].values())
     assert (quantized / "plots/tradeoff.png").read_bytes().startswith(b"\x89PNG")
     assert json.loads((quantized / "provenance/quantize.json").read_text())["stage"] == "quantize"
 
