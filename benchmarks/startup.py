@@ -313,7 +313,8 @@ def markdown(d: dict[str, Any]) -> list[str]:
             "|---|--:|--:|--:|---|",
         ]
         for what, p in profiles.items():
-            top = ", ".join(f"`{name}` {s:.2f}" for name, s in p["top_own_s"].items())
+            slowest = sorted(p["top_own_s"].items(), key=lambda kv: -kv[1])  # JSON sorts keys
+            top = ", ".join(f"`{name}` {s:.2f}" for name, s in slowest)
             lines.append(
                 f"| {what} | {p['wall_s']:.2f} | {p['imports_s']:.2f} | {p['modules']:,} | {top} |"
             )
