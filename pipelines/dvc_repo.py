@@ -25,9 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from mnist_pipeline.errors import UsageError
+from mnist_pipeline.yamlload import safe_load
 
 log = logging.getLogger(__name__)
 
@@ -116,16 +115,25 @@ def address(root: Path, stage: Any) -> str:
     return stage.name if dvcfile == "dvc.yaml" else f"{dvcfile}:{stage.name}"
 
 
-def _target(root: Path, stage: str) -> str:
-    """An absolute target for DVC's API, which resolves relative ones against the cwd."""
-    dvcfile, _, name = stage.rpartition(":")
-    return f"{root / (dvcfile or 'dvc.yaml')}:{name}"
+def _indexed(repo: Any, root: Path, stage: str) -> Any:
+    """The stage from the repo's index. `Repo.status` and `Repo.stage.collect` parse every
+    `dvc.yaml` and `dvc.lock` again on each call; the index is parsed once per shared repo
+    (and again after a write: `written`), so a flow's per-stage questions cost a lookup."""
+    for st in repo.index.stages:
+        if address(root, st) == stage:
+            return st
+    raise UsageError(f"no such stage: {stage}")
 
 
 def changes(root: Path, stage: str | None = None) -> dict[str, Any]:
     """`dvc status` of one stage (or of the whole pipeline); empty when up to date."""
     with open_repo(root) as repo:
-        return repo.status(targets=[_target(root, stage)] if stage else None)
+        if stage is None:
+            return repo.status()
+        st = _indexed(repo, root, stage)
+        with repo.lock:  # as `Repo.status` reads: no other dvc writes meanwhile
+            status: dict[str, Any] = st.status(check_updates=True)
+            return status
 
 
 def cloud_changes(root: Path) -> dict[str, Any]:
@@ -158,8 +166,7 @@ def metrics_diff(root: Path, a_rev: str = "HEAD") -> dict[str, dict[str, dict[st
 def out_paths(root: Path, stage: str) -> list[Path]:
     """The outputs (outs, metrics, plots) a stage declares in `dvc.yaml`."""
     with open_repo(root) as repo:
-        (st,) = repo.stage.collect(_target(root, stage))
-        return [root / out.def_path for out in st.outs]
+        return [root / out.def_path for out in _indexed(repo, root, stage).outs]
 
 
 def artifacts(root: Path) -> dict[str, Path]:
@@ -181,7 +188,7 @@ def remote_url(root: Path) -> str | None:
 
 def stage_arg(root: Path, stage: str, flag: str) -> Path | None:
     """The path a stage's command in dvc.yaml passes with `flag` (None: the flag is not there)."""
-    spec = yaml.safe_load((root / "dvc.yaml").read_text()) or {}
+    spec = safe_load((root / "dvc.yaml").read_text()) or {}
     args = shlex.split(str((spec.get("stages") or {}).get(stage, {}).get("cmd", "")))
     return root / args[args.index(flag) + 1] if flag in args[:-1] else None
 
