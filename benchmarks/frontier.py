@@ -18,6 +18,8 @@ from typing import Any
 
 import yaml
 
+from benchmarks.startup import FLOW_PROFILE
+
 REF = "benchmarks/reference"
 COMPARE = f"{REF}/cpu-2core-compare.json"
 STARTUP = f"{REF}/cpu-2core-startup.json"
@@ -123,10 +125,15 @@ def _startup(root: Path, branch: dict[str, Any]) -> list[str]:
         f"{dvc_rest:.2f} s of its own work (collecting the stages from `dvc.yaml` and "
         "`dvc.lock`, checking each stage's dependencies); no stage runs"
     )
-    flow_where = (
-        f"`import prefect`: {st['libraries']['prefect']['import_s']:.2f} s on its own, then "
-        "the flow's API calls and a `dvc` status per stage"
-    )
+    flow = st["import_profiles"].get(FLOW_PROFILE)
+    flow_where = f"`import prefect`: {st['libraries']['prefect']['import_s']:.2f} s on its own"
+    if flow is not None:
+        flow_where += (
+            f"; under `python -X importtime` the flow spent {flow['imports_s']:.2f} s of "
+            f"{flow['wall_s']:.2f} s importing {flow['modules']:,} modules, and the rest in its "
+            "own work: Prefect's API calls for the flow run and each task run, and DVC's status "
+            "of each stage"
+        )
     server = branch["flow_noop_s"] - branch["flow_noop_server_s"]
     ephemeral_where = (
         f"Prefect's temporary API server: without `PREFECT_API_URL` the flow starts one, "

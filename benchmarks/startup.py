@@ -57,6 +57,9 @@ IMPORT_PROFILES: dict[str, list[str]] = {
     "import torch": ["-c", "import torch"],
     "dvc repro, nothing changed": ["-m", "dvc", "repro"],
 }
+# ... and the flow when nothing changed, against a Prefect server started for it (where its
+# running-server target is measured): its imports, and the rest, its own work.
+FLOW_PROFILE = "flow, nothing changed, against a running server"
 TOP_MODULES = 6
 HEAVY = {name.partition(".")[0] for name in LIBRARIES}
 POLICIES = ("ACTIVE", "PASSIVE")
@@ -142,13 +145,16 @@ def libraries(root: Path, reps: int, names: list[str]) -> dict[str, Any]:
     return out
 
 
-def import_profile(args: list[str], cwd: Path) -> dict[str, Any]:
+def import_profile(
+    args: list[str], cwd: Path, env: dict[str, str] | None = None
+) -> dict[str, Any]:
     """One run of `python -X importtime ARGS`: its wall seconds, the seconds its imports took
     (the sum of every module's own time), and the modules whose own import took longest."""
     t = time.perf_counter()
     done = subprocess.run(
         [sys.executable, "-X", "importtime", *args],
         cwd=cwd,
+        env={**os.environ, **(env or {})},
         capture_output=True,
         text=True,
         timeout=600,
@@ -173,12 +179,23 @@ def import_profile(args: list[str], cwd: Path) -> dict[str, Any]:
 
 
 def import_profiles(root: Path, reps: int) -> dict[str, Any]:
-    """`import_profile` of each of IMPORT_PROFILES, taking turns: the run with the median wall
-    time of each."""
-    runs: dict[str, list[dict[str, Any]]] = {what: [] for what in IMPORT_PROFILES}
-    for _ in range(reps):
-        for what, args in IMPORT_PROFILES.items():
-            runs[what].append(import_profile(args, root))
+    """`import_profile` of each of IMPORT_PROFILES and of the flow (FLOW_PROFILE), taking
+    turns: the run with the median wall time of each."""
+    from testing.prefect_server import running_server
+
+    flow = ["-m", "pipelines.flow", "--root", str(root.resolve()), "--no-push"]
+    runs: dict[str, list[dict[str, Any]]] = {what: [] for what in [*IMPORT_PROFILES, FLOW_PROFILE]}
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-prefect-") as home,
+        running_server(Path(home)) as api,
+    ):
+        commands = {
+            **{what: (args, None) for what, args in IMPORT_PROFILES.items()},
+            FLOW_PROFILE: (flow, {"PREFECT_API_URL": api}),
+        }
+        for _ in range(reps):
+            for what, (args, env) in commands.items():
+                runs[what].append(import_profile(args, root, env))
     return {what: sorted(r, key=lambda x: x["wall_s"])[len(r) // 2] for what, r in runs.items()}
 
 
