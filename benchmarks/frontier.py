@@ -238,6 +238,13 @@ def frontier_block(root: Path) -> str:
     branch, ratios = cmp["sides"]["branch"], cmp["ratios"]
     stages = ("train", "prune", "export", "quantize", "profile")
     heavy = ", ".join(f"{s} {branch[f'stage_wall_s/{s}']:.1f}" for s in stages)
+    ref = cmp["sides"]["reference"]
+    moved = ", ".join(
+        f"{s} {ref[f'stage_wall_s/{s}']:.1f} -> {branch[f'stage_wall_s/{s}']:.1f}"
+        if ref.get(f"stage_wall_s/{s}") is not None
+        else f"{s} (new) {branch[f'stage_wall_s/{s}']:.1f}"
+        for s in cmp["stages"]
+    )
     whole = (
         f"the stages' own work: of {branch['dvc_repro_full_s']:.1f} s, {heavy} s (wall, as DVC "
         "ran them); the rows below say where each goes"
@@ -259,7 +266,7 @@ def frontier_block(root: Path) -> str:
             False,
             2.0,
             ratios["dvc_repro_full_s"],
-            whole,
+            "each stage's wall seconds, reference -> branch: " + moved,
             f"`{COMPARE}`",
         ),
         *_epoch(root, branch),
