@@ -15,6 +15,7 @@ from datetime import datetime
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 from testing.prefect_server import (
@@ -85,6 +86,25 @@ def wait_for(api: httpx.Client, flow_run_id: str, proc: subprocess.Popen, log: P
         assert proc.poll() is None, log.read_text()[-3000:]
         assert time.monotonic() < deadline, "the flow run did not finish in 10 minutes"
         time.sleep(3)
+
+
+def wait_until_idle(proc: subprocess.Popen, log: Path, timeout_s: float = 60) -> None:
+    """Until `proc` (a runner) has no flow run's process left, its resource tracker aside."""
+
+    def runs() -> list[str]:
+        cmds = []
+        for child in psutil.Process(proc.pid).children(recursive=True):
+            try:
+                cmds.append(" ".join(child.cmdline()))
+            except psutil.NoSuchProcess:  # exited since the listing
+                continue
+        return [cmd for cmd in cmds if "resource_tracker" not in cmd]
+
+    deadline = time.monotonic() + timeout_s
+    while left := runs():
+        assert proc.poll() is None, log.read_text()[-3000:]
+        assert time.monotonic() < deadline, f"still running after {timeout_s} s: {left}"
+        time.sleep(0.5)
 
 
 def stage_runs(api: httpx.Client, flow_run_id: str, stages: set[str]) -> list[dict]:
@@ -192,10 +212,15 @@ def test_served_flow_runs_and_pauses_its_schedule_on_exit(
         assert [r["name"] for r in stage_runs(api, flow_run_id, {"prepare", "train"})] == [
             "prepare"
         ]
+        # Ctrl-C on an idle server: a run's state is COMPLETED a moment before its process
+        # exits, and a Ctrl-C in that moment has the runner cancel the run on the way out.
+        wait_until_idle(serving, tmp_path / "serve.log")
     finally:
         os.killpg(serving.pid, signal.SIGINT)  # Ctrl-C
         try:
             serving.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"serve ignored Ctrl-C:\n{(tmp_path / 'serve.log').read_text()[-3000:]}")
         finally:
             stop_group(serving)
     assert api.get(f"/deployments/name/{name}").json()["paused"] is True
