@@ -7,7 +7,8 @@ each has its own virtual environment (`uv sync --frozen`, quick from uv's cache)
 The two take turns in every repetition (reference first, then branch first), so the load of a
 shared machine weighs on both alike, and the summary takes medians over repetitions:
 
-- `dvc repro --force --no-run-cache`, the whole pipeline from scratch: its wall seconds, each
+- `dvc repro --force --no-run-cache`, the whole pipeline from scratch (every stage's resume
+  state, its `--ckpt-dir` in dvc.yaml, removed first): its wall seconds, each
   stage's wall seconds as DVC ran it (from one `Running stage` line to the next: the process,
   its imports, its own work and DVC's hashing of its outputs), the stage's own seconds (its run
   record in provenance/) and their difference, the stage's overhead;
@@ -26,6 +27,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -116,9 +118,23 @@ def checkout(
     return sides
 
 
+def clear_resume_state(root: Path) -> list[Path]:
+    """Remove each stage's checkpoints (its `--ckpt-dir` in dvc.yaml), from which a stage
+    resumes where the last run stopped; the folders removed."""
+    gone = []
+    for stage in stage_names(root):
+        ckpt = dvc_repo.stage_arg(root, stage, "--ckpt-dir")
+        if ckpt is not None and ckpt.exists():
+            shutil.rmtree(ckpt)
+            gone.append(ckpt)
+    return gone
+
+
 def repro_from_scratch(side: Checkout, timeout_s: float) -> dict[str, float]:
     """Every stage run by `dvc repro --force --no-run-cache` (also those whose outputs git
-    holds), timed as a whole and stage by stage from DVC's `Running stage` lines."""
+    holds) without the checkpoints of an earlier repetition, timed as a whole and stage by
+    stage from DVC's `Running stage` lines."""
+    clear_resume_state(side.root)
     cmd = orchestration.dvc_cmd("repro", "--force", "--no-run-cache", python=side.python)
     marks: list[tuple[str, float]] = []
     tail: deque[str] = deque(maxlen=30)

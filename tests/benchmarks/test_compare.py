@@ -14,20 +14,28 @@ from benchmarks import compare, compare_report
 from testing.scratch_repo import dvc, git
 from tests.conftest import ROOT
 
-STAGE = '''"""A stage that sleeps a little, then writes its output and its run record."""
+STAGE = '''"""A resumable stage: it sleeps a little unless its checkpoint is there, then writes
+its output, its checkpoint and its run record."""
 import json, sys, time
 from pathlib import Path
 
-t = time.perf_counter()
-time.sleep(0.2)
-Path("out.txt").write_text("hello\\n")
-Path("provenance").mkdir(exist_ok=True)
-seconds = time.perf_counter() - t
-Path("provenance/hello.json").write_text(json.dumps({"seconds": seconds}))
+if __name__ == "__main__":  # not when the benchmark only imports it
+    t = time.perf_counter()
+    ckpt = Path("ckpt/done")
+    resumed = ckpt.is_file()
+    if not resumed:
+        time.sleep(0.2)
+    Path("out.txt").write_text("hello\\n")
+    ckpt.parent.mkdir(exist_ok=True)
+    ckpt.write_text("")
+    Path("provenance").mkdir(exist_ok=True)
+    seconds = time.perf_counter() - t
+    record = {"seconds": seconds, "resumed": resumed}
+    Path("provenance/hello.json").write_text(json.dumps(record))
 '''
 DVC_YAML = """stages:
   hello:
-    cmd: python -m stages.hello --provenance provenance/hello.json
+    cmd: python -m stages.hello --provenance provenance/hello.json --ckpt-dir ckpt
     deps: [stages/hello.py]
     outs: [out.txt]
 """
@@ -41,7 +49,7 @@ def tiny_repo(tmp_path: Path) -> Path:
     (repo / "stages" / "hello.py").write_text(STAGE)
     (repo / "dvc.yaml").write_text(DVC_YAML)
     shutil.copy(ROOT / "params.yaml", repo / "params.yaml")  # its compute section
-    (repo / ".gitignore").write_text("/out.txt\n/provenance/\n")
+    (repo / ".gitignore").write_text("/out.txt\n/provenance/\n/ckpt/\n")
     git(repo, "init", "-q", "-b", "main")
     dvc(repo, "init", "-q")
     git(repo, "add", "-A")
@@ -72,8 +80,11 @@ def test_compare_head_with_itself(tiny_repo: Path, tmp_path: Path) -> None:
         s = got["sides"][side]
         assert keys <= set(s), keys - set(s)
         assert all(math.isfinite(v) and v > 0 for v in s.values()), s
-        # The stage's own clock runs inside the process DVC started, inside the whole repro.
+        # The stage's own clock runs inside the process DVC started, inside the whole repro;
+        # every repetition from scratch, not resumed from the checkpoint of the one before.
         assert 0.2 <= s["stage_own_s/hello"] < s["stage_wall_s/hello"] < s["dvc_repro_full_s"]
+        record = tmp_path / "work" / side / "provenance" / "hello.json"
+        assert json.loads(record.read_text())["resumed"] is False
     assert keys == set(got["ratios"])
     assert got["ratios"]["import_modules/hello"] == 1.0  # the same code on both sides
     assert got["stages"] == ["hello"]
