@@ -13,7 +13,8 @@ costs to import; and a training step with a core kept busy, under each OpenMP wa
   (the figure is then the library's own, after torch).
 - `busy_core`: `python -m benchmarks.startup --step ...` times training steps of LeNet-5 on
   2 pinned threads, alone and beside a busy loop pinned to one of the two cores, under
-  `OMP_WAIT_POLICY` ACTIVE and PASSIVE (`mnist_pipeline.compute.WAIT_POLICY`).
+  `OMP_WAIT_POLICY` unset (DEFAULT: OpenMP's own, spinning a while then sleeping, as stages
+  ran before issue 28), ACTIVE and PASSIVE (`mnist_pipeline.compute.WAIT_POLICY`).
 
 Every figure is the median of `reps` fresh processes, taking turns.
 """
@@ -62,7 +63,8 @@ IMPORT_PROFILES: dict[str, list[str]] = {
 FLOW_PROFILE = "flow, nothing changed, against a running server"
 TOP_MODULES = 6
 HEAVY = {name.partition(".")[0] for name in LIBRARIES}
-POLICIES = ("ACTIVE", "PASSIVE")
+# OMP_WAIT_POLICY's values; DEFAULT: unset, OpenMP's own.
+POLICIES = ("DEFAULT", "ACTIVE", "PASSIVE")
 
 
 def _median(values: list[float]) -> float:
@@ -232,8 +234,9 @@ def _steps(
     """`step_ms` in a child process under `pin` and `policy`, beside `spin` if given."""
     loop = subprocess.Popen(spin) if spin else None
     try:
-        env = {**os.environ, "OMP_WAIT_POLICY": policy, "PYTHONPATH": str(root)}
+        env = {**os.environ, "PYTHONPATH": str(root)}
         cmd = [*pin, sys.executable, "-m", "benchmarks.startup", "--step", str(steps), str(batch)]
+        cmd += ["--wait-policy", policy]
         done = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600)
     finally:
         if loop is not None:
@@ -259,14 +262,18 @@ def measure(root: Path, reps: int, quick: bool) -> dict[str, Any]:
     return out
 
 
-def step_ms(steps: int, batch: int) -> float:
+def step_ms(steps: int, batch: int, policy: str) -> float:
     """Median milliseconds of a training step of LeNet-5 (SGD, cross-entropy, random digits),
-    computing as params.yaml's `compute` says; OMP_WAIT_POLICY as the environment says."""
+    computing as params.yaml's `compute` says, with OMP_WAIT_POLICY `policy` (one of
+    POLICIES)."""
     from mnist_pipeline import compute
     from mnist_pipeline.params.schema import load_params
 
     params = load_params(Path("params.yaml")).compute
     compute.pin_environment(params)
+    os.environ.pop("OMP_WAIT_POLICY")  # OpenMP reads it when torch loads it, next
+    if policy != "DEFAULT":
+        os.environ["OMP_WAIT_POLICY"] = policy
     import torch
 
     from mnist_pipeline.model import LeNet5
@@ -290,8 +297,9 @@ def step_ms(steps: int, batch: int) -> float:
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description="training steps, for busy_core (a child process)")
     p.add_argument("--step", nargs=2, type=int, metavar=("STEPS", "BATCH"), required=True)
+    p.add_argument("--wait-policy", choices=POLICIES, required=True)
     a = p.parse_args()
-    print(step_ms(*a.step))
+    print(step_ms(*a.step, a.wait_policy))
 
 
 def markdown(d: dict[str, Any]) -> list[str]:
@@ -346,6 +354,8 @@ def markdown(d: dict[str, Any]) -> list[str]:
             "|---|--:|--:|",
         ]
         for policy in POLICIES:
-            quiet, loaded = (busy[f"{k}_{policy.lower()}_step_ms"] for k in ("quiet", "busy"))
-            lines.append(f"| {policy} | {quiet:.1f} | {loaded:.1f} |")
+            quiet, loaded = (busy.get(f"{k}_{policy.lower()}_step_ms") for k in ("quiet", "busy"))
+            if quiet is not None and loaded is not None:  # DEFAULT: not in older runs
+                name = "unset (OpenMP's default)" if policy == "DEFAULT" else policy
+                lines.append(f"| {name} | {quiet:.1f} | {loaded:.1f} |")
     return lines

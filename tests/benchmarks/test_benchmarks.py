@@ -89,8 +89,9 @@ def test_quick_run_writes_sane_json(tmp_path: Path) -> None:
     assert _positive(startup["libraries"]["python_s"])
     assert "dvc repro" in startup["stages"]["skipped"]
     if "skipped" not in startup["busy_core"]:  # two cores and taskset
-        for key in ("quiet_active", "quiet_passive", "busy_active", "busy_passive"):
-            assert _positive(startup["busy_core"][f"{key}_step_ms"]), key
+        for policy in ("default", "active", "passive"):
+            for key in (f"quiet_{policy}", f"busy_{policy}"):
+                assert _positive(startup["busy_core"][f"{key}_step_ms"]), key
     judged = {r["what"]: r["verdict"] for r in results["targets"]}
     assert judged["final test accuracy"] in ("met", "not met")  # measured, on synthetic digits
     assert judged["dvc repro, nothing changed (s)"] == "not measured"
