@@ -118,6 +118,29 @@ def test_16_bit_precision_needs_the_fast_profile() -> None:
     assert parse_params(raw).train.precision == "bf16-mixed"
 
 
+# A launcher that crashes the way qemu-user does, once (it leaves `crashed` behind), then runs
+# the stage.
+CRASH_ONCE = [
+    "bash",
+    "-c",
+    'if [ ! -e crashed ]; then touch crashed; echo "qemu: uncaught target signal 11 '
+    '(Segmentation fault) - core dumped" >&2; exit 139; fi; exec "$@"',
+    "crash-once",
+]
+
+
+def test_a_stage_the_emulator_crashed_runs_again_and_a_second_crash_fails(
+    tmp_path: Path, synthetic_mirror: Path
+) -> None:
+    again = _workdir(tmp_path / "again")
+    with pytest.warns(UserWarning, match="prepare: emulator crash"):
+        run_stages(again, ["prepare"], synthetic_mirror, CRASH_ONCE, emulator_crash_retries=1)
+    assert output_hashes(again, ["prepare"])
+    once = _workdir(tmp_path / "once")
+    with pytest.raises(AssertionError, match="prepare failed"):
+        run_stages(once, ["prepare"], synthetic_mirror, CRASH_ONCE)  # no retry asked
+
+
 QEMU = shutil.which("qemu-x86_64")
 
 
@@ -135,7 +158,8 @@ def test_an_emulated_intel_haswell_computes_every_output_with_the_same_bytes(
     native = _workdir(tmp_path / "native")
     emulated = _workdir(tmp_path / "haswell")
     run_stages(native, PIPELINE, synthetic_mirror)
-    run_stages(emulated, PIPELINE, synthetic_mirror, [QEMU, "-cpu", "Haswell"], timeout=3600)
+    haswell = [QEMU, "-cpu", "Haswell"]
+    run_stages(emulated, PIPELINE, synthetic_mirror, haswell, 3600, emulator_crash_retries=1)
     assert output_hashes(emulated, PIPELINE) == output_hashes(native, PIPELINE)
     # The emulated CPU really has no AVX-512: unpinned, PyTorch finds AVX2 at best there
     # (/proc/cpuinfo is the host's under qemu-user, so the run records cannot tell).
